@@ -1,0 +1,33 @@
+# Two entry points, each self-contained on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# torch and torchvision are pinned to the releases this project is tested with; pip takes them
+# from the local wheel cache where one exists.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test venv clean bench
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PIP) install $(TORCH_PINS)
+	$(PIP) install -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) examples/digits_demo.py --output demo-out
+
+bench: venv
+	$(PY) bench/kernels.py
+	$(PY) bench/models.py
+	$(PY) bench/data.py
+
+clean:
+	rm -rf $(VENV) demo-out
