@@ -1,0 +1,30 @@
+"""What every command-line tool shares: user errors become one line on stderr and exit status 2."""
+import functools
+import os
+import sys
+
+from ..errors import DenetError
+
+
+def tool_main(fn):
+    """Wrap ``main(argv=None) -> int``: a ``DenetError`` prints ``<tool>: error: <message>`` and
+    returns 2 instead of showing a traceback. Argparse already exits 2 on bad options."""
+
+    @functools.wraps(fn)
+    def wrapper(argv=None):
+        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else fn.__module__
+        try:
+            return fn(argv) or 0
+        except DenetError as err:
+            print(f"{prog}: error: {err}", file=sys.stderr)
+            return err.exit_status
+        except KeyboardInterrupt:
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper
+
+
+def run_tool(module_main) -> None:
+    """Body of a ``bin/`` wrapper: ``sys.exit(main())``."""
+    sys.exit(module_main())
