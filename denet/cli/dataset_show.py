@@ -1,0 +1,131 @@
+"""dataset-show: write a dataset's items as the network sees them, after loading and
+augmentation, with boxes and label maps drawn. See docs/dataset-show.md."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from ..data import open_dataset
+from ..errors import DataError
+from ._common import tool_main
+
+# A fixed palette: class k gets PALETTE[k % len]; 255 (ignore) is drawn white.
+PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
+                    (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230),
+                    (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+                    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195),
+                    (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128)], np.uint8)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="dataset-show",
+        description="Write the first N items of a dataset as PNG files, as the network sees "
+                    "them after loading and augmentation, with boxes and label maps drawn.")
+    p.add_argument("--input", required=True, help="dataset path (as for --train/--test)")
+    p.add_argument("--extension", default="ppm",
+                   help="FORMAT,SUBSET,key=value,... (see docs/datasets.md); default ppm")
+    p.add_argument("--output", required=True, help="folder for the PNG files (created)")
+    p.add_argument("-n", "--count", type=int, default=8, help="number of items (default 8)")
+    p.add_argument("--start", type=int, default=0, help="first item index (default 0)")
+    p.add_argument("--train", action="store_true",
+                   help="apply the training-time random augmentation")
+    p.add_argument("--distort-mode", nargs="+", default=None, metavar="MODE",
+                   help="DeNet --distort-mode tokens (oX sX rX mX), with --train")
+    p.add_argument("--augment-mirror", action="store_true",
+                   help="random horizontal flips, with --train")
+    p.add_argument("--seed", type=int, default=23455, help="augmentation seed (default 23455)")
+    p.add_argument("--epoch", type=int, default=0, help="epoch whose augmentation to show")
+    p.add_argument("--zoom", type=int, default=0,
+                   help="integer enlargement; 0 (default) enlarges small images to >= 256 px")
+    return p
+
+
+def _to_uint8(image: torch.Tensor, ds) -> np.ndarray:
+    """[C,H,W] network input -> HxWx3 uint8, undoing subtract_mean; float data is stretched."""
+    x = image.detach().double()
+    if ds.options.get("subtract_mean"):
+        mean = torch.tensor(ds.mean, dtype=torch.float64)
+        std = torch.tensor(ds.std, dtype=torch.float64)
+        if x.shape[0] == 1:
+            mean, std = mean.mean().view(1), std.mean().view(1)
+        x = x * std[:, None, None] + mean[:, None, None]
+    if ds.format == "npy":  # stored values of any range: stretch to 0..1
+        lo, hi = float(x.min()), float(x.max())
+        x = (x - lo) / (hi - lo) if hi > lo else x * 0
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    elif x.shape[0] != 3:
+        x = x[:3] if x.shape[0] > 3 else x[:1].expand(3, -1, -1)
+    return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def _overlay_mask(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    color = np.where((mask == 255)[..., None], 255, PALETTE[mask % len(PALETTE)])
+    return ((rgb.astype(np.uint16) + color.astype(np.uint16)) // 2).astype(np.uint8)
+
+
+def render(image: torch.Tensor, target: dict, ds, zoom: int = 0) -> Image.Image:
+    """One item as a PIL image: label map blended in, boxes and class names drawn."""
+    if image.dim() == 4:  # multicrop: tile the crops in two rows
+        tiles = [_to_uint8(c, ds) for c in image]
+        half = (len(tiles) + 1) // 2
+        rows = [np.concatenate(tiles[:half], 1), np.concatenate(tiles[half:], 1)]
+        rgb = np.concatenate(rows, 0)
+    else:
+        rgb = _to_uint8(image, ds)
+    if "mask" in target:
+        rgb = _overlay_mask(rgb, target["mask"].numpy())
+    h, w = rgb.shape[:2]
+    if zoom <= 0:
+        zoom = max(1, 256 // max(h, w))
+    img = Image.fromarray(rgb).resize((w * zoom, h * zoom), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(img)
+    boxes = target.get("boxes")
+    if boxes is not None:
+        flags = target.get("iscrowd", target.get("difficult"))
+        for k, (box, label) in enumerate(zip(boxes.tolist(), target["labels"].tolist())):
+            color = tuple(int(v) for v in PALETTE[label % len(PALETTE)])
+            x0, y0, x1, y1 = (v * zoom for v in box)
+            draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=color, width=2)
+            name = ds.classes[label] if label < len(ds.classes) else str(label)
+            if flags is not None and bool(flags[k]):
+                name += " (crowd)" if "iscrowd" in target else " (difficult)"
+            draw.text((x0 + 2, y0 + 1), name, fill=color)
+    if "label" in target:
+        label = int(target["label"])
+        name = ds.classes[label] if label < len(ds.classes) else str(label)
+        draw.text((2, 1), name, fill=(255, 255, 0))
+    return img
+
+
+@tool_main
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.count < 0 or args.start < 0:
+        raise DataError("-n and --start must be >= 0")
+    ds = open_dataset(args.input, args.extension, train=args.train, seed=args.seed,
+                      distort=args.distort_mode,
+                      mirror=True if args.augment_mirror else None)
+    ds.set_epoch(args.epoch)
+    os.makedirs(args.output, exist_ok=True)
+    stop = min(len(ds), args.start + args.count)
+    for index in range(args.start, stop):
+        image, target = ds[index]
+        path = os.path.join(args.output, f"{index:06d}.png")
+        render(image, target, ds, args.zoom).save(path)
+        shape = "x".join(str(v) for v in image.shape)
+        if "boxes" in target:
+            what = f"{len(target['boxes'])} boxes"
+        elif "mask" in target:
+            what = "classes " + ",".join(str(v) for v in sorted(set(
+                target["mask"].unique().tolist())))
+        else:
+            what = f"label {ds.classes[int(target['label'])]}"
+        print(f"{path}: {shape} {what}")
+    print(f"{stop - args.start} of {len(ds)} items written to {args.output}")
+    return 0

@@ -1,0 +1,106 @@
+"""DRN's segmentation lists: ``ROOT/{train,val,test}_images.txt`` and ``{train,val}_labels.txt``
+(one path per line, relative to ROOT), and ``ROOT/info.json`` with the RGB ``mean`` and ``std``
+on the 0..1 scale. Labels are PNGs of class indices; 255 = ignore."""
+from __future__ import annotations
+
+import json
+import os
+
+from ..errors import DataError
+from .base import ImageDataset, check_dir
+from .image import image_header, load_image, load_label_map
+from .transforms import Sample
+
+
+def _read_list(path):
+    with open(path, encoding="utf-8") as fh:
+        return [line.strip() for line in fh if line.strip()]
+
+
+class SegListDataset(ImageDataset):
+    """Items ``(image, target)``: target ``mask`` (int64 ``[H,W]``, 255 = ignore; absent for a
+    split without a labels list), ``image_id`` (item index) and the geometry keys.
+
+    The subset is ``train``, ``val`` or ``test`` (default ``train`` when training, else
+    ``val``); ``list_dir=DIR`` reads the lists from DIR instead of ROOT (DRN's --list-dir), image
+    paths stay relative to ROOT. ``info.json`` gives ``mean``/``std`` for ``subtract_mean``
+    (ImageNet statistics without it) and, optionally, ``classes`` (a list of names) or
+    ``num_classes``."""
+
+    task = "segmentation"
+
+    def __init__(self, root, ext, train=False):
+        super().__init__(root, ext, train)
+        check_dir(self.root, "seglist root")
+        if len(ext.subsets) > 1:
+            raise DataError("--extension seglist takes one subset (train, val or test)")
+        self.subset = ext.subsets[0] if ext.subsets else ("train" if train else "val")
+        list_dir = self.options["list_dir"] or self.root
+        images_txt = os.path.join(list_dir, f"{self.subset}_images.txt")
+        labels_txt = os.path.join(list_dir, f"{self.subset}_labels.txt")
+        if not os.path.isfile(images_txt):
+            raise DataError(f"{images_txt}: image list of subset {self.subset} not found")
+        self.images = [os.path.join(self.root, p) for p in _read_list(images_txt)]
+        self.labels = None
+        if os.path.isfile(labels_txt):
+            self.labels = [os.path.join(self.root, p) for p in _read_list(labels_txt)]
+            if len(self.labels) != len(self.images):
+                raise DataError(f"{labels_txt}: {len(self.labels)} labels for "
+                                f"{len(self.images)} images in {images_txt}")
+        elif self.subset != "test":
+            raise DataError(f"{labels_txt}: label list of subset {self.subset} not found")
+        if not self.images:
+            raise DataError(f"{images_txt}: the list is empty")
+        self._read_info(os.path.join(self.root, "info.json"))
+        self._sizes = None
+
+    def _read_info(self, path):
+        if not os.path.isfile(path):
+            return
+        try:
+            with open(path, encoding="utf-8") as fh:
+                info = json.load(fh)
+            if "mean" in info:
+                self.mean = tuple(float(v) for v in info["mean"])
+            if "std" in info:
+                self.std = tuple(float(v) for v in info["std"])
+            if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+                raise ValueError("mean and std need three values, std > 0")
+            if "classes" in info:
+                self.classes = [str(c) for c in info["classes"]]
+            elif "num_classes" in info:
+                self.classes = [str(i) for i in range(int(info["num_classes"]))]
+        except (OSError, ValueError, TypeError) as err:
+            raise DataError(f"{path}: cannot read ({err})") from None
+
+    def __len__(self):
+        return len(self.images)
+
+    def _paths(self):
+        return list(self.images)
+
+    def image_sizes(self):
+        if self._sizes is None:
+            self._sizes = [image_header(p)[1] for p in self.images]
+        return list(self._sizes)
+
+    def _load(self, index):
+        img = load_image(self.images[index], self.channels)
+        mask = None
+        if self.labels is not None:
+            mask = load_label_map(self.labels[index])
+            if mask.size != img.size:
+                raise DataError(f"{self.labels[index]}: label map is {mask.size[0]}x"
+                                f"{mask.size[1]} but {self.images[index]} is "
+                                f"{img.size[0]}x{img.size[1]}")
+        return Sample(img, mask=mask), None
+
+    def _target(self, index, s, info, orig):
+        import numpy as np
+        import torch
+
+        target = {}
+        if s.mask is not None:
+            target["mask"] = torch.from_numpy(np.asarray(s.mask, dtype=np.int64).copy())
+        target.update(self._geometry_target(index, s, orig))
+        return target

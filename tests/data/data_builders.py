@@ -1,0 +1,124 @@
+"""Builders of the data sets the data tests write (nothing is downloaded)."""
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def write_digit_tree(root, images, targets, n=60, rgb_index=None):
+    """ROOT/<digit>/<i>.png for the first n digits; returns [(path, label, uint8 array)]."""
+    rows = []
+    for i in range(n):
+        folder = os.path.join(root, str(targets[i]))
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{i:04d}.png")
+        img = Image.fromarray(images[i], "L")
+        if i == rgb_index:
+            img = img.convert("RGB")
+        img.save(path)
+        rows.append((path, int(targets[i]), images[i]))
+    return rows
+
+
+
+# --------------------------------------------------------------------------- detection sets
+# Each image is grey (128) with filled rectangles; a rectangle (x0, y0, x1, y1) paints the
+# 0-based pixels x0 <= x < x1, y0 <= y < y1, so its box in continuous pixels is exactly that.
+SCENES = [  # (width, height, [(x0, y0, x1, y1, category index, crowd/difficult), ...])
+    (96, 64, [(10, 8, 40, 30, 0, False), (50, 20, 90, 60, 2, False)]),
+    (48, 100, [(5, 10, 40, 50, 1, False), (0, 70, 48, 100, 0, True)]),
+    (120, 40, [(100, 5, 118, 35, 2, False)]),
+    (64, 64, []),
+    (37, 81, [(3, 3, 20, 77, 1, False), (22, 40, 36, 60, 0, False), (10, 10, 30, 20, 2, False)]),
+]
+COLORS = [(230, 30, 30), (30, 200, 40), (40, 60, 230)]
+
+
+def draw_scene(width, height, objects):
+    arr = np.full((height, width, 3), 128, np.uint8)
+    for x0, y0, x1, y1, cat, _ in objects:
+        arr[y0:y1, x0:x1] = COLORS[cat]
+    return arr
+
+
+def make_coco(root, split="val", year=2017, scenes=SCENES, first_id=1, ext="jpg"):
+    """Official layout: ROOT/annotations/instances_<split><year>.json, ROOT/<split><year>/."""
+    import json
+
+    image_dir = os.path.join(root, f"{split}{year}")
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    cats = [{"id": 7, "name": "cat"}, {"id": 1, "name": "dog"}, {"id": 3, "name": "bird"}]
+    images, anns = [], []
+    for k, (w, h, objects) in enumerate(scenes):
+        image_id = first_id + 10 * k
+        name = f"{image_id:012d}.{ext}"
+        Image.fromarray(draw_scene(w, h, objects)).save(os.path.join(image_dir, name),
+                                                        quality=95, subsampling=0)
+        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
+        for x0, y0, x1, y1, cat, crowd in objects:
+            anns.append({"id": len(anns) + 1, "image_id": image_id,
+                         "category_id": cats[cat]["id"], "iscrowd": int(crowd),
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)})
+    # list images in reverse so the loader's ordering by id is not an accident of the file
+    data = {"images": images[::-1], "annotations": anns, "categories": cats}
+    path = os.path.join(root, "annotations", f"instances_{split}{year}.json")
+    with open(path, "w") as fh:
+        json.dump(data, fh)
+    return path
+
+
+VOC_NAMES = ("aeroplane", "bicycle", "bird")
+
+
+def make_voc(root, year=2007, split="test", scenes=SCENES):
+    """ROOT/VOC<year>/{Annotations,JPEGImages,ImageSets/Main}; XML corners 1-based inclusive."""
+    base = os.path.join(root, f"VOC{year}")
+    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+    ids = []
+    for k, (w, h, objects) in enumerate(scenes):
+        file_id = f"{k:06d}"
+        ids.append(file_id)
+        Image.fromarray(draw_scene(w, h, objects)).save(
+            os.path.join(base, "JPEGImages", file_id + ".jpg"), quality=95, subsampling=0)
+        objs = "".join(
+            f"<object><name>{VOC_NAMES[c]}</name><difficult>{int(d)}</difficult><bndbox>"
+            f"<xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
+            f"</bndbox></object>" for x0, y0, x1, y1, c, d in objects)
+        xml = (f"<annotation><filename>{file_id}.jpg</filename><size><width>{w}</width>"
+               f"<height>{h}</height><depth>3</depth></size>{objs}</annotation>")
+        with open(os.path.join(base, "Annotations", file_id + ".xml"), "w") as fh:
+            fh.write(xml)
+    with open(os.path.join(base, "ImageSets", "Main", f"{split}.txt"), "w") as fh:
+        fh.write("\n".join(ids) + "\n")
+    return base
+
+
+def make_seglist(root, split="train", scenes=SCENES, ignore_border=3):
+    """DRN lists; label = category index + 1 inside objects, 0 outside, 255 on a frame of
+    ``ignore_border`` pixels. Images are PNG so colours are exact."""
+    import json
+
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    os.makedirs(os.path.join(root, "labels"), exist_ok=True)
+    img_lines, lab_lines = [], []
+    for k, (w, h, objects) in enumerate(scenes):
+        arr = draw_scene(w, h, objects)
+        lab = np.zeros((h, w), np.uint8)
+        for x0, y0, x1, y1, cat, _ in objects:
+            lab[y0:y1, x0:x1] = cat + 1
+        b = ignore_border
+        lab[:b], lab[-b:], lab[:, :b], lab[:, -b:] = 255, 255, 255, 255
+        Image.fromarray(arr).save(os.path.join(root, "images", f"{split}{k}.png"))
+        Image.fromarray(lab).save(os.path.join(root, "labels", f"{split}{k}.png"))
+        img_lines.append(f"images/{split}{k}.png")
+        lab_lines.append(f"labels/{split}{k}.png")
+    with open(os.path.join(root, f"{split}_images.txt"), "w") as fh:
+        fh.write("\n".join(img_lines) + "\n")
+    with open(os.path.join(root, f"{split}_labels.txt"), "w") as fh:
+        fh.write("\n".join(lab_lines) + "\n")
+    with open(os.path.join(root, "info.json"), "w") as fh:
+        json.dump({"mean": [0.29, 0.33, 0.29], "std": [0.18, 0.19, 0.18],
+                   "classes": ["background", "cat", "dog", "bird"]}, fh)
+    return root
