@@ -1,0 +1,146 @@
+"""The public API: compile a description string into a :class:`Model`, summarise, save, load."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .dsl import CompileOptions, LayerGraph, build, parse, print_graph, resolve
+from .errors import DenetError, DescError
+
+
+class Model(nn.Module):
+    """A compiled description string.
+
+    The layer modules are children named after their nodes (``l0_C``, ``l4_nRSN`` ...), so the
+    state-dict keys are ``l0_C.weight``; ``forward`` runs the code of an ``fx.GraphModule``
+    (see :attr:`graph_module`) over those same modules.
+
+    For a graph ending in ``R``: evaluation mode returns class probabilities [B, classes];
+    training mode returns log-probabilities (for ``F.nll_loss``).
+    """
+
+    def __init__(self, graph: LayerGraph, options: dict, registry=None):
+        super().__init__()
+        gm, modules = build(graph, registry)
+        for name, module in modules.items():
+            self.add_module(name, module)
+        self.graph = graph
+        self.desc = print_graph(graph)
+        ish = graph.input_shape
+        self.input_shape = (ish.channels, ish.height, ish.width)
+        self.classes = graph.classes
+        self.class_names: list[str] | None = None
+        self.options = dict(options)
+        self.train_state: dict | None = None
+        object.__setattr__(self, "_graph_module", gm)
+        object.__setattr__(self, "_forward_code", type(gm).forward)
+
+    @property
+    def graph_module(self):
+        """The ``torch.fx.GraphModule`` (``model.graph_module.code`` shows the forward)."""
+        return self._graph_module
+
+    def forward(self, x):
+        return self._forward_code(self, x)
+
+    def extra_repr(self) -> str:
+        return f"desc={self.desc!r}, input_shape={self.input_shape}, classes={self.classes}"
+
+    def layer_modules(self):
+        """(node, module) for every node with a module, in execution order."""
+        for node in self.graph.nodes:
+            m = self._modules.get(node.name)
+            if m is not None:
+                yield node, m
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Optimizer parameter groups: each layer's ``lr=`` multiplier, no frozen parameters,
+        weight decay on conv / linear weights only (DeNet: not on BN parameters or biases)."""
+        groups: dict[tuple, list] = {}
+        seen = set()
+        for node, module in self.layer_modules():
+            for pname, p in module.named_parameters():
+                if not p.requires_grad or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                decay = p.dim() > 1
+                key = (node.lr, decay)
+                groups.setdefault(key, []).append(p)
+        return [{"params": params, "lr": lr * mult, "lr_mult": mult,
+                 "weight_decay": weight_decay if decay else 0.0}
+                for (mult, decay), params in groups.items()]
+
+
+def compile(desc: str, input_shape, classes: int | None = None, *, border_mode="valid",
+            activation="relu", weight_init="he-backward", registry=None) -> Model:
+    """Compile a description string for inputs of ``input_shape`` = (C, H, W).
+
+    ``classes`` is needed by ``R``. ``border_mode``, ``activation`` and ``weight_init`` are
+    DeNet's global options (``weight_init`` may be a list, one entry per token, the last
+    repeating). Raises :class:`~denet.errors.DescError` for a bad string."""
+    try:
+        options = CompileOptions.make(border_mode, activation, weight_init)
+    except ValueError as err:
+        raise DenetError(str(err)) from None
+    try:
+        shape = tuple(int(v) for v in input_shape)
+    except (TypeError, ValueError):
+        raise DescError(f"input_shape must be (C, H, W), not {input_shape!r}") from None
+    if len(shape) != 3:
+        raise DescError(f"input_shape must be (C, H, W), not {input_shape!r}")
+    graph = resolve(parse(desc), shape, classes, options, registry)
+    return Model(graph, options.as_dict(), registry)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def summary(model: Model) -> str:
+    """A table: index, token, output shape, parameters; and the total."""
+    rows = [("index", "token", "output", "parameters")]
+    rows.append(("", "input", "x".join(map(str, model.input_shape)), ""))
+    for node in model.graph.nodes:
+        m = model._modules.get(node.name)
+        n = count_parameters(m) if m is not None else 0
+        indent = "  " if node.nested else ""
+        rows.append((str(node.index), indent + node.token, str(node.shape), f"{n:,}"))
+    total = count_parameters(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append(f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  "
+                     f"{r[3]:>{widths[3]}}".rstrip())
+        if k == 0:
+            lines.append("-" * len(lines[0]))
+    lines.append(f"total parameters: {total:,} (trainable {trainable:,})")
+    return "\n".join(lines)
+
+
+def save(model: Model, path, train_state: dict | None = None) -> None:
+    """Write ``model`` (and optionally the trainer's state) to ``path`` atomically."""
+    from .model_file import save_model
+    save_model(model, path, train_state)
+
+
+def load(path, map_location="cpu") -> Model:
+    """Read a model file written by :func:`save`; never runs code from the file."""
+    from .model_file import load_model
+    return load_model(path, map_location)
+
+
+@torch.no_grad()
+def copy_matching_weights(src: nn.Module, dst: nn.Module, mapping: dict[str, str]) -> list[str]:
+    """Copy ``src`` state entries into ``dst`` for prefix pairs ``{src_prefix: dst_prefix}``
+    when the shapes agree; returns the destination keys that were copied."""
+    s, d = src.state_dict(), dst.state_dict()
+    copied = []
+    for key, value in s.items():
+        for sp, dp in mapping.items():
+            if key.startswith(sp + "."):
+                target = dp + key[len(sp):]
+                if target in d and d[target].shape == value.shape:
+                    d[target].copy_(value)
+                    copied.append(target)
+    return copied

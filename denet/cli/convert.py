@@ -1,0 +1,140 @@
+"""model-convert: turn another framework's checkpoint into a denet model file.
+
+    model-convert --format torchvision --arch resnet50 --input resnet50.pth --output r50.pt
+
+The torchvision ResNet state dict maps key for key onto the matching ``examples/<arch>.desc``
+string (compiled with border mode half): ``conv1`` -> the first ``C``, ``bn1`` -> the first
+``BN``, ``layerN`` -> the N-th ``nRSN`` stage (block modules carry torchvision's names), ``fc`` ->
+``R`` (its weight reshaped to a 1x1 conv).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from ..errors import DenetError, ModelFileError
+from ._common import tool_main
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "examples")
+
+
+def example_desc(name: str) -> str:
+    path = os.path.join(_EXAMPLES, f"{name}.desc")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        raise DenetError(f"example string {path} is missing") from None
+
+
+def read_state_dict(path: str) -> dict:
+    """A torchvision checkpoint: a state dict (or {"state_dict"|"model": state dict}),
+    loaded with weights_only=True."""
+    if not os.path.isfile(path):
+        raise ModelFileError(f"{path}: no such file")
+    import pickle
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ModelFileError(f"{path}: refused: the file holds pickled objects that are not "
+                             f"weights") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file is a user error here
+        raise ModelFileError(f"{path}: not a readable checkpoint ({type(err).__name__})") \
+            from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelFileError(f"{path}: not a state dict of tensors")
+    return {k[7:] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def torchvision_resnet(arch: str, state: dict, image_size=(224, 224), class_names=None):
+    """Build the denet model for a torchvision ResNet state dict."""
+    import denet
+    if "fc.weight" not in state:
+        raise ModelFileError("the checkpoint has no fc.weight: not a torchvision ResNet")
+    classes = state["fc.weight"].shape[0]
+    model = denet.compile(example_desc(arch), (3, *image_size), classes, border_mode="half")
+    names = [n for n in model.graph.nodes if n.name in model._modules]
+    first = {t: next(n.name for n in names if n.type == t) for t in ("C", "BN", "R")}
+    stages = [n.name for n in names if n.type == "nRSN"]
+    prefix = {"conv1": first["C"], "bn1": first["BN"], "fc": first["R"],
+              **{f"layer{i + 1}": s for i, s in enumerate(stages)}}
+    target = model.state_dict()
+    converted, unknown = {}, []
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head not in prefix:
+            unknown.append(key)
+            continue
+        new = f"{prefix[head]}.{rest}"
+        if new not in target:
+            unknown.append(key)
+            continue
+        if value.numel() != target[new].numel():
+            raise ModelFileError(f"{key}: shape {tuple(value.shape)} does not fit {arch} "
+                                 f"({tuple(target[new].shape)}); is --arch right?")
+        converted[new] = value.reshape(target[new].shape).to(target[new].dtype)
+    missing = sorted(set(target) - set(converted))
+    if unknown or missing:
+        what = unknown[:3] if unknown else missing[:3]
+        raise ModelFileError(f"the checkpoint does not match torchvision's {arch}: "
+                             f"{'unexpected' if unknown else 'missing'} keys "
+                             f"{', '.join(what)}{' ...' if len(unknown or missing) > 3 else ''}")
+    model.load_state_dict(converted, strict=True)
+    model.class_names = class_names
+    return model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="model-convert",
+        description="Convert a checkpoint of another framework into a denet model file. "
+                    "The input file is read with torch.load(weights_only=True) and never "
+                    "changed.")
+    p.add_argument("--format", required=True, choices=("torchvision",),
+                   help="format of the input checkpoint (torchvision: a torchvision.models "
+                        "state dict, e.g. from torchvision's download URLs)")
+    p.add_argument("--arch", required=True, choices=ARCHS,
+                   help="architecture; the model is built from examples/<arch>.desc with "
+                        "border mode half")
+    p.add_argument("--input", required=True, metavar="STATE_DICT.pth",
+                   help="the checkpoint to convert")
+    p.add_argument("--output", required=True, metavar="M.pt", help="denet model file to write")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=(224, 224),
+                   help="input image size of the model (default 224 224; the ResNet strings "
+                        "pool globally, so any size >= 32 works)")
+    p.add_argument("--class-names", metavar="FILE",
+                   help="text file with one class name per line, stored in the model")
+    p.add_argument("--summary", action="store_true", help="print the layer table afterwards")
+    return p
+
+
+@tool_main
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    import denet
+    state = read_state_dict(args.input)
+    names = None
+    if args.class_names:
+        try:
+            with open(args.class_names, encoding="utf-8") as f:
+                names = [line.strip() for line in f if line.strip()]
+        except OSError as err:
+            raise DenetError(f"{args.class_names}: {err.strerror}") from None
+    model = torchvision_resnet(args.arch, state, tuple(args.image_size), names)
+    if names is not None and len(names) != model.classes:
+        raise DenetError(f"{args.class_names}: {len(names)} names for {model.classes} classes")
+    if os.path.abspath(args.output) == os.path.abspath(args.input):
+        raise DenetError("--output must differ from --input (the input file is never changed)")
+    denet.save(model, args.output)
+    if args.summary:
+        print(denet.summary(model))
+    print(f"wrote {args.output}: {args.arch}, {model.classes} classes, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    return 0

@@ -1,0 +1,231 @@
+"""The layer registry: every layer type declares its tags, argument schema, shape rule and builder.
+
+A layer family is a subclass of :class:`LayerDef` registered with :meth:`Registry.register`.
+The compiler never names a layer type; it asks the registry. Tests can build an isolated
+``Registry()`` and register only what they need.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, NoReturn
+
+from .init import WeightInit, parse_weight_init
+from .shape import ShapeSpec
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED = _Required()
+
+BORDER_MODES = ("valid", "half", "full", "same")
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a layer type.
+
+    ``kind``: ``int``, ``float``, ``str`` (one of ``choices``), ``bool`` (0/1), ``border``
+    (valid/half/full/same or a padding >= 0) or ``init`` (a weight-init name or a float std).
+    ``default``: a value, ``REQUIRED``, or a callable ``f(call) -> value`` for defaults that depend
+    on the input (``P``'s stride defaults to its size, ``R``'s size to the input size).
+    """
+
+    name: str
+    kind: str = "int"
+    default: Any = REQUIRED
+    min: float | None = None
+    max: float | None = None
+    choices: tuple = ()
+    doc: str = ""
+
+    def convert(self, value):
+        """The checked value, or raise ``ValueError`` with a message that names the argument."""
+        kind = self.kind
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{self.name} must be an integer, not {_show(value)}")
+        elif kind == "float":
+            if isinstance(value, str):
+                raise ValueError(f"{self.name} must be a number, not {_show(value)}")
+            value = float(value)
+        elif kind == "bool":
+            if value in (0, 1) and not isinstance(value, float):
+                value = bool(value)
+            elif isinstance(value, str) and value.lower() in ("true", "false"):
+                value = value.lower() == "true"
+            else:
+                raise ValueError(f"{self.name} must be 0 or 1, not {_show(value)}")
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise ValueError(f"{self.name} must be a name, not {_show(value)}")
+        elif kind == "border":
+            if isinstance(value, str):
+                if value not in BORDER_MODES:
+                    raise ValueError(f"{self.name} must be one of {', '.join(BORDER_MODES)} or a "
+                                     f"padding in pixels, not {_show(value)}")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{self.name} must be one of {', '.join(BORDER_MODES)} or a "
+                                 f"padding in pixels, not {_show(value)}")
+        elif kind == "init":
+            parse_weight_init(value)  # raises ValueError with the reason
+        else:  # pragma: no cover - schema error in a layer family, not a user error
+            raise TypeError(f"unknown argument kind {kind!r}")
+        if self.choices and value not in self.choices:
+            raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, "
+                             f"not {_show(value)}")
+        if self.min is not None and value < self.min:
+            raise ValueError(f"{self.name} must be >= {self.min:g}, not {_show(value)}")
+        if self.max is not None and value > self.max:
+            raise ValueError(f"{self.name} must be <= {self.max:g}, not {_show(value)}")
+        return value
+
+
+def _show(value) -> str:
+    return repr(value) if isinstance(value, str) else f"{value}"
+
+
+# Keywords every layer type with parameters accepts (see docs/language.md, "Training control").
+PARAM_KEYWORDS = (
+    Arg("lr", "float", 1.0, min=0.0, doc="learning-rate multiplier of this layer's parameters"),
+    Arg("frozen", "bool", False, doc="1: parameters are not trained (requires_grad False)"),
+    Arg("init", "init", None, doc="weight init of this layer, overriding --weight-init"),
+)
+
+
+class FunctionOp:
+    """A builder's answer when a layer is a plain function of its inputs (no module, no state):
+    the compiled graph calls ``fn(*inputs, **kwargs)`` directly; ``pack``: ``fn([inputs],
+    **kwargs)``; ``reduce``: a chain of binary calls ``fn(fn(a, b), c)``."""
+
+    def __init__(self, fn: Callable, pack: bool = False, reduce: bool = False, **kwargs):
+        self.fn = fn
+        self.pack = pack
+        self.reduce = reduce
+        self.kwargs = kwargs
+
+
+@dataclass
+class Call:
+    """One use of a layer type in a string, as its shape rule and builder see it."""
+
+    type: str
+    tags: str
+    args: dict
+    inputs: list[ShapeSpec]
+    border_mode: str | int = "valid"
+    activation: str = "relu"
+    weight_init: WeightInit = field(default_factory=lambda: parse_weight_init("he-backward"))
+    classes: int | None = None
+    name: str = ""
+    out: ShapeSpec | None = None
+    _fail: Callable[[str, str | None], NoReturn] | None = None
+
+    @property
+    def input(self) -> ShapeSpec:
+        return self.inputs[0]
+
+    def has(self, tag: str) -> bool:
+        return tag in self.tags
+
+    def fail(self, message: str, arg: str | None = None) -> NoReturn:
+        """Raise the description error for this token (or for argument ``arg`` of it)."""
+        if self._fail is None:
+            raise ValueError(message)
+        self._fail(message, arg)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @property
+    def init(self) -> WeightInit:
+        """The weight init of this layer: its ``init=`` keyword, else the global option."""
+        value = self.args.get("init")
+        return parse_weight_init(value) if value is not None else self.weight_init
+
+    @property
+    def border(self):
+        """The border mode of this layer: its ``border=`` keyword, else the global option."""
+        value = self.args.get("border")
+        return self.border_mode if value is None else value
+
+
+class LayerDef:
+    """Base class of a layer type. Subclasses set the class attributes and override
+    :meth:`shape` and :meth:`build`."""
+
+    type: str = ""
+    doc: str = ""
+    tags: dict[str, str] = {}
+    args: tuple[Arg, ...] = ()          # positional (also accepted as keywords by name)
+    keywords: tuple[Arg, ...] = ()      # keyword-only
+    has_params: bool = False            # adds PARAM_KEYWORDS
+    is_group: bool = False              # TYPE[args](branch | ...) instead of TYPE[args]
+    min_branches: int = 1
+
+    def positional(self, tags: str) -> tuple[Arg, ...]:
+        """Positional schema; may depend on the tags (``C.X`` takes kh, kw, sh, sw)."""
+        return self.args
+
+    def all_keywords(self, tags: str) -> tuple[Arg, ...]:
+        return tuple(self.keywords) + (PARAM_KEYWORDS if self.has_params else ())
+
+    # -- graph links --------------------------------------------------------------------------
+    def defines(self, call: Call) -> str | None:
+        """Symbol this layer's output defines (``SKIPSRC[0]``), for a later layer to use."""
+        return None
+
+    def uses(self, call: Call) -> list[str]:
+        """Symbols this layer needs as extra inputs (``SKIP[0]`` uses ``SKIPSRC[0]``)."""
+        return []
+
+    def missing_message(self, call: Call, symbol: str) -> str:
+        return f"{symbol} is used before it is defined"
+
+    def split_point(self, call: Call) -> bool:
+        """True where the training forward is checkpointed (``SPLIT``, ``SKIPSRC.X``)."""
+        return False
+
+    # -- semantics ------------------------------------------------------------------------------
+    def shape(self, call: Call) -> ShapeSpec:
+        return call.input
+
+    def build(self, call: Call):
+        """An ``nn.Module`` called with the inputs, a :class:`FunctionOp`, or None (identity)."""
+        return None
+
+    def param_count_hint(self) -> str:
+        return ""
+
+
+class Registry:
+    """Layer types by name."""
+
+    def __init__(self):
+        self._types: dict[str, LayerDef] = {}
+
+    def register(self, cls):
+        """Class decorator: instantiate and register a :class:`LayerDef` subclass."""
+        inst = cls() if isinstance(cls, type) else cls
+        if not inst.type:
+            raise TypeError(f"{cls!r} has no type name")
+        if inst.type in self._types:
+            raise ValueError(f"layer type {inst.type!r} is registered twice")
+        self._types[inst.type] = inst
+        return cls
+
+    def get(self, name: str) -> LayerDef | None:
+        return self._types.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._types
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+    def suggest(self, name: str) -> list[str]:
+        names = self.names()
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        upper = [n for n in names if n.upper() == name.upper() and n not in close]
+        return upper + close

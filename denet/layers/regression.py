@@ -1,0 +1,76 @@
+"""``R``: the classifier. A ``valid`` convolution with ``classes`` filters of k x k (k defaults
+to the whole input, i.e. a fully connected layer), then softmax.
+
+Output, shape [B, classes]:
+
+* evaluation: class probabilities. With ``.C`` only the centre position is used; otherwise, if the
+  conv output has several positions, the mean over positions of the per-position softmax.
+* training: log-probabilities, for ``F.nll_loss``. With several positions this is the mean over
+  positions of the per-position log-softmax, so ``nll_loss`` equals DeNet's cost (the mean
+  per-position negative log-likelihood).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .init import init_conv
+from .registry import Arg, Call, LayerDef
+from .shape import ShapeSpec
+
+
+class Regression(nn.Conv2d):
+    """Classifier conv + softmax (state-dict keys ``weight`` and ``bias`` of the conv)."""
+
+    def __init__(self, cin: int, classes: int, k: tuple[int, int], bias: bool, center: bool):
+        super().__init__(cin, classes, k, bias=bias)
+        self.center = center
+
+    def forward(self, x):
+        y = super().forward(x)
+        if self.center:
+            y = y[:, :, y.shape[2] // 2, y.shape[3] // 2]
+        elif y.shape[2] == 1 and y.shape[3] == 1:
+            y = y.flatten(1)
+        if self.training:
+            y = torch.log_softmax(y, dim=1)
+            return y.mean(dim=(2, 3)) if y.dim() == 4 else y
+        y = torch.softmax(y, dim=1)
+        return y.mean(dim=(2, 3)) if y.dim() == 4 else y
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", center={self.center}"
+
+
+def register(registry):
+    @registry.register
+    class RegressionDef(LayerDef):
+        type = "R"
+        doc = ("Classifier: valid k x k conv to `classes` channels (k = input size by default) "
+               "and softmax; probabilities in evaluation, log-probabilities in training.")
+        tags = {"B": "add a bias to the classifier conv",
+                "C": "classify from the centre position only",
+                "T": "accepted for DeNet strings; as in DeNet's code it changes nothing (DeNet "
+                     "computed an init for it that was never used)"}
+        args = (Arg("size", "int", None, min=1, doc="kernel size (default: the whole input)"),)
+        has_params = True
+
+        def shape(self, call: Call) -> ShapeSpec:
+            i = call.input
+            if call.classes is None:
+                call.fail("R needs the number of classes: compile with classes=N")
+            if i.height is None:
+                call.fail("R needs a feature map as input, not a vector")
+            k = call.args["size"]
+            kh, kw = (i.height, i.width) if k is None else (k, k)
+            if kh > i.height or kw > i.width:
+                call.fail(f"a {kh}x{kw} classifier does not fit the {i.height}x{i.width} input",
+                          "size")
+            return ShapeSpec(call.classes, None, None, i.stride)
+
+        def build(self, call: Call):
+            i, k = call.input, call.args["size"]
+            kk = (i.height, i.width) if k is None else (k, k)
+            conv = Regression(i.channels, call.classes, kk, call.has("B"), call.has("C"))
+            init_conv(conv, call.init)
+            return conv

@@ -1,0 +1,202 @@
+"""``RSN`` (one residual block) and ``nRSN`` (a stage of ``num`` blocks; only the first strides).
+
+DeNet's blocks (denet-original.md 1.3):
+
+* default, pre-activation: ``BN A conv1 BN A conv2 [BN A conv3]``, output ``shortcut + y``; the
+  projection shortcut (1x1 conv, stride s, no bias) reads the first BN's output (DeNet's quirk).
+* ``.O``, original (post-activation, torchvision's): ``conv1 BN A conv2 BN [A conv3 BN]``,
+  projection = 1x1 conv + BN, output ``A(shortcut + y)``.
+* ``bottleneck > 0``: 1x1 (in -> bottleneck), k x k (bottleneck -> bottleneck), 1x1 (-> filters).
+  DeNet (and MSRA/Caffe) put the stride on the first 1x1; tag ``V`` puts it on the k x k conv
+  (ResNet v1.5, torchvision).
+* A projection shortcut is added when the block changes the shape (channels or stride).
+
+Module names follow torchvision (``conv1``, ``bn1``, ..., ``downsample.0``/``.1``), so a
+torchvision ResNet state dict maps onto an ``nRSN.OV`` stage key for key.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .activation import make_activation
+from .init import WeightInit, init_conv
+from .norm import NORMS, make_norm
+from .registry import Arg, Call, LayerDef
+from .shape import ShapeSpec
+
+
+def _conv(cin, cout, k, stride, dilation, groups, init: WeightInit):
+    pad = dilation * (k // 2)  # DeNet's blocks always use border mode half
+    conv = nn.Conv2d(cin, cout, k, stride, pad, dilation, groups, bias=False)
+    init_conv(conv, init)
+    return conv
+
+
+class _Block(nn.Module):
+    """Shared construction of both block versions."""
+
+    def __init__(self, cin, cout, k, stride, bottleneck, stride_on_kxk, dilation, groups, norm,
+                 activation, residual, momentum, eps, init, pre):
+        super().__init__()
+        nrm = lambda c: make_norm(norm, c, momentum, eps)  # noqa: E731
+        self.residual = residual
+        if pre:
+            self.bn0 = nrm(cin)
+        if bottleneck:
+            b = bottleneck
+            s1, s2 = (1, stride) if stride_on_kxk else (stride, 1)
+            self.conv1 = _conv(cin, b, 1, s1, 1, 1, init)
+            self.bn1 = nrm(b)
+            self.conv2 = _conv(b, b, k, s2, dilation, groups, init)
+            self.bn2 = nrm(b)
+            self.conv3 = _conv(b, cout, 1, 1, 1, 1, init)
+            if not pre:
+                self.bn3 = nrm(cout)
+        else:
+            self.conv1 = _conv(cin, cout, k, stride, dilation, groups, init)
+            self.bn1 = nrm(cout)
+            self.conv2 = _conv(cout, cout, k, 1, dilation, groups, init)
+            if not pre:
+                self.bn2 = nrm(cout)
+        self.bottleneck = bool(bottleneck)
+        self.downsample = None
+        if residual and (cin != cout or stride != 1):
+            proj = nn.Conv2d(cin, cout, 1, stride, bias=False)
+            init_conv(proj, init)
+            self.downsample = nn.Sequential(proj) if pre else nn.Sequential(proj, nrm(cout))
+        # In-place only after the residual sum and BN outputs nobody else reads; the
+        # pre-activation projection reads the first BN's output, so that block never works in place.
+        act = make_activation(activation, inplace=not pre)
+        self.act = act if act is not None else nn.Identity()
+
+
+class PostActivationBlock(_Block):
+    """``RSN.O``: the original ResNet block (torchvision's BasicBlock / Bottleneck)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, pre=False, **kwargs)
+
+    def forward(self, x):
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.bottleneck:
+            out = self.bn3(self.conv3(self.act(out)))
+        if self.residual:
+            out += x if self.downsample is None else self.downsample(x)
+        return self.act(out)
+
+
+class PreActivationBlock(_Block):
+    """``RSN``: DeNet's default pre-activation block."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, pre=True, **kwargs)
+
+    def forward(self, x):
+        pre = self.bn0(x)
+        out = self.conv1(self.act(pre))
+        out = self.conv2(self.act(self.bn1(out)))
+        if self.bottleneck:
+            out = self.conv3(self.act(self.bn2(out)))
+        if not self.residual:
+            return out
+        return out + (x if self.downsample is None else self.downsample(pre))
+
+
+_KEYWORDS = (
+    Arg("dilation", "int", 1, min=1, doc="dilation of the k x k convs"),
+    Arg("first_dilation", "int", None, min=1,
+        doc="dilation of the first block's k x k convs (nRSN; default: dilation)"),
+    Arg("groups", "int", 1, min=1, doc="groups of the k x k conv (ResNeXt cardinality)"),
+    Arg("residual", "bool", True, doc="0: no shortcut (DRN's degridding blocks)"),
+    Arg("norm", "str", "bn", choices=NORMS, doc="norm layer: bn, frozen, affine or gn (32 groups)"),
+    Arg("momentum", "float", 0.9, min=0.0, max=1.0, doc="BN momentum, DeNet convention"),
+    Arg("eps", "float", 1e-5, min=0.0, doc="BN eps"),
+)
+_TAGS = {"O": "original post-activation block (ResNet v1, torchvision); default: "
+              "pre-activation",
+         "V": "bottleneck stride on the k x k conv (ResNet v1.5, torchvision); default: on the "
+              "first 1x1 (DeNet, MSRA)"}
+
+
+def _block_out(call: Call, i: ShapeSpec, filters: int, stride: int) -> ShapeSpec:
+    h = (i.height - 1) // stride + 1
+    w = (i.width - 1) // stride + 1
+    return ShapeSpec(filters, h, w, i.stride * stride)
+
+
+def _check(call: Call, filters: int, size: int, bottleneck: int):
+    if call.input.height is None:
+        call.fail(f"{call.type} needs a feature map as input, not a vector")
+    if size % 2 == 0:
+        call.fail(f"the block's kernel size must be odd (border mode half), not {size}", "size")
+    if call.args["norm"] == "gn":
+        chans = {filters, bottleneck or filters} | ({call.input.channels}
+                                                   if not call.has("O") else set())
+        bad = sorted(c for c in chans if c % 32)
+        if bad:
+            call.fail(f"norm=gn uses 32 groups, which must divide the block's channels "
+                      f"({bad[0]})", "norm")
+    g = call.args["groups"]
+    width = bottleneck or filters
+    if width % g or (not bottleneck and call.input.channels % g):
+        call.fail(f"groups={g} must divide the block's channels ({width})", "groups")
+
+
+def _make_block(call: Call, cin: int, stride: int, dilation: int):
+    a = call.args
+    cls = PostActivationBlock if call.has("O") else PreActivationBlock
+    return cls(cin, a["filters"], a["size"], stride, a["bottleneck"], call.has("V"), dilation,
+               a["groups"], a["norm"], call.activation, a["residual"], a["momentum"], a["eps"],
+               call.init)
+
+
+def register(registry):
+    @registry.register
+    class ResidualBlock(LayerDef):
+        type = "RSN"
+        doc = "One residual block."
+        tags = _TAGS
+        args = (Arg("filters", "int", min=1, doc="output channels"),
+                Arg("size", "int", min=1, doc="kernel size of the spatial convs"),
+                Arg("stride", "int", 1, min=1, doc="stride"),
+                Arg("bottleneck", "int", 0, min=0, doc="bottleneck width (0: basic block)"))
+        keywords = _KEYWORDS
+        has_params = True
+
+        def shape(self, call: Call):
+            a = call.args
+            _check(call, a["filters"], a["size"], a["bottleneck"])
+            return _block_out(call, call.input, a["filters"], a["stride"])
+
+        def build(self, call: Call):
+            a = call.args
+            d = a["first_dilation"] or a["dilation"]
+            return _make_block(call, call.input.channels, a["stride"], d)
+
+    @registry.register
+    class ResidualStage(LayerDef):
+        type = "nRSN"
+        doc = ("A stage of num residual blocks; only the first has the stride (and "
+               "first_dilation) and a projection when the shape changes.")
+        tags = _TAGS
+        args = (Arg("num", "int", min=1, doc="number of blocks"),
+                Arg("filters", "int", min=1, doc="output channels"),
+                Arg("size", "int", min=1, doc="kernel size of the spatial convs"),
+                Arg("stride", "int", 1, min=1, doc="stride of the first block"),
+                Arg("bottleneck", "int", 0, min=0, doc="bottleneck width (0: basic blocks)"))
+        keywords = _KEYWORDS
+        has_params = True
+
+        def shape(self, call: Call):
+            a = call.args
+            _check(call, a["filters"], a["size"], a["bottleneck"])
+            return _block_out(call, call.input, a["filters"], a["stride"])
+
+        def build(self, call: Call):
+            a = call.args
+            first = a["first_dilation"] or a["dilation"]
+            blocks = [_make_block(call, call.input.channels, a["stride"], first)]
+            for _ in range(a["num"] - 1):
+                blocks.append(_make_block(call, a["filters"], 1, a["dilation"]))
+            return nn.Sequential(*blocks)
