@@ -192,6 +192,8 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, seed: int
       or a batch sampler (``AspectRatioBatchSampler`` or ``torch.utils.data.BatchSampler``),
       which then sets the batches itself.
     - memory is pinned when CUDA is available.
+    - the loader draws its per-iterator base seed from a private generator seeded from ``seed``,
+      never from the global torch RNG, so a resumed run sees the same stream as an unbroken one.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -199,7 +201,8 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, seed: int
         dataset.seed = seed
     kwargs = dict(num_workers=int(workers), collate_fn=collate,
                   pin_memory=torch.cuda.is_available(),
-                  persistent_workers=int(workers) > 0)
+                  persistent_workers=int(workers) > 0,
+                  generator=torch.Generator().manual_seed(int(seed)))
     if isinstance(sampler, (AspectRatioBatchSampler, BatchSampler)):
         loader = Loader(dataset, batch_sampler=sampler, **kwargs)
     else:

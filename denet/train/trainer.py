@@ -434,13 +434,11 @@ def _run(opts, info, device, console, resume, state, resumed_model):
         net = model
     train_loader = make_loader(train_set, opts.batch_size, shuffle=True,
                                workers=opts.thread_num, seed=opts.seed, sampler=train_sampler)
-    train_loader.generator = torch.Generator().manual_seed(opts.seed)
     test_loader = None
     if test_set is not None:
         test_sampler = StridedSampler(len(test_set), info.rank, info.world_size)
         test_loader = make_loader(test_set, opts.batch_size, shuffle=False,
                                   workers=opts.thread_num, seed=opts.seed, sampler=test_sampler)
-        test_loader.generator = torch.Generator().manual_seed(opts.seed + 1)
     if label_map is not None:
         label_map = label_map.to(device)
 
