@@ -50,6 +50,10 @@ def read_payload(path, map_location="cpu") -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such model file")
+    if not zipfile.is_zipfile(path):
+        # torch.save always writes a zip archive; anything else (text, a bare pickle, a
+        # truncated download) is not ours, and is never handed to an unpickler.
+        raise ModelFileError(f"{path}: not a denet model file (not a torch.save archive)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
