@@ -87,7 +87,7 @@ def run(device, only, rounds):
     bw = copy_bandwidth(device) if device == "cuda" else None
     if bw:
         print(f"measured copy bandwidth (read+write): {bw / 1e9:.0f} GB/s")
-    print(f"| op | ours ms | peer | peer ms | ours/peer |" + (" GB/s | % of copy |" if bw else ""))
+    print("| op | ours ms | peer | peer ms | ours/peer |" + (" GB/s | % of copy |" if bw else ""))
     print("|---|---:|---|---:|---:|" + ("---:|---:|" if bw else ""))
     for info in pkgutil.iter_modules(kernel_cases.__path__):
         if only and info.name not in only:

@@ -1,6 +1,6 @@
 """``denet::deform_conv2d``: registration with torch.library (fake kernel, autograd) and the public API."""
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn

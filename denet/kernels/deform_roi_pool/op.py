@@ -1,5 +1,5 @@
 """``denet::deform_roi_pool``: registration with torch.library (fake kernel, autograd) and the public API."""
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
