@@ -59,6 +59,17 @@ def test_nms_equals_torchvision(device, dtype, seed, n):
         assert torch.equal(keep.cpu(), expected), threshold
 
 
+@pytest.mark.parametrize("clustered", [True, False])
+def test_blocked_reference_nms_equals_torchvision(monkeypatch, clustered):
+    # The reference decides 256 boxes at a time: a block's boxes must meet the boxes kept in
+    # every earlier block (the interpreted Triton path is too slow at this size for CI).
+    monkeypatch.setenv("DENET_KERNEL_BACKEND", "reference")
+    for seed, n in ((5, 700), (6, 2049)):
+        boxes, scores = _boxes(n, seed, torch.float32, clustered)
+        for threshold in (0.3, 0.5, 0.7):
+            assert torch.equal(nms(boxes, scores, threshold), tv_ops.nms(boxes, scores, threshold))
+
+
 def test_nms_threshold_rounding(device):
     # inter 3, union 6.5 + 6.5 - 3 = 10: IoU = 3/10, which is float32(0.3) = 0.30000001 in float32
     # (above the double 0.3, so torchvision suppresses) and exactly 0.3 in float64 (not above).

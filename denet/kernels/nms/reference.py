@@ -86,10 +86,29 @@ def _suppression(boxes: Tensor, iou_threshold: float) -> Tensor:
     return torch.cat([box_iou(boxes[i:i + rows], boxes) > thr for i in range(0, n, rows)])
 
 
+_NMS_BLOCK = 256  # boxes decided together; measured best for 2k-10k boxes on the CPU
+
+
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS a block of boxes at a time, in score order. A block's boxes first meet the boxes
+    already kept (a box that any of them overlaps is gone), then the survivors settle among
+    themselves with :func:`greedy_keep`. The IoU is computed only against kept boxes, as in
+    torchvision's CPU loop, instead of for all N^2 pairs; the result is the same."""
     order = descending_order(scores)
-    sup = _suppression(boxes[order], iou_threshold).triu_(diagonal=1)
-    return order[greedy_keep(sup)]
+    ranked = boxes[order]
+    thr = threshold_below(iou_threshold, iou_dtype(boxes.dtype))
+    kept, kept_boxes = [], ranked[:0]
+    for start in range(0, ranked.shape[0], _NMS_BLOCK):
+        block = ranked[start:start + _NMS_BLOCK]
+        if kept_boxes.shape[0]:
+            candidates = (~(box_iou(kept_boxes, block) > thr).any(dim=0)).nonzero()[:, 0]
+        else:
+            candidates = torch.arange(block.shape[0], device=boxes.device)
+        inner = block[candidates]
+        chosen = candidates[greedy_keep((box_iou(inner, inner) > thr).triu_(diagonal=1))]
+        kept.append(chosen + start)
+        kept_boxes = torch.cat([kept_boxes, block[chosen]])
+    return order[torch.cat(kept)] if kept else order
 
 
 def denet_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
