@@ -24,7 +24,3 @@ def tool_main(fn):
 
     return wrapper
 
-
-def run_tool(module_main) -> None:
-    """Body of a ``bin/`` wrapper: ``sys.exit(main())``."""
-    sys.exit(module_main())
