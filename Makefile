@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # from the local wheel cache where one exists.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean bench gpu-check
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,9 @@ bench: venv
 	$(PY) bench/models.py
 	$(PY) bench/data.py
 
+# On a machine with an NVIDIA GPU, with that machine's own python3 (see bench/gpu_check.sh).
+gpu-check:
+	bash bench/gpu_check.sh
+
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out gpu-check
