@@ -14,8 +14,10 @@ The outputs of the operators are meaningless here (nothing runs); only compilati
 Must start without ``TRITON_INTERPRET`` set: Triton reads it when the kernels are decorated.
 """
 import argparse
+import importlib
 import json
 import os
+import pkgutil
 import sys
 import traceback
 
@@ -121,10 +123,13 @@ def main():
     install(args.arch, compiled)
     import torch
 
-    import denet.kernels  # noqa: F401  (binds every kernel module's names first)
+    import denet.kernels
     from denet.kernels import _dispatch
-    from denet.kernels.deform_conv2d import triton as dcn_triton
 
+    # Every Triton module binds the real ``interpreting`` before it is patched below.
+    triton_modules = {info.name: importlib.import_module(f"denet.kernels.{info.name}.triton")
+                      for info in pkgutil.iter_modules(denet.kernels.__path__) if info.ispkg}
+    dcn_triton = triton_modules["deform_conv2d"]
     # CPU tensors may take the Triton path (the launches compile and return) ...
     _dispatch.interpreting = lambda: True
     # ... while the launchers keep their GPU branches, sized for an H100's 132 SMs.
