@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "reshaped layers are initialised as in a fresh model. The input file is "
                     "never changed.")
     p.add_argument("--input", required=True, metavar="M", help="model file to read")
-    p.add_argument("--output", required=True, metavar="M2", help="model file to write")
+    p.add_argument("--output", metavar="M2",
+                   help="model file to write; without it, --summary shows the result and "
+                        "nothing is written")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="new input image size (height width)")
     p.add_argument("--class-num", type=int, metavar="N",
@@ -126,7 +128,10 @@ def main(argv=None) -> int:
     from ..dsl import print_items
     from ..model_file import model_from_payload, read_payload
 
-    if os.path.abspath(args.output) == os.path.abspath(args.input):
+    if args.output is None and not args.summary:
+        raise DenetError("--output M2 is required (or --summary alone, to look at the result "
+                         "without writing it)")
+    if args.output is not None and os.path.abspath(args.output) == os.path.abspath(args.input):
         raise DenetError("--output must differ from --input (the input file is never changed)")
     payload = read_payload(args.input)
     old = model_from_payload(payload, args.input)
@@ -203,9 +208,11 @@ def main(argv=None) -> int:
                     kept += 1
                 else:
                     fresh.append(name)
-    denet.save(model, args.output)
+    if args.output is not None:
+        denet.save(model, args.output)
     if args.summary:
         print(denet.summary(model))
-    print(f"wrote {args.output}: kept the weights of {kept} layer(s)" +
+    done = f"wrote {args.output}" if args.output is not None else "not written (no --output)"
+    print(f"{done}: kept the weights of {kept} layer(s)" +
           (f", new weights for {', '.join(fresh)}" if fresh else ""))
     return 0

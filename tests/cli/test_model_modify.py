@@ -113,3 +113,14 @@ def test_help_documents_every_option():
     for opt in ("--input", "--output", "--image-size", "--class-num", "--modify-layer",
                 "--layer-remove", "--layer-insert", "--layer-append", "--summary", "--seed"):
         assert opt in res.stdout
+
+
+def test_summary_without_output_writes_nothing(model_file, tmp_path):
+    before = sorted(os.listdir(tmp_path))
+    res = run("--input", str(model_file), "--class-num", "3", "--summary")
+    assert res.returncode == 0, res.stderr
+    assert "R" in res.stdout and "not written (no --output)" in res.stdout
+    assert sorted(os.listdir(tmp_path)) == before
+    res = run("--input", str(model_file), "--class-num", "3")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "--output M2 is required" in res.stderr.splitlines()[0]
