@@ -91,11 +91,15 @@ def render(image: torch.Tensor, target: dict, ds, zoom: int = 0) -> Image.Image:
         for k, (box, label) in enumerate(zip(boxes.tolist(), target["labels"].tolist())):
             color = tuple(int(v) for v in PALETTE[label % len(PALETTE)])
             x0, y0, x1, y1 = (v * zoom for v in box)
-            draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=color, width=2)
+            corners = [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)]
+            # a black rim first, so a box stays visible on an object of its own colour
+            draw.rectangle([corners[0] - 1, corners[1] - 1, corners[2] + 1, corners[3] + 1],
+                           outline=(0, 0, 0), width=4)
+            draw.rectangle(corners, outline=color, width=2)
             name = ds.classes[label] if label < len(ds.classes) else str(label)
             if flags is not None and bool(flags[k]):
                 name += " (crowd)" if "iscrowd" in target else " (difficult)"
-            draw.text((x0 + 2, y0 + 1), name, fill=color)
+            draw.text((x0 + 3, y0 + 2), name, fill=color, stroke_width=1, stroke_fill=(0, 0, 0))
     if "label" in target:
         label = int(target["label"])
         name = ds.classes[label] if label < len(ds.classes) else str(label)
@@ -120,7 +124,8 @@ def main(argv=None):
         render(image, target, ds, args.zoom).save(path)
         shape = "x".join(str(v) for v in image.shape)
         if "boxes" in target:
-            what = f"{len(target['boxes'])} boxes"
+            count = len(target["boxes"])
+            what = f"{count} box" + ("" if count == 1 else "es")
         elif "mask" in target:
             what = "classes " + ",".join(str(v) for v in sorted(set(
                 target["mask"].unique().tolist())))

@@ -30,6 +30,8 @@ def test_detection_items_with_boxes(tmp_path, capsys):
     label = int(t["labels"][0])
     # the box outline is drawn in its class colour at its top-left corner
     assert tuple(img[y0 + 5, x0]) == tuple(PALETTE[label])
+    # with a black rim just outside it, so it shows on an object of the same colour
+    assert tuple(img[y0 + 5, x0 - 1]) == (0, 0, 0)
     assert "3 of 5 items" in capsys.readouterr().out
 
 
