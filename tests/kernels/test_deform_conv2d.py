@@ -7,22 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from denet.kernels._dispatch import interpreting
 from denet.kernels.deform_conv2d import DeformConv2d, deform_conv2d
-
-CASES = [("reference", "cpu"), ("triton", "cpu"), ("reference", "cuda"), ("triton", "cuda")]
-
-
-@pytest.fixture(params=CASES, ids=[f"{b}-{d}" for b, d in CASES])
-def device(request, monkeypatch):
-    backend, dev = request.param
-    if dev == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    if dev == "cpu" and backend == "triton" and not interpreting():
-        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
-    monkeypatch.setenv("DENET_KERNEL_BACKEND", backend)
-    return dev
-
 
 def _out_hw(h, w, k, stride, pad, dil):
     return tuple((s + 2 * p - (d * (kk - 1) + 1)) // st + 1 for s, kk, st, p, d in zip((h, w), k, stride, pad, dil))

@@ -8,20 +8,6 @@ import torch
 from denet.kernels._dispatch import interpreting
 from denet.kernels.deform_roi_pool import DeformRoIPool, deform_roi_pool
 
-CASES = [("reference", "cpu"), ("triton", "cpu"), ("reference", "cuda"), ("triton", "cuda")]
-
-
-@pytest.fixture(params=CASES, ids=[f"{b}-{d}" for b, d in CASES])
-def device(request, monkeypatch):
-    backend, dev = request.param
-    if dev == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    if dev == "cpu" and backend == "triton" and not interpreting():
-        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
-    monkeypatch.setenv("DENET_KERNEL_BACKEND", backend)
-    return dev
-
-
 def _linear_map(device, channels=1, h=6, w=6):
     """Channel c holds 100*c + 6*y + x. Bilinear interpolation reproduces it exactly, so every
     valid sample at (h, w) is worth 100*c + 6*clamp(h) + clamp(w)."""

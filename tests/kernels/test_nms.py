@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from denet.kernels._dispatch import interpreting
 from denet.kernels.nms import batched_nms, box_iou, denet_nms, nms, soft_nms
 
 torchvision = pytest.importorskip("torchvision")
@@ -13,20 +12,6 @@ tv_ops = torchvision.ops
 
 # Masked-out lanes and empty boxes divide 0 by 0 in the Triton interpreter (numpy warns).
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-
-CASES = [("reference", "cpu"), ("triton", "cpu"), ("reference", "cuda"), ("triton", "cuda")]
-
-
-@pytest.fixture(params=CASES, ids=[f"{b}-{d}" for b, d in CASES])
-def device(request, monkeypatch):
-    backend, dev = request.param
-    if dev == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    if dev == "cpu" and backend == "triton" and not interpreting():
-        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
-    monkeypatch.setenv("DENET_KERNEL_BACKEND", backend)
-    return dev
-
 
 def _boxes(n, seed, dtype=torch.float64, clustered=True):
     """Random xyxy boxes with heavy overlap, exact duplicates, degenerate (zero-width/height and

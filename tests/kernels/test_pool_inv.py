@@ -2,22 +2,7 @@
 import pytest
 import torch
 
-from denet.kernels._dispatch import interpreting
 from denet.kernels.pool_inv import PoolInv, pool_inv
-
-CASES = [("reference", "cpu"), ("triton", "cpu"), ("reference", "cuda"), ("triton", "cuda")]
-
-
-@pytest.fixture(params=CASES, ids=[f"{b}-{d}" for b, d in CASES])
-def device(request, monkeypatch):
-    backend, dev = request.param
-    if dev == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    if dev == "cpu" and backend == "triton" and not interpreting():
-        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
-    monkeypatch.setenv("DENET_KERNEL_BACKEND", backend)
-    return dev
-
 
 def test_golden_square_factor(device):
     x = torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], device=device).view(1, 1, 2, 3)

@@ -5,23 +5,10 @@ import pytest
 import torch
 import torchvision
 
-from denet.kernels._dispatch import interpreting
 from denet.kernels.roi_align import RoIAlign, roi_align
 
-CASES = [("reference", "cpu"), ("triton", "cpu"), ("reference", "cuda"), ("triton", "cuda")]
 # Atomic adds on the GPU sum in no fixed order: repeated backward passes differ by rounding.
 NONDET = 1e-12
-
-
-@pytest.fixture(params=CASES, ids=[f"{b}-{d}" for b, d in CASES])
-def device(request, monkeypatch):
-    backend, dev = request.param
-    if dev == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    if dev == "cpu" and backend == "triton" and not interpreting():
-        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
-    monkeypatch.setenv("DENET_KERNEL_BACKEND", backend)
-    return dev
 
 
 def random_rois(n_img, k, height, width, scale, generator):

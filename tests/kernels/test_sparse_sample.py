@@ -9,19 +9,7 @@ import torch
 from denet.kernels._dispatch import interpreting
 from denet.kernels.sparse_sample import SparseSample, reference, sparse_sample
 
-CASES = [("reference", "cpu"), ("triton", "cpu"), ("reference", "cuda"), ("triton", "cuda")]
 MODES = ["nearest", "bilinear"]
-
-
-@pytest.fixture(params=CASES, ids=[f"{b}-{d}" for b, d in CASES])
-def device(request, monkeypatch):
-    backend, dev = request.param
-    if dev == "cuda" and not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    if dev == "cpu" and backend == "triton" and not interpreting():
-        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1")
-    monkeypatch.setenv("DENET_KERNEL_BACKEND", backend)
-    return dev
 
 
 def _map(device, h=4, w=4, f=2, dtype=torch.float32):
