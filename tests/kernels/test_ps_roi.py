@@ -253,3 +253,16 @@ def test_cuda_against_torchvision(op, dtype, monkeypatch):
     assert out.dtype == dtype and xd.grad.dtype == dtype
     torch.testing.assert_close(out.float(), ref.nan_to_num(), rtol=tol, atol=tol)
     torch.testing.assert_close(xd.grad.float(), xr.grad.nan_to_num(), rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("name", ["roi_align", "roi_pool", "ps_roi_align", "ps_roi_pool"])
+def test_image_index_outside_the_batch_is_named(name, monkeypatch):
+    # torchvision reads out of bounds here; the reference says which operator and which indices.
+    import denet.kernels as K
+
+    monkeypatch.setenv("DENET_KERNEL_BACKEND", "reference")
+    x = torch.randn(2, 8, 5, 5)
+    for bad in (2.0, -1.0):
+        rois = torch.tensor([[0.0, 0, 0, 3, 3], [bad, 1, 1, 4, 4]])
+        with pytest.raises(ValueError, match=rf"^{name}: the image indices .* \[0, 2\)"):
+            getattr(K, name)(x, rois, 2)

@@ -23,7 +23,7 @@ def _matrix(rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, n_
     bins = pooled_height * pooled_width
     batch, start, bin_size, grid = roi_geometry(rois, spatial_scale, pooled_height, pooled_width,
                                                 sampling_ratio, True, dtype)
-    check_batch_index(batch, n_img)
+    check_batch_index(batch, n_img, "ps_roi_align")
     planes = batch[:, None] * bins + torch.arange(bins, device=rois.device)
     return sampling_matrix(planes, start, bin_size, grid, pooled_height, pooled_width, height, width)
 

@@ -32,7 +32,7 @@ def _axis(lo: Tensor, hi: Tensor):
 def _matrix(rois, spatial_scale, pooled_height, pooled_width, n_img, height, width, dtype):
     batch, hs, he, ws, we = pool_windows(rois, spatial_scale, pooled_height, pooled_width, height, width,
                                          dtype, False, height - 1, width - 1)
-    check_batch_index(batch, n_img)
+    check_batch_index(batch, n_img, "ps_roi_pool")
     bins = pooled_height * pooled_width
     planes = batch[:, None] * bins + torch.arange(bins, device=rois.device)
     (ylo, ylen, ay), (xlo, xlen, ax) = _axis(hs, he), _axis(ws, we)

@@ -60,11 +60,12 @@ def roi_geometry(rois: Tensor, spatial_scale: float, pooled_height: int, pooled_
     return batch, start, bin_size, grid
 
 
-def check_batch_index(batch: Tensor, n_img: int) -> None:
+def check_batch_index(batch: Tensor, n_img: int, op: str) -> None:
     """The sparse matrices index the map directly: an image index outside ``[0, N)`` must not
     reach them (torchvision reads out of bounds there)."""
     if batch.numel() and (int(batch.min()) < 0 or int(batch.max()) >= n_img):
-        raise ValueError(f"box image indices must lie in [0, {n_img}), got {int(batch.min())}..{int(batch.max())}")
+        raise ValueError(f"{op}: the image indices of the boxes (column 0) must lie in [0, {n_img}) for "
+                         f"a batch of {n_img}, got {int(batch.min())}..{int(batch.max())}")
 
 
 def sample_positions(start: Tensor, bin_size: Tensor, grid: Tensor, p: Tensor, num: int) -> Tensor:
@@ -220,7 +221,7 @@ def roi_align_forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_
         return input.new_zeros((k, channels, pooled_height, pooled_width))
     batch, start, bin_size, grid = roi_geometry(rois, spatial_scale, pooled_height, pooled_width,
                                                 sampling_ratio, aligned, acc)
-    check_batch_index(batch, n_img)
+    check_batch_index(batch, n_img, "roi_align")
     planes = batch[:, None].expand(k, pooled_height * pooled_width)
     crow, col, val = sampling_matrix(planes, start, bin_size, grid, pooled_height, pooled_width, height, width)
     flat = input.permute(0, 2, 3, 1).to(acc).reshape(n_img * height * width, channels)
@@ -238,7 +239,7 @@ def roi_align_backward(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_
         return grad.new_zeros((batch_size, channels, height, width))
     batch, start, bin_size, grid = roi_geometry(rois, spatial_scale, pooled_height, pooled_width,
                                                 sampling_ratio, aligned, acc)
-    check_batch_index(batch, batch_size)
+    check_batch_index(batch, batch_size, "roi_align")
     planes = batch[:, None].expand(k, pooled_height * pooled_width)
     crow, col, val = sampling_matrix(planes, start, bin_size, grid, pooled_height, pooled_width, height, width)
     g = grad.permute(0, 2, 3, 1).to(acc).reshape(k * pooled_height * pooled_width, channels)

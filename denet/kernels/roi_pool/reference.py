@@ -96,7 +96,7 @@ def roi_pool_forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_h
     acc = acc_dtype(input.dtype)
     batch, hs, he, ws, we = pool_windows(rois, spatial_scale, pooled_height, pooled_width, height, width,
                                          acc, True, height, width)
-    check_batch_index(batch, n_img)
+    check_batch_index(batch, n_img, "roi_pool")
     # One unit per bin (k, ph, pw); its crop is its window padded to a group size, inside the map.
     full = (k, pooled_height, pooled_width)
     hs, he = hs[:, :, None].expand(full).reshape(-1), he[:, :, None].expand(full).reshape(-1)
@@ -150,7 +150,7 @@ def roi_pool_backward(grad: Tensor, rois: Tensor, argmax: Tensor, batch_size: in
     if k == 0 or total == 0:
         return grad.new_zeros((batch_size, channels, height, width))
     batch = rois[:, 0].to(torch.int64)
-    check_batch_index(batch, batch_size)
+    check_batch_index(batch, batch_size, "roi_pool")
     c = torch.arange(channels, device=grad.device)
     target = ((batch[:, None] * channels + c) * plane)[:, :, None, None] + argmax.to(torch.int64)
     # Bins without an argmax add into one spare slot past the end.
