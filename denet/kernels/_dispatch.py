@@ -5,7 +5,9 @@ CUDA tensors use Triton, every other tensor uses the vectorised torch reference.
 Triton is imported) the Triton kernels also run on CPU tensors: that is how CI tests them.
 The variable is read at every call so tests can switch it with ``monkeypatch.setenv``.
 """
+import importlib
 import os
+from types import ModuleType
 
 import torch
 
@@ -30,3 +32,10 @@ def backend_for(*tensors: torch.Tensor) -> str:
                 "(set before Triton is first imported)")
         return "triton"
     return "triton" if on_cuda else "reference"
+
+
+def implementation(package: str, *tensors: torch.Tensor) -> ModuleType:
+    """The module that computes an operator for these tensors: ``<package>.triton`` or
+    ``<package>.reference``, as :func:`backend_for` decides. Imported on first use, so the
+    reference path never imports Triton."""
+    return importlib.import_module(f"{package}.{backend_for(*tensors)}")

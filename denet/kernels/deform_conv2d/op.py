@@ -6,24 +6,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn import init
 
-from .._dispatch import backend_for
+from .._dispatch import implementation
 from .._utils import pair
-from . import reference
 from .reference import BOUNDARIES, output_size
-
-
-def _impl(name: str):
-    if name == "triton":
-        from . import triton as impl  # imported lazily: the reference path never needs Triton
-        return impl
-    return reference
 
 
 @torch.library.custom_op("denet::deform_conv2d", mutates_args=())
 def _deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
                    mask: Optional[Tensor], stride: List[int], padding: List[int], dilation: List[int],
                    boundary: str) -> Tensor:
-    return _impl(backend_for(input, offset, weight)).deform_conv2d_forward(
+    return implementation(__package__, input, offset, weight).deform_conv2d_forward(
         input, offset, weight, bias, mask, stride, padding, dilation, boundary)
 
 
@@ -37,7 +29,7 @@ def _deform_conv2d_backward(grad: Tensor, input: Tensor, offset: Tensor, weight:
                             mask: Optional[Tensor], stride: List[int], padding: List[int],
                             dilation: List[int], boundary: str, need_input: bool,
                             need_weight: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _impl(backend_for(grad, input, offset, weight)).deform_conv2d_backward(
+    return implementation(__package__, grad, input, offset, weight).deform_conv2d_backward(
         grad, input, offset, weight, mask, stride, padding, dilation, boundary, need_input, need_weight)
 
 

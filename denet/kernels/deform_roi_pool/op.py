@@ -4,23 +4,16 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .._dispatch import backend_for
+from .._dispatch import implementation
 from .._utils import as_roi_tensor, pair
 from . import reference
-
-
-def _impl(name: str):
-    if name == "triton":
-        from . import triton as impl  # imported lazily: the reference path never needs Triton
-        return impl
-    return reference
 
 
 @torch.library.custom_op("denet::deform_roi_pool", mutates_args=())
 def _deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], output_size: List[int],
                      spatial_scale: float, group_size: int, part_size: List[int], sample_per_part: int,
                      trans_std: float) -> Tensor:
-    return _impl(backend_for(input, rois)).deform_roi_pool_forward(
+    return implementation(__package__, input, rois).deform_roi_pool_forward(
         input, rois, offset, output_size, spatial_scale, group_size, part_size, sample_per_part, trans_std)
 
 
@@ -35,7 +28,7 @@ def _deform_roi_pool_backward(grad: Tensor, input: Tensor, rois: Tensor, offset:
                               output_size: List[int], spatial_scale: float, group_size: int,
                               part_size: List[int], sample_per_part: int,
                               trans_std: float) -> Tuple[Tensor, Tensor]:
-    return _impl(backend_for(grad, input, rois)).deform_roi_pool_backward(
+    return implementation(__package__, grad, input, rois).deform_roi_pool_backward(
         grad, input, rois, offset, output_size, spatial_scale, group_size, part_size, sample_per_part, trans_std)
 
 

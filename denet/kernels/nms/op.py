@@ -7,27 +7,18 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .._dispatch import backend_for
+from .._dispatch import implementation
 from . import reference
 
 SOFT_NMS_METHODS = ("gaussian", "linear")
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 
 
-def _impl(name: str):
-    if name == "triton":
-        from . import triton as impl  # imported lazily: the reference path never needs Triton
-        return impl
-    return reference
-
-
 # ----------------------------------------------------------------------------------------- IoU
 
 @torch.library.custom_op("denet::box_iou", mutates_args=())
 def _box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    if backend_for(boxes1, boxes2) == "triton":
-        return _impl("triton").box_iou(boxes1, boxes2)
-    return reference.box_iou(boxes1, boxes2)
+    return implementation(__package__, boxes1, boxes2).box_iou(boxes1, boxes2)
 
 
 @_box_iou.register_fake
@@ -104,7 +95,7 @@ def _dynamic_keep(boxes: Tensor) -> Tensor:
 def _nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     if boxes.shape[0] == 0:
         return boxes.new_empty((0,), dtype=torch.int64)
-    return _impl(backend_for(boxes, scores)).nms(boxes, scores, iou_threshold)
+    return implementation(__package__, boxes, scores).nms(boxes, scores, iou_threshold)
 
 
 @_nms.register_fake
@@ -116,7 +107,7 @@ def _(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 def _denet_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     if boxes.shape[0] == 0:
         return boxes.new_empty((0,), dtype=torch.int64)
-    return _impl(backend_for(boxes, scores)).denet_nms(boxes, scores, iou_threshold)
+    return implementation(__package__, boxes, scores).denet_nms(boxes, scores, iou_threshold)
 
 
 @_denet_nms.register_fake
@@ -129,7 +120,8 @@ def _soft_nms(boxes: Tensor, scores: Tensor, sigma: float, iou_threshold: float,
               score_threshold: float) -> Tuple[Tensor, Tensor]:
     if boxes.shape[0] == 0:
         return boxes.new_empty((0,), dtype=torch.int64), scores.new_empty((0,))
-    return _impl(backend_for(boxes, scores)).soft_nms(boxes, scores, sigma, iou_threshold, method, score_threshold)
+    return implementation(__package__, boxes, scores).soft_nms(boxes, scores, sigma, iou_threshold, method,
+                                                               score_threshold)
 
 
 @_soft_nms.register_fake

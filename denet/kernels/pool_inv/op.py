@@ -4,21 +4,13 @@ from typing import Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .._dispatch import backend_for
+from .._dispatch import implementation
 from .._utils import pair
-from . import reference
-
-
-def _impl(name: str):
-    if name == "triton":
-        from . import triton as impl  # imported lazily: the reference path never needs Triton
-        return impl
-    return reference
 
 
 @torch.library.custom_op("denet::pool_inv", mutates_args=())
 def _pool_inv(x: Tensor, sh: int, sw: int) -> Tensor:
-    return _impl(backend_for(x)).pool_inv_forward(x, sh, sw)
+    return implementation(__package__, x).pool_inv_forward(x, sh, sw)
 
 
 @_pool_inv.register_fake
@@ -29,7 +21,7 @@ def _(x: Tensor, sh: int, sw: int) -> Tensor:
 
 @torch.library.custom_op("denet::pool_inv_backward", mutates_args=())
 def _pool_inv_backward(grad: Tensor, sh: int, sw: int) -> Tensor:
-    return _impl(backend_for(grad)).pool_inv_backward(grad, sh, sw)
+    return implementation(__package__, grad).pool_inv_backward(grad, sh, sw)
 
 
 @_pool_inv_backward.register_fake

@@ -4,24 +4,16 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .._dispatch import backend_for
+from .._dispatch import implementation
 from .._utils import pair
 from ..ps_roi_align.op import check_position_sensitive
 from ..roi_align.op import Boxes, check_roi_args
-from . import reference
-
-
-def _impl(name: str):
-    if name == "triton":
-        from . import triton as impl  # imported lazily: the reference path never needs Triton
-        return impl
-    return reference
 
 
 @torch.library.custom_op("denet::ps_roi_pool", mutates_args=())
 def _ps_roi_pool(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
                  pooled_width: int) -> Tensor:
-    return _impl(backend_for(input, rois)).ps_roi_pool_forward(input, rois, spatial_scale, pooled_height,
+    return implementation(__package__, input, rois).ps_roi_pool_forward(input, rois, spatial_scale, pooled_height,
                                                                pooled_width)
 
 
@@ -34,7 +26,7 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width):
 @torch.library.custom_op("denet::ps_roi_pool_backward", mutates_args=())
 def _ps_roi_pool_backward(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
                           pooled_width: int, batch_size: int, channels: int, height: int, width: int) -> Tensor:
-    return _impl(backend_for(grad, rois)).ps_roi_pool_backward(
+    return implementation(__package__, grad, rois).ps_roi_pool_backward(
         grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width)
 
 

@@ -4,24 +4,16 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .._dispatch import backend_for
+from .._dispatch import implementation
 from .._utils import as_roi_tensor, pair
-from . import reference
 
 Boxes = Union[Tensor, List[Tensor]]
-
-
-def _impl(name: str):
-    if name == "triton":
-        from . import triton as impl  # imported lazily: the reference path never needs Triton
-        return impl
-    return reference
 
 
 @torch.library.custom_op("denet::roi_align", mutates_args=())
 def _roi_align(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int,
                sampling_ratio: int, aligned: bool) -> Tensor:
-    return _impl(backend_for(input, rois)).roi_align_forward(
+    return implementation(__package__, input, rois).roi_align_forward(
         input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
 
 
@@ -34,7 +26,7 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, a
 def _roi_align_backward(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
                         pooled_width: int, batch_size: int, channels: int, height: int, width: int,
                         sampling_ratio: int, aligned: bool) -> Tensor:
-    return _impl(backend_for(grad, rois)).roi_align_backward(
+    return implementation(__package__, grad, rois).roi_align_backward(
         grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width,
         sampling_ratio, aligned)
 

@@ -4,24 +4,17 @@ from typing import Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .._dispatch import backend_for
+from .._dispatch import implementation
 from .._utils import pair
 from ..roi_align.op import Boxes, check_roi_args
-from . import reference
-
-
-def _impl(name: str):
-    if name == "triton":
-        from . import triton as impl  # imported lazily: the reference path never needs Triton
-        return impl
-    return reference
 
 
 @torch.library.custom_op("denet::roi_pool", mutates_args=())
 def _roi_pool(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
               pooled_width: int) -> Tuple[Tensor, Tensor]:
     """Returns the pooled maxima and their ``argmax`` (int32 ``h * W + w``, -1 for none)."""
-    return _impl(backend_for(input, rois)).roi_pool_forward(input, rois, spatial_scale, pooled_height, pooled_width)
+    return implementation(__package__, input, rois).roi_pool_forward(input, rois, spatial_scale, pooled_height,
+                                                                      pooled_width)
 
 
 @_roi_pool.register_fake
@@ -33,7 +26,8 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width):
 @torch.library.custom_op("denet::roi_pool_backward", mutates_args=())
 def _roi_pool_backward(grad: Tensor, rois: Tensor, argmax: Tensor, batch_size: int, channels: int,
                        height: int, width: int) -> Tensor:
-    return _impl(backend_for(grad, rois)).roi_pool_backward(grad, rois, argmax, batch_size, channels, height, width)
+    return implementation(__package__, grad, rois).roi_pool_backward(grad, rois, argmax, batch_size, channels,
+                                                                      height, width)
 
 
 @_roi_pool_backward.register_fake

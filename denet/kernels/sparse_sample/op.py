@@ -2,22 +2,14 @@
 import torch
 from torch import Tensor, nn
 
-from .._dispatch import backend_for
-from . import reference
+from .._dispatch import implementation
 
 MODES = ("nearest", "bilinear")
 
 
-def _impl(name: str):
-    if name == "triton":
-        from . import triton as impl  # imported lazily: the reference path never needs Triton
-        return impl
-    return reference
-
-
 @torch.library.custom_op("denet::sparse_sample", mutates_args=())
 def _sparse_sample(features: Tensor, boxes: Tensor, grid_size: int, mode: str) -> Tensor:
-    return _impl(backend_for(features, boxes)).sparse_sample_forward(features, boxes, grid_size, mode)
+    return implementation(__package__, features, boxes).sparse_sample_forward(features, boxes, grid_size, mode)
 
 
 @_sparse_sample.register_fake
@@ -29,7 +21,7 @@ def _(features: Tensor, boxes: Tensor, grid_size: int, mode: str) -> Tensor:
 @torch.library.custom_op("denet::sparse_sample_backward", mutates_args=())
 def _sparse_sample_backward(grad: Tensor, boxes: Tensor, num_features: int, height: int, width: int,
                             grid_size: int, mode: str) -> Tensor:
-    return _impl(backend_for(grad, boxes)).sparse_sample_backward(
+    return implementation(__package__, grad, boxes).sparse_sample_backward(
         grad, boxes, num_features, height, width, grid_size, mode)
 
 
