@@ -54,8 +54,7 @@ def install(arch: int, compiled: list) -> None:
     def compile_only(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)  # compile, do not launch
         if kernel is not None and "cubin" in kernel.asm:
-            compiled.append(self.fn.__name__ if self.fn.__module__ is None else
-                            f"{self.fn.__module__.split('.')[-2]}.{self.fn.__name__}")
+            compiled.append(f"{self.fn.__module__.split('.')[-2]}.{self.fn.__name__}")  # <op>.<kernel>
         return None
 
     JITFunction.run = compile_only

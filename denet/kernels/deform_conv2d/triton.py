@@ -70,6 +70,14 @@ def _corners(py, px, H, W, V1: tl.constexpr):
 
 
 @triton.jit
+def _pixels(m, M, L, OW):
+    """Output pixels ``m`` of the flattened ``[B * out_h * out_w]`` axis: in range, image, flat
+    position in the image, row and column."""
+    l = m % L
+    return m < M, m // L, l, l // OW, l % OW
+
+
+@triton.jit
 def _positions(off_ptr, mask_ptr, b, l, m_ok, g, kpos, base_y, base_x, L,
                OG: tl.constexpr, KK: tl.constexpr, HAS_MASK: tl.constexpr, ACC: tl.constexpr):
     """Sampling position and mask of tap ``kpos`` in offset group ``g`` (any broadcastable shape)."""
@@ -149,11 +157,7 @@ def _fwd_kernel(x_ptr, off_ptr, mask_ptr, w_ptr, bias_ptr, out_ptr,
     pid_n = tl.program_id(1)
     gc = tl.program_id(2)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = m < M
-    b = m // L
-    l = m % L
-    oy = l // OW
-    ox = l % OW
+    m_ok, b, l, oy, ox = _pixels(m, M, L, OW)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < COUT_G
     dot_ty = w_ptr.dtype.element_ty
@@ -200,11 +204,7 @@ def _bwd_data_kernel(x_ptr, off_ptr, mask_ptr, w_ptr, gout_ptr, gx_ptr, goff_ptr
     kpos = tl.program_id(1)
     gc = tl.program_id(2)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    m_ok = m < M
-    b = m // L
-    l = m % L
-    oy = l // OW
-    ox = l % OW
+    m_ok, b, l, oy, ox = _pixels(m, M, L, OW)
     i = kpos // KW
     j = kpos % KW
     base_y = (oy * SH - PH + i * DH).to(ACC)
@@ -294,11 +294,7 @@ def _bwd_weight_kernel(x_ptr, off_ptr, mask_ptr, gout_ptr, gw_ptr,
     blocks_per_split = tl.cdiv(tl.cdiv(M, BLOCK_M), SPLIT)
     for blk in range(0, blocks_per_split):
         m = (split * blocks_per_split + blk) * BLOCK_M + tl.arange(0, BLOCK_M)
-        m_ok = m < M
-        b = m // L
-        l = m % L
-        oy = l // OW
-        ox = l % OW
+        m_ok, b, l, oy, ox = _pixels(m, M, L, OW)
         cols = _column_tile(x_ptr, off_ptr, mask_ptr, b, l, oy, ox, m_ok, gc, kpos, c0, H, W, CIN,
                             CIN_G, CG, L, SH, SW, PH, PW, DH, DW, KW, OG, KK, HAS_MASK, V1, ONE_OG,
                             ACC, BLOCK_K)

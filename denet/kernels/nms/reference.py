@@ -100,10 +100,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     kept, kept_boxes = [], ranked[:0]
     for start in range(0, ranked.shape[0], _NMS_BLOCK):
         block = ranked[start:start + _NMS_BLOCK]
-        if kept_boxes.shape[0]:
-            candidates = (~(box_iou(kept_boxes, block) > thr).any(dim=0)).nonzero()[:, 0]
-        else:
-            candidates = torch.arange(block.shape[0], device=boxes.device)
+        candidates = (~(box_iou(kept_boxes, block) > thr).any(dim=0)).nonzero()[:, 0]
         inner = block[candidates]
         chosen = candidates[greedy_keep((box_iou(inner, inner) > thr).triu_(diagonal=1))]
         kept.append(chosen + start)
