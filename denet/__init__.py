@@ -15,15 +15,21 @@ __version__ = "0.1.0"
 _LAZY = {
     "compile": ("denet.api", "compile"),
     "summary": ("denet.api", "summary"),
-    "save": ("denet.api", "save"),
-    "load": ("denet.api", "load"),
+    "save": ("denet.model_file", "save"),
+    "load": ("denet.model_file", "load"),
     "Model": ("denet.api", "Model"),
 }
 
 __all__ = ["DataError", "DenetError", "DescError", "ModelFileError", *_LAZY]
 
 
+# Subpackages load on first use, so `import denet; denet.dsl.canonical(...)` works.
+_SUBPACKAGES = ("api", "cli", "data", "dsl", "eval", "kernels", "layers", "model_file", "train")
+
+
 def __getattr__(name):
+    if name in _SUBPACKAGES:
+        return import_module(f"denet.{name}")
     if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(import_module(module), attr)

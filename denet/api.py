@@ -1,27 +1,36 @@
 """The public API: compile a description string into a :class:`Model`, summarise, save, load."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from .dsl import CompileOptions, LayerGraph, build, parse, print_graph, resolve
+from .dsl import INFERENCE, TRAINING, CompileOptions, LayerGraph, build, parse, print_graph, resolve
+from .dsl.build import build_modules
 from .errors import DenetError, DescError
 
 
 class Model(nn.Module):
-    """A compiled description string.
+    """A compiled description string, following the task contract (docs/language.md, Tasks).
+
+    ``model(images, targets=None)``: in training mode with ``targets`` (the list of per-image
+    dicts the datasets yield) it returns the dict of named losses its loss layers add (and
+    statistics such as ``top1``); otherwise it returns its outputs: class probabilities
+    [B, classes] for a classifier in evaluation mode (log-probabilities in training mode), one
+    dict per image for a detector, a dict of named per-pixel logits (``out`` first) for a
+    segmentation model, or the last tensor of a plain network.
 
     The layer modules are children named after their nodes (``l0_C``, ``l4_nRSN`` ...), so the
     state-dict keys are ``l0_C.weight``; ``forward`` runs the code of an ``fx.GraphModule``
-    (see :attr:`graph_module`) over those same modules.
-
-    For a graph ending in ``R``: evaluation mode returns class probabilities [B, classes];
-    training mode returns log-probabilities (for ``F.nll_loss``).
+    (:attr:`graph_module`, and :attr:`training_graph_module` for the losses) over those modules.
     """
 
     def __init__(self, graph: LayerGraph, options: dict, registry=None):
         super().__init__()
-        gm, modules = build(graph, registry)
+        built = build_modules(graph, registry)
+        gm, modules = build(graph, registry, INFERENCE, built)
+        train_gm = None
+        if graph.losses:
+            train_gm, train_modules = build(graph, registry, TRAINING, built, modules)
+            modules.update(train_modules)
         for name, module in modules.items():
             self.add_module(name, module)
         self.graph = graph
@@ -29,19 +38,34 @@ class Model(nn.Module):
         ish = graph.input_shape
         self.input_shape = (ish.channels, ish.height, ish.width)
         self.classes = graph.classes
+        self.task = graph.task
+        self.loss_names = graph.losses
         self.class_names: list[str] | None = None
         self.options = dict(options)
         self.train_state: dict | None = None
         object.__setattr__(self, "_graph_module", gm)
+        object.__setattr__(self, "_training_graph_module", train_gm)
         object.__setattr__(self, "_forward_code", type(gm).forward)
+        object.__setattr__(self, "_training_code",
+                           type(train_gm).forward if train_gm is not None else None)
 
     @property
     def graph_module(self):
-        """The ``torch.fx.GraphModule`` (``model.graph_module.code`` shows the forward)."""
+        """The inference ``torch.fx.GraphModule`` (``model.graph_module.code`` shows it)."""
         return self._graph_module
 
-    def forward(self, x):
-        return self._forward_code(self, x)
+    @property
+    def training_graph_module(self):
+        """The ``torch.fx.GraphModule`` that computes the losses, or None without loss layers."""
+        return self._training_graph_module
+
+    def forward(self, images, targets=None):
+        if targets is None or not self.training:
+            return self._forward_code(self, images)
+        if self._training_code is None:
+            raise DenetError("this network adds no losses, so it cannot be trained: end it with "
+                             "a head that has a loss (docs/language.md, Tasks)")
+        return self._training_code(self, images, targets)
 
     def extra_repr(self) -> str:
         return f"desc={self.desc!r}, input_shape={self.input_shape}, classes={self.classes}"
@@ -116,31 +140,3 @@ def summary(model: Model) -> str:
             lines.append("-" * len(lines[0]))
     lines.append(f"total parameters: {total:,} (trainable {trainable:,})")
     return "\n".join(lines)
-
-
-def save(model: Model, path, train_state: dict | None = None) -> None:
-    """Write ``model`` (and optionally the trainer's state) to ``path`` atomically."""
-    from .model_file import save_model
-    save_model(model, path, train_state)
-
-
-def load(path, map_location="cpu") -> Model:
-    """Read a model file written by :func:`save`; never runs code from the file."""
-    from .model_file import load_model
-    return load_model(path, map_location)
-
-
-@torch.no_grad()
-def copy_matching_weights(src: nn.Module, dst: nn.Module, mapping: dict[str, str]) -> list[str]:
-    """Copy ``src`` state entries into ``dst`` for prefix pairs ``{src_prefix: dst_prefix}``
-    when the shapes agree; returns the destination keys that were copied."""
-    s, d = src.state_dict(), dst.state_dict()
-    copied = []
-    for key, value in s.items():
-        for sp, dp in mapping.items():
-            if key.startswith(sp + "."):
-                target = dp + key[len(sp):]
-                if target in d and d[target].shape == value.shape:
-                    d[target].copy_(value)
-                    copied.append(target)
-    return copied

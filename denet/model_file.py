@@ -12,6 +12,7 @@ import zipfile
 
 import torch
 
+from .api import compile
 from .errors import DenetError, ModelFileError
 
 FORMAT_VERSION = 1
@@ -19,7 +20,8 @@ _KEYS = ("format_version", "desc", "input_shape", "classes", "class_names", "opt
          "state_dict", "train_state")
 
 
-def save_model(model, path, train_state: dict | None = None) -> None:
+def save(model, path, train_state: dict | None = None) -> None:
+    """Write ``model`` (and optionally the trainer's state) to ``path`` atomically."""
     path = os.fspath(path)
     payload = {
         "format_version": FORMAT_VERSION,
@@ -75,7 +77,6 @@ def read_payload(path, map_location="cpu") -> dict:
 
 
 def model_from_payload(payload: dict, path="model file"):
-    from .api import compile
     options = payload["options"] or {}
     try:
         model = compile(payload["desc"], tuple(payload["input_shape"]), payload["classes"],
@@ -93,7 +94,8 @@ def model_from_payload(payload: dict, path="model file"):
     return model
 
 
-def load_model(path, map_location="cpu"):
+def load(path, map_location="cpu"):
+    """Read a model file written by :func:`save`; never runs code from the file."""
     payload = read_payload(path, map_location)
     model = model_from_payload(payload, os.fspath(path))
     if map_location is not None and not callable(map_location) and not isinstance(

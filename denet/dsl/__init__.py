@@ -4,11 +4,33 @@
     >>> dsl.canonical("C[128,3,1] BN  A P.A R.TB")
     'C[128,3] BN A P.A R.BT'
 """
+
 from .ast import Arg, Description, Group, Layer, Ref, Tap
+from .build import INFERENCE, TRAINING, build
+from .graph import INPUT, TARGETS, LayerGraph, Node
 from .parser import parse
 from .printer import canonical, print_graph, print_items
-from .resolve import INPUT, CompileOptions, LayerGraph, Node, resolve
-from .build import build
+from .resolve import CompileOptions, Context, resolve
 
-__all__ = ["Arg", "CompileOptions", "Description", "Group", "INPUT", "Layer", "LayerGraph", "Node",
-           "Ref", "Tap", "build", "canonical", "parse", "print_graph", "print_items", "resolve"]
+__all__ = [
+    "INFERENCE",
+    "INPUT",
+    "TARGETS",
+    "TRAINING",
+    "Arg",
+    "CompileOptions",
+    "Context",
+    "Description",
+    "Group",
+    "Layer",
+    "LayerGraph",
+    "Node",
+    "Ref",
+    "Tap",
+    "build",
+    "canonical",
+    "parse",
+    "print_graph",
+    "print_items",
+    "resolve",
+]

@@ -29,6 +29,7 @@ class Layer:
     line: int = 1
     column: int = 1
     text: str = ""  # the head as written, e.g. "C.B"
+    written: str = field(default="", compare=False)  # head and arguments as typed
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Group:
     line: int = 1
     column: int = 1
     text: str = ""
+    written: str = field(default="", compare=False)  # head and arguments as typed
 
 
 @dataclass(frozen=True)

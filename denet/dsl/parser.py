@@ -40,6 +40,15 @@ def _split_head(text: str) -> tuple[str, str]:
 class _ToAst(Transformer):
     """Lark tree -> AST dataclasses. Never raises: semantic checks happen in resolve."""
 
+    def __init__(self, source: str):
+        super().__init__()
+        self.source = source
+
+    def _written(self, head, args) -> str:
+        """The token as the user typed it: its head and, when present, its ``[...]``."""
+        end = args[1] if args else head.end_pos
+        return self.source[head.start_pos : end]
+
     def start(self, items):
         return tuple(items)
 
@@ -47,14 +56,15 @@ class _ToAst(Transformer):
     def layer(self, meta, children):
         head, args = children[0], children[1]
         type_, tags = _split_head(str(head))
-        return ast.Layer(type_, tags, tuple(args or ()), head.line, head.column, str(head))
+        return ast.Layer(type_, tags, tuple(args[0] if args else ()), head.line, head.column,
+                         str(head), self._written(head, args))
 
     @v_args(meta=True)
     def group(self, meta, children):
         head, args, *branches = children
         type_, tags = _split_head(str(head))
-        return ast.Group(type_, tags, tuple(args or ()), tuple(branches), head.line, head.column,
-                         str(head))
+        return ast.Group(type_, tags, tuple(args[0] if args else ()), tuple(branches), head.line,
+                         head.column, str(head), self._written(head, args))
 
     def branch(self, items):
         return tuple(items)
@@ -67,8 +77,9 @@ class _ToAst(Transformer):
         tok = children[0]
         return ast.Ref(str(tok)[1:], tok.line, tok.column)
 
-    def args(self, children):
-        return tuple(c for c in children if c is not None)
+    @v_args(meta=True)
+    def args(self, meta, children):
+        return tuple(c for c in children if c is not None), meta.end_pos
 
     def positional(self, children):
         value, tok = children[0]
@@ -139,7 +150,7 @@ def parse(desc: str) -> ast.Description:
         line, column = _end_position(desc)
         raise DescError("unexpected end of input" + _expected(err.expected), desc, column,
                         line) from None
-    items = _ToAst().transform(tree)
+    items = _ToAst(desc).transform(tree)
     return ast.Description(items, desc)
 
 

@@ -1,12 +1,15 @@
 """AST -> :class:`LayerGraph`: binds every token's arguments against its registry entry, wires the
-graph (taps, references, skips, branches) and infers every output shape.
+graph (taps, references, skips, branches, tap arguments, targets) and infers every output shape.
 
-Every problem is a :class:`~denet.errors.DescError` pointing at the token (or the argument) that
-causes it.
+The resolver knows no layer type: each token's registry entry expands it
+(:meth:`~denet.layers.LayerDef.expand`) through the small :class:`Context` API below. Every
+problem is a :class:`~denet.errors.DescError` pointing at the token (or the argument) that causes
+it, quoted as the user typed it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import dataclass
 from fractions import Fraction
 
 from ..errors import DescError
@@ -15,67 +18,9 @@ from ..layers.activation import ACTIVATIONS
 from ..layers.init import WeightInit, parse_weight_init
 from ..layers.registry import BORDER_MODES, REQUIRED, Arg
 from . import ast
+from .graph import INPUT, TARGETS, LayerGraph, Node
 
-INPUT = "input"
-
-
-@dataclass
-class Node:
-    """One token of the string, resolved.
-
-    ``name`` is stable and unique (``l{index}_{TYPE}``; repeated copies inside ``REP`` get
-    ``_{r}`` suffixes) and is the module name, hence the state-dict prefix.
-    """
-
-    name: str
-    index: int                    # position of the token in the string (reading order)
-    type: str                     # layer type, or "@" for a tap, "$" for a reference
-    tags: str
-    args: dict                    # every argument, defaults filled in
-    inputs: tuple[str, ...]       # names of the input nodes ("input" is the image)
-    shape: ShapeSpec
-    item: object                  # the AST item
-    top: int                      # index of the top-level item this node belongs to
-    nested: bool = False          # inside a group branch
-    split: bool = False
-    lr: float = 1.0
-    frozen: bool = False
-    call: Call | None = None
-
-    @property
-    def token(self) -> str:
-        from .printer import print_item
-        return print_item(self.item, shallow=True)
-
-
-@dataclass
-class LayerGraph:
-    """The resolved network: nodes in execution order, each with its inputs and output shape."""
-
-    desc: ast.Description
-    input_shape: ShapeSpec
-    nodes: list[Node] = field(default_factory=list)
-    output: str = INPUT
-    classes: int | None = None
-    options: dict = field(default_factory=dict)
-
-    def node(self, name: str) -> Node:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(name)
-
-    def shape_of(self, name: str) -> ShapeSpec:
-        return self.input_shape if name == INPUT else self.node(name).shape
-
-    @property
-    def output_shape(self) -> ShapeSpec:
-        return self.shape_of(self.output)
-
-    def signature(self) -> list[tuple]:
-        """What makes two graphs the same network (used by canonical round-trip tests)."""
-        return [(n.name, n.type, n.tags, tuple(sorted((k, repr(v)) for k, v in n.args.items())),
-                 n.inputs, n.shape) for n in self.nodes] + [("output", self.output)]
+__all__ = ["INPUT", "TARGETS", "CompileOptions", "Context", "LayerGraph", "Node", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -116,7 +61,16 @@ class CompileOptions:
                 "weight_init": inits[0] if len(inits) == 1 else inits}
 
 
-class _Resolver:
+class Context:
+    """The resolver, as a layer type's :meth:`~denet.layers.LayerDef.expand` sees it.
+
+    ``run(items, current)`` resolves a branch and returns its end node; ``add_layer`` and
+    ``add_merge`` add the token's own node; ``scope()`` keeps taps made inside local;
+    ``share(names)`` makes the nodes added inside reuse the modules of ``names``, in order;
+    ``definitions`` is where a type keeps what a later token of its family looks up (``SHARE``
+    bodies for ``USE``); ``index_of(item)`` is a token's position in the string.
+    """
+
     def __init__(self, desc: ast.Description, registry: Registry, options: CompileOptions,
                  classes: int | None):
         self.desc = desc
@@ -126,9 +80,12 @@ class _Resolver:
         self.nodes: list[Node] = []
         self.symbols: dict[str, str] = {}
         self.symbol_items: dict[str, object] = {}
-        self.index = {}
-        for i, item in enumerate(ast.walk(desc.items)):
-            self.index[id(item)] = i
+        self.definitions: dict[str, object] = {}
+        self.index = {id(item): i for i, item in enumerate(ast.walk(desc.items))}
+        self.top = 0
+        self.nested = False
+        self.suffix = ""
+        self._shared: list[str] | None = None
 
     # -- errors -----------------------------------------------------------------------------
     def error(self, message: str, where) -> DescError:
@@ -180,7 +137,6 @@ class _Resolver:
         kws = ltype.all_keywords(tags)
         by_name: dict[str, Arg] = {a.name: a for a in tuple(pos) + tuple(kws)}
         values: dict = {}
-        where: dict = {}
         n_pos = 0
         for a in item.args:
             if a.name is None:
@@ -213,7 +169,6 @@ class _Resolver:
                 values[spec.name] = spec.convert(a.value)
             except ValueError as err:
                 raise self.error(f"{_head(item)}: {err}", a) from None
-            where[spec.name] = a
         missing = [p for p in tuple(pos) + tuple(kws)
                    if p.name not in values and p.default is REQUIRED]
         if missing:
@@ -227,17 +182,9 @@ class _Resolver:
                 d = spec.default
                 values[spec.name] = d(call) if callable(d) else d
 
-    # -- graph ------------------------------------------------------------------------------
-    def add_node(self, item, type_, tags, args, inputs, shape, top, nested, suffix, call=None,
-                 split=False):
-        idx = self.index[id(item)]
-        label = {"@": "tap", "$": "ref"}.get(type_, type_)
-        tags = "".join(sorted(set(tags)))
-        node = Node(f"l{idx}_{label}{suffix}", idx, type_, tags, args, tuple(inputs), shape, item,
-                    top, nested, split, float(args.get("lr", 1.0)), bool(args.get("frozen", False)),
-                    call)
-        self.nodes.append(node)
-        return node.name
+    # -- the API of expand() ----------------------------------------------------------------
+    def index_of(self, item) -> int:
+        return self.index[id(item)]
 
     def shape_of(self, name):
         if name == INPUT:
@@ -247,75 +194,66 @@ class _Resolver:
                 return n.shape
         raise KeyError(name)
 
-    def run(self, items, current: str, top: int | None, nested: bool, suffix: str) -> str:
-        for k, item in enumerate(items):
-            t = k if top is None else top
-            current = self.item(item, current, t, nested, suffix)
+    def run(self, items, current: str, suffix: str = "") -> str:
+        """Resolve a branch (nested items) starting from node ``current``; its end node."""
+        saved = self.nested, self.suffix
+        self.nested, self.suffix = True, self.suffix + suffix
+        try:
+            for item in items:
+                current = self.item(item, current)
+        finally:
+            self.nested, self.suffix = saved
         return current
 
-    def item(self, item, current, top, nested, suffix):
-        if isinstance(item, ast.Tap):
-            key = "@" + item.name
-            if key in self.symbols:
-                first = self.symbol_items[key]
-                raise self.error(f"@{item.name} is defined twice (first at column "
-                                 f"{first.column})", item)
-            name = self.add_node(item, "@", "", {"name": item.name}, [current],
-                                 self.shape_of(current), top, nested, suffix)
-            self.symbols[key] = name
-            self.symbol_items[key] = item
-            return name
-        if isinstance(item, ast.Ref):
-            key = "@" + item.name
-            if key not in self.symbols:
-                known = sorted(k[1:] for k in self.symbols if k.startswith("@"))
-                hint = (" (taps so far: " + ", ".join("@" + k for k in known) + ")") if known \
-                    else " (no @taps so far)"
-                raise self.error(f"${item.name} refers to no earlier @{item.name}{hint}", item)
-            target = self.symbols[key]
-            return self.add_node(item, "$", "", {"name": item.name}, [target],
-                                 self.shape_of(target), top, nested, suffix)
+    @contextlib.contextmanager
+    def scope(self):
+        """Taps (and skip sources) defined inside are forgotten on exit."""
+        symbols, items = dict(self.symbols), dict(self.symbol_items)
+        try:
+            yield
+        finally:
+            self.symbols, self.symbol_items = symbols, items
 
-        ltype = self.lookup(item)
-        values = self.bind(ltype, item)
-        idx = self.index[id(item)]
-        call = Call(item.type, item.tags, values, [self.shape_of(current)],
-                    self.options.border_mode, self.options.activation,
-                    self.options.init_for(idx), self.classes,
-                    _fail=lambda msg, arg=None, _item=item: self.fail_at(_item, msg, arg))
+    @contextlib.contextmanager
+    def share(self, names):
+        """Nodes added inside reuse the modules of ``names``, one each, in order."""
+        saved, self._shared = self._shared, list(names)
+        try:
+            yield
+        finally:
+            self._shared = saved
 
-        if isinstance(item, ast.Group):
-            self.fill_defaults(ltype, item, values, call)
-            if item.type == "REP":  # sequence repeated n times, own weights per copy
-                if len(item.branches) != 1:
-                    self.fail_at(item, "REP takes exactly one branch: REP[n](items)")
-                for r in range(values["n"]):
-                    current = self.run(item.branches[0], current, top, True, f"{suffix}_{r}")
-                return current
-            if len(item.branches) < 2:
-                self.fail_at(item, f"{item.type} needs at least two branches separated by '|'")
-            ends = [self.run(b, current, top, True, suffix) for b in item.branches]
-            call.inputs = [self.shape_of(e) for e in ends]
-            shape = ltype.shape(call)
-            call.out = shape
-            return self.add_node(item, item.type, item.tags, values, ends, shape, top, nested,
-                                 suffix, call)
-
+    def add_layer(self, item, ltype, call: Call, current: str) -> str:
+        """The node of a layer token: checks its input kind, adds its extra inputs (skip
+        symbols, tap arguments), infers its shape and records its part in the task contract."""
         inputs = [current]
-        self.fill_defaults(ltype, item, values, call)
         for sym in ltype.uses(call):
             if sym not in self.symbols:
                 self.fail_at(item, ltype.missing_message(call, sym))
             inputs.append(self.symbols[sym])
+        kwinputs = {}
+        for spec in tuple(ltype.positional(item.tags)) + tuple(ltype.all_keywords(item.tags)):
+            tap = call.args.get(spec.name)
+            if spec.kind != "tap" or tap is None:
+                continue
+            if "@" + tap not in self.symbols:
+                self.fail_at(item, f"{spec.name}={tap} refers to no earlier @{tap}"
+                             f"{self._taps_so_far()}", spec.name)
+            kwinputs[spec.name] = self.symbols["@" + tap]
+            call.taps[spec.name] = self.shape_of(kwinputs[spec.name])
         call.inputs = [self.shape_of(i) for i in inputs]
-        shape = ltype.shape(call)
-        call.out = shape
+        if call.input.kind not in ltype.accepts:
+            self.fail_at(item, f"{item.type} needs {_kinds(ltype.accepts)} as input, not "
+                               f"{call.input.describe()} ({call.input})")
+        shape = self._checked_shape(item, ltype, call)
         split = ltype.split_point(call)
-        if split and nested:
+        if split and self.nested:
             self.fail_at(item, f"{item.type} is a split point and must be at the top level, "
-                               f"not inside a branch or REP")
-        name = self.add_node(item, item.type, item.tags, values, inputs, shape, top, nested,
-                             suffix, call, split)
+                               f"not inside a branch or a repeated sequence")
+        name = self.add_node(item, item.type, item.tags, call.args, inputs, shape, call, split,
+                             kwinputs=kwinputs, losses=tuple(ltype.losses(call)),
+                             reads_targets=ltype.reads_targets(call),
+                             output_name=ltype.output_name(call))
         call.name = name
         sym = ltype.defines(call)
         if sym is not None:
@@ -326,26 +264,147 @@ class _Resolver:
             self.symbol_items[sym] = item
         return name
 
+    def add_merge(self, item, ltype, call: Call, ends: list[str]) -> str:
+        """The node of a group token that merges the branch ends ``ends``."""
+        call.inputs = [self.shape_of(e) for e in ends]
+        for k, s in enumerate(call.inputs, start=1):
+            if s.kind not in ltype.accepts:
+                self.fail_at(item, f"{item.type} merges {_kinds(ltype.accepts)}; branch {k} "
+                                   f"gives {s.describe()} ({s})")
+        shape = self._checked_shape(item, ltype, call)
+        return self.add_node(item, item.type, item.tags, call.args, ends, shape, call)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _checked_shape(self, item, ltype, call: Call) -> ShapeSpec:
+        shape = ltype.shape(call)
+        if shape.kind == "map" and (shape.height < 1 or shape.width < 1):
+            self.fail_at(item, f"output would be empty ({shape.height}x{shape.width}) for the "
+                               f"{call.input} input")
+        call.out = shape
+        return shape
+
+    def _taps_so_far(self) -> str:
+        known = sorted(k[1:] for k in self.symbols if k.startswith("@"))
+        return (" (taps so far: " + ", ".join("@" + k for k in known) + ")") if known \
+            else " (no @taps so far)"
+
+    def add_node(self, item, type_, tags, args, inputs, shape, call=None, split=False, **extra):
+        idx = self.index[id(item)]
+        label = {"@": "tap", "$": "ref"}.get(type_, type_)
+        tags = "".join(sorted(set(tags)))
+        node = Node(f"l{idx}_{label}{self.suffix}", idx, type_, tags, args, tuple(inputs), shape,
+                    item, self.top, self.nested, split, float(args.get("lr", 1.0)),
+                    bool(args.get("frozen", False)), call, **extra)
+        if self._shared is not None:
+            if not self._shared:  # pragma: no cover - a shared body resolves to the same nodes
+                raise AssertionError("shared sub-network resolved to more nodes")
+            node.shared = self._shared.pop(0)
+        self.nodes.append(node)
+        return node.name
+
+    def item(self, item, current):
+        if isinstance(item, ast.Tap):
+            key = "@" + item.name
+            if key in self.symbols:
+                first = self.symbol_items[key]
+                raise self.error(f"@{item.name} is defined twice (first at column "
+                                 f"{first.column})", item)
+            name = self.add_node(item, "@", "", {"name": item.name}, [current],
+                                 self.shape_of(current))
+            self.symbols[key] = name
+            self.symbol_items[key] = item
+            return name
+        if isinstance(item, ast.Ref):
+            key = "@" + item.name
+            if key not in self.symbols:
+                raise self.error(f"${item.name} refers to no earlier @{item.name}"
+                                 f"{self._taps_so_far()}", item)
+            target = self.symbols[key]
+            return self.add_node(item, "$", "", {"name": item.name}, [target],
+                                 self.shape_of(target))
+
+        ltype = self.lookup(item)
+        values = self.bind(ltype, item)
+        idx = self.index[id(item)]
+        call = Call(item.type, item.tags, values, [self.shape_of(current)],
+                    self.options.border_mode, self.options.activation,
+                    self.options.init_for(idx), self.classes,
+                    _fail=lambda msg, arg=None, _item=item: self.fail_at(_item, msg, arg))
+        self.fill_defaults(ltype, item, values, call)
+        return ltype.expand(self, item, call, current)
+
     def resolve(self, input_shape: ShapeSpec) -> LayerGraph:
         self.input_shape = input_shape
-        out = self.run(self.desc.items, INPUT, None, False, "")
-        graph = LayerGraph(self.desc, input_shape, self.nodes, out, self.classes,
+        current = INPUT
+        for k, item in enumerate(self.desc.items):
+            self.top = k
+            current = self.item(item, current)
+        graph = LayerGraph(self.desc, input_shape, self.nodes, current, self.classes,
                            self.options.as_dict())
         self.check_dead_ends(graph)
+        self.check_contract(graph)
         return graph
 
     def check_dead_ends(self, graph: LayerGraph):
-        used = {graph.output}
+        """Every layer must feed an output or a loss; a tap nobody reads does not count."""
+        sinks = [graph.output, *graph.outputs.values()]
+        sinks += [n.name for n in graph.nodes if n.losses]
+        live = set()
+        by_name = {n.name: n for n in graph.nodes}
+        stack = list(sinks)
+        while stack:
+            name = stack.pop()
+            if name in live or name not in by_name:
+                continue
+            live.add(name)
+            node = by_name[name]
+            stack.extend(node.inputs)
+            stack.extend(node.kwinputs.values())
         for n in graph.nodes:
-            used.update(n.inputs)
-        for n in graph.nodes:
-            if n.name not in used and n.type not in ("@",):
-                raise self.error(f"{_head(n.item)}: its output is never used (a $reference "
-                                 f"after it continues from another tensor)", n.item)
+            if n.name not in live and n.type not in ("@", "$"):
+                raise self.error(f"{_head(n.item)}: its output is never used (nothing after it "
+                                 f"reads it: a $reference or an unread @tap leaves it behind)",
+                                 n.item)
+
+    def check_contract(self, graph: LayerGraph):
+        seen: dict[str, Node] = {}
+        tasks: dict[str, Node] = {}
+        last_split = max((k for k, n in enumerate(graph.nodes) if n.split), default=-1)
+        for k, n in enumerate(graph.nodes):
+            for name in n.losses:
+                if name in seen:
+                    raise self.error(f"{_head(n.item)}: {name} is already added by "
+                                     f"{_head(seen[name].item)} (column "
+                                     f"{seen[name].item.column})", n.item)
+                seen[name] = n
+            if n.reads_targets and k < last_split:
+                raise self.error(f"{_head(n.item)}: it reads the targets, so it must come after "
+                                 f"the last split point (checkpointed segments take images only)",
+                                 n.item)
+            ltype = self.registry.get(n.type)
+            task = ltype.task if ltype is not None else None
+            if task is not None:
+                tasks.setdefault(task, n)
+        if len(tasks) > 1:
+            (t1, n1), (t2, n2) = list(tasks.items())[:2]
+            raise self.error(f"{_head(n2.item)}: a {t2} head in a {t1} model (first head: "
+                             f"{_head(n1.item)})", n2.item)
+        graph.task = next(iter(tasks), None)
+
+
+def _kinds(kinds) -> str:
+    from ..layers.shape import KINDS
+
+    return " or ".join(KINDS[k] for k in kinds)
 
 
 def _head(item) -> str:
+    """The token as the user typed it (its canonical form when it was not typed)."""
+    written = getattr(item, "written", "")
+    if written:
+        return written + ("(…)" if isinstance(item, ast.Group) else "")
     from .printer import print_item
+
     return print_item(item, shallow=True)
 
 
@@ -364,5 +423,5 @@ def resolve(desc: ast.Description, input_shape, classes: int | None = None,
         raise DescError(f"input shape must be positive (C, H, W), not {tuple(input_shape)}")
     if classes is not None and (int(classes) != classes or classes < 1):
         raise DescError(f"classes must be a positive integer, not {classes!r}")
-    resolver = _Resolver(desc, registry or REGISTRY, options or CompileOptions(), classes)
+    resolver = Context(desc, registry or REGISTRY, options or CompileOptions(), classes)
     return resolver.resolve(ShapeSpec(c, h, w, Fraction(1)))

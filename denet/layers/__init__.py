@@ -1,28 +1,38 @@
 """Layer types of the description language, one file per family.
 
-Each family registers its types with a :class:`Registry`; :data:`REGISTRY` holds them all and is
-what the compiler uses by default. Tests can build an isolated registry with
-``make_registry()`` or ``Registry()`` plus the families they need.
+Every module here may define layer types (module-level :class:`LayerDef` subclasses); they are
+found by :func:`~denet.layers.registry.discover`, so a new type is a new file and nothing else.
+:data:`REGISTRY` holds them all and is what the compiler uses by default; tests can build an
+isolated registry with ``make_registry(modules)`` or ``Registry([MyType])``.
 """
-from . import (activation, border, combinators, conv, crop_mirror, dropout, norm, pool,
-               regression, resnet, skip, split)
+
+import sys
+
 from .init import WeightInit, parse_weight_init
-from .registry import REQUIRED, Arg, Call, FunctionOp, LayerDef, Registry
+from .registry import REQUIRED, Arg, Call, FunctionOp, LayerDef, Registry, discover, layer_types
 from .shape import ShapeSpec
 
-FAMILIES = (conv, pool, norm, activation, dropout, border, crop_mirror, regression, resnet, skip,
-            split, combinators)
 
-
-def make_registry(families=FAMILIES) -> Registry:
-    """A registry holding the layer types of ``families``."""
-    registry = Registry()
-    for family in families:
-        family.register(registry)
-    return registry
+def make_registry(modules=None) -> Registry:
+    """A registry holding the layer types defined in ``modules`` (default: every module of
+    ``denet.layers``)."""
+    if modules is None:
+        modules = discover(sys.modules[__name__])
+    return Registry(t for m in modules for t in layer_types(m))
 
 
 REGISTRY = make_registry()
 
-__all__ = ["REGISTRY", "REQUIRED", "Arg", "Call", "FunctionOp", "LayerDef", "Registry",
-           "ShapeSpec", "WeightInit", "make_registry", "parse_weight_init"]
+__all__ = [
+    "REGISTRY",
+    "REQUIRED",
+    "Arg",
+    "Call",
+    "FunctionOp",
+    "LayerDef",
+    "Registry",
+    "ShapeSpec",
+    "WeightInit",
+    "make_registry",
+    "parse_weight_init",
+]

@@ -40,17 +40,15 @@ def make_activation(name: str, inplace: bool = False) -> nn.Module | None:
     raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
 
 
-def register(registry):
-    @registry.register
-    class Activation(LayerDef):
-        type = "A"
-        doc = ("Activation: the global --activation, or the one named as argument. "
-               "softmax is over channels.")
-        args = (Arg("kind", "str", None, choices=ACTIVATIONS,
-                    doc="activation (default: the global --activation)"),)
+class Activation(LayerDef):
+    type = "A"
+    doc = ("Activation: the global --activation, or the one named as argument. "
+           "softmax is over channels.")
+    args = (Arg("kind", "str", None, choices=ACTIVATIONS,
+                doc="activation (default: the global --activation)"),)
 
-        def shape(self, call: Call):
-            return call.input
+    def shape(self, call: Call):
+        return call.input
 
-        def build(self, call: Call):
-            return make_activation(call.args["kind"] or call.activation, inplace=False)
+    def build(self, call: Call):
+        return make_activation(call.args["kind"] or call.activation, inplace=False)

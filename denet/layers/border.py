@@ -39,18 +39,16 @@ def conv_out(size: int, k: int, stride: int, pad: tuple[int, int], dilation: int
     return (size + pad[0] + pad[1] - e) // stride + 1
 
 
-def register(registry):
-    @registry.register
-    class Border(LayerDef):
-        type = "B"
-        doc = "Zero border: pads n pixels of zeros on every side."
-        args = (Arg("n", "int", 0, min=0, doc="pixels added on each side"),)
+class Border(LayerDef):
+    type = "B"
+    doc = "Zero border: pads n pixels of zeros on every side."
+    args = (Arg("n", "int", 0, min=0, doc="pixels added on each side"),)
 
-        def shape(self, call: Call) -> ShapeSpec:
-            n = call.args["n"]
-            i = call.input
-            return i.with_(height=i.height + 2 * n, width=i.width + 2 * n)
+    def shape(self, call: Call) -> ShapeSpec:
+        n = call.args["n"]
+        i = call.input
+        return i.with_(height=i.height + 2 * n, width=i.width + 2 * n)
 
-        def build(self, call: Call):
-            n = call.args["n"]
-            return nn.ZeroPad2d(n) if n else None
+    def build(self, call: Call):
+        n = call.args["n"]
+        return nn.ZeroPad2d(n) if n else None

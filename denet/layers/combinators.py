@@ -1,5 +1,5 @@
-"""Graph combinators: parallel branches merged by ``SUM``, ``CAT`` or ``MAX``; ``REP`` repeats a
-sequence; ``I`` is the identity.
+"""Graph combinators: parallel branches merged by ``SUM``, ``CAT`` or ``MAX``; ``I`` is the
+identity. (``REP``, ``SHARE`` and ``USE`` are in :mod:`denet.layers.subnets`.)
 
 ``SUM(C[21,3,dilation=6] | C[21,3,dilation=12])`` feeds the current tensor to every branch and
 merges the branch outputs. A branch may be empty (the current tensor itself) or start with a
@@ -11,7 +11,7 @@ import operator
 
 import torch
 
-from .registry import Arg, Call, FunctionOp, LayerDef
+from .registry import Call, FunctionOp, LayerDef
 
 
 def _same_maps(call: Call, what: str):
@@ -26,54 +26,43 @@ def _same_maps(call: Call, what: str):
                       f"branch {n} gives {s}")
 
 
-def register(registry):
-    @registry.register
-    class Sum(LayerDef):
-        type = "SUM"
-        doc = "Runs the branches on the current tensor and adds their outputs (same shapes)."
-        is_group = True
+class Sum(LayerDef):
+    type = "SUM"
+    doc = "Runs the branches on the current tensor and adds their outputs (same shapes)."
+    is_group = True
 
-        def shape(self, call: Call):
-            _same_maps(call, "all")
-            return call.inputs[0]
+    def shape(self, call: Call):
+        _same_maps(call, "all")
+        return call.inputs[0]
 
-        def build(self, call: Call):
-            return FunctionOp(operator.add, reduce=True)
+    def build(self, call: Call):
+        return FunctionOp(operator.add, reduce=True)
 
-    @registry.register
-    class Concat(LayerDef):
-        type = "CAT"
-        doc = "Runs the branches and concatenates their outputs along channels (same H, W)."
-        is_group = True
+class Concat(LayerDef):
+    type = "CAT"
+    doc = "Runs the branches and concatenates their outputs along channels (same H, W)."
+    is_group = True
 
-        def shape(self, call: Call):
-            _same_maps(call, "spatial")
-            return call.inputs[0].with_(channels=sum(s.channels for s in call.inputs))
+    def shape(self, call: Call):
+        _same_maps(call, "spatial")
+        return call.inputs[0].with_(channels=sum(s.channels for s in call.inputs))
 
-        def build(self, call: Call):
-            return FunctionOp(torch.cat, pack=True, dim=1)
+    def build(self, call: Call):
+        return FunctionOp(torch.cat, pack=True, dim=1)
 
-    @registry.register
-    class Max(LayerDef):
-        type = "MAX"
-        doc = "Runs the branches and takes the element-wise maximum of their outputs."
-        is_group = True
+class Max(LayerDef):
+    type = "MAX"
+    doc = "Runs the branches and takes the element-wise maximum of their outputs."
+    is_group = True
 
-        def shape(self, call: Call):
-            _same_maps(call, "all")
-            return call.inputs[0]
+    def shape(self, call: Call):
+        _same_maps(call, "all")
+        return call.inputs[0]
 
-        def build(self, call: Call):
-            return FunctionOp(torch.maximum, reduce=True)
+    def build(self, call: Call):
+        return FunctionOp(torch.maximum, reduce=True)
 
-    @registry.register
-    class Repeat(LayerDef):
-        type = "REP"
-        doc = "Repeats its single branch n times in sequence, each copy with its own weights."
-        is_group = True
-        args = (Arg("n", "int", min=1, doc="number of repetitions"),)
-
-    @registry.register
-    class Identity(LayerDef):
-        type = "I"
-        doc = "Identity."
+class Identity(LayerDef):
+    type = "I"
+    doc = "Identity."
+    accepts = ("map", "vector", "boxes", "detections")

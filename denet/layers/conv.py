@@ -73,70 +73,67 @@ def conv_shape(call: Call, cin: ShapeSpec, cout: int, k, s, border, dilation=1) 
     return ShapeSpec(cout, h, w, cin.stride * s[0])
 
 
-def register(registry):
-    @registry.register
-    class Conv(LayerDef):
-        type = "C"
-        doc = ("2-D convolution; padding from the border mode. No bias unless tagged B "
-               "(DeNet's code: C.B turns the bias ON).")
-        tags = {"B": "add a bias (DeNet code semantics)",
-                "X": "rectangular: [filters, kh, kw, sh, sw]"}
-        keywords = (
-            Arg("dilation", "int", 1, min=1, doc="dilation of the kernel"),
-            Arg("groups", "int", 1, min=1, doc="grouped convolution"),
-            Arg("border", "border", None, doc="border mode of this layer (default: global)"),
-        )
-        has_params = True
+class Conv(LayerDef):
+    type = "C"
+    doc = ("2-D convolution; padding from the border mode. No bias unless tagged B "
+           "(DeNet's code: C.B turns the bias ON).")
+    tags = {"B": "add a bias (DeNet code semantics)",
+            "X": "rectangular: [filters, kh, kw, sh, sw]"}
+    keywords = (
+        Arg("dilation", "int", 1, min=1, doc="dilation of the kernel"),
+        Arg("groups", "int", 1, min=1, doc="grouped convolution"),
+        Arg("border", "border", None, doc="border mode of this layer (default: global)"),
+    )
+    has_params = True
 
-        def positional(self, tags):
-            return _RECT if "X" in tags else _SQUARE
+    def positional(self, tags):
+        return _RECT if "X" in tags else _SQUARE
 
-        def shape(self, call: Call) -> ShapeSpec:
-            k, s = kernel_stride(call)
-            g = call.args["groups"]
-            if call.input.height is None:
-                call.fail("C needs a feature map as input, not a vector")
-            if call.input.channels % g or call.args["filters"] % g:
-                call.fail(f"groups={g} must divide the input channels ({call.input.channels}) "
-                          f"and the filters ({call.args['filters']})", "groups")
-            return conv_shape(call, call.input, call.args["filters"], k, s, call.border,
-                              call.args["dilation"])
+    def shape(self, call: Call) -> ShapeSpec:
+        k, s = kernel_stride(call)
+        g = call.args["groups"]
+        if call.input.height is None:
+            call.fail("C needs a feature map as input, not a vector")
+        if call.input.channels % g or call.args["filters"] % g:
+            call.fail(f"groups={g} must divide the input channels ({call.input.channels}) "
+                      f"and the filters ({call.args['filters']})", "groups")
+        return conv_shape(call, call.input, call.args["filters"], k, s, call.border,
+                          call.args["dilation"])
 
-        def build(self, call: Call):
-            k, s = kernel_stride(call)
-            conv = make_conv(call.input.channels, call.args["filters"], k, s, call.border,
-                             call.args["dilation"], call.args["groups"], call.has("B"))
-            init_conv(conv, call.init)
-            return conv
+    def build(self, call: Call):
+        k, s = kernel_stride(call)
+        conv = make_conv(call.input.channels, call.args["filters"], k, s, call.border,
+                         call.args["dilation"], call.args["groups"], call.has("B"))
+        init_conv(conv, call.init)
+        return conv
 
-    @registry.register
-    class Deconv(LayerDef):
-        type = "DC"
-        doc = ("Transposed convolution (DeNet 'deconv'): H_out = H*s - 2*(k//2) + k - 1. "
-               "Border mode half only, as DeNet. Bias on unless tagged B.")
-        tags = {"B": "no bias (README convention, as DeNet's DC code)",
-                "X": "rectangular: [filters, kh, kw, sh, sw]"}
-        keywords = (Arg("border", "border", None, doc="must be half (default: global)"),)
-        has_params = True
+class Deconv(LayerDef):
+    type = "DC"
+    doc = ("Transposed convolution (DeNet 'deconv'): H_out = H*s - 2*(k//2) + k - 1. "
+           "Border mode half only, as DeNet. Bias on unless tagged B.")
+    tags = {"B": "no bias (README convention, as DeNet's DC code)",
+            "X": "rectangular: [filters, kh, kw, sh, sw]"}
+    keywords = (Arg("border", "border", None, doc="must be half (default: global)"),)
+    has_params = True
 
-        def positional(self, tags):
-            return _RECT if "X" in tags else _SQUARE
+    def positional(self, tags):
+        return _RECT if "X" in tags else _SQUARE
 
-        def shape(self, call: Call) -> ShapeSpec:
-            if call.border != "half":
-                call.fail(f"DC supports only border mode half (as DeNet), not {call.border!r}; "
-                          f"write DC[...,border=half] or compile with border_mode='half'")
-            k, s = kernel_stride(call)
-            i = call.input
-            h = i.height * s[0] - 2 * (k[0] // 2) + k[0] - 1
-            w = i.width * s[1] - 2 * (k[1] // 2) + k[1] - 1
-            return ShapeSpec(call.args["filters"], h, w, i.stride / s[0])
+    def shape(self, call: Call) -> ShapeSpec:
+        if call.border != "half":
+            call.fail(f"DC supports only border mode half (as DeNet), not {call.border!r}; "
+                      f"write DC[...,border=half] or compile with border_mode='half'")
+        k, s = kernel_stride(call)
+        i = call.input
+        h = i.height * s[0] - 2 * (k[0] // 2) + k[0] - 1
+        w = i.width * s[1] - 2 * (k[1] // 2) + k[1] - 1
+        return ShapeSpec(call.args["filters"], h, w, i.stride / s[0])
 
-        def build(self, call: Call):
-            k, s = kernel_stride(call)
-            conv = nn.ConvTranspose2d(call.input.channels, call.args["filters"], k, s,
-                                      padding=(k[0] // 2, k[1] // 2),
-                                      output_padding=(s[0] - 1, s[1] - 1),
-                                      bias=not call.has("B"))
-            init_conv(conv, call.init, transposed=True)
-            return conv
+    def build(self, call: Call):
+        k, s = kernel_stride(call)
+        conv = nn.ConvTranspose2d(call.input.channels, call.args["filters"], k, s,
+                                  padding=(k[0] // 2, k[1] // 2),
+                                  output_padding=(s[0] - 1, s[1] - 1),
+                                  bias=not call.has("B"))
+        init_conv(conv, call.init, transposed=True)
+        return conv

@@ -45,24 +45,22 @@ class CropMirror(nn.Module):
         return f"crop={self.crop}, mirror_pr={self.mirror_pr}, flip_pr={self.flip_pr}"
 
 
-def register(registry):
-    @registry.register
-    class CropMirrorDef(LayerDef):
-        type = "CM"
-        doc = ("Random crop (centre crop in evaluation) with random horizontal mirror and "
-               "vertical flip in training.")
-        args = (
-            Arg("crop", "int", min=1, doc="output size (square)"),
-            Arg("mirror_pr", "float", 0.0, min=0.0, max=1.0, doc="probability of a mirror"),
-            Arg("flip_pr", "float", 0.0, min=0.0, max=1.0, doc="probability of a flip"),
-        )
+class CropMirrorDef(LayerDef):
+    type = "CM"
+    doc = ("Random crop (centre crop in evaluation) with random horizontal mirror and "
+           "vertical flip in training.")
+    args = (
+        Arg("crop", "int", min=1, doc="output size (square)"),
+        Arg("mirror_pr", "float", 0.0, min=0.0, max=1.0, doc="probability of a mirror"),
+        Arg("flip_pr", "float", 0.0, min=0.0, max=1.0, doc="probability of a flip"),
+    )
 
-        def shape(self, call: Call):
-            i, c = call.input, call.args["crop"]
-            if i.height is None or c > i.height or c > i.width:
-                call.fail(f"crop {c} is larger than the {i} input", "crop")
-            return i.with_(height=c, width=c)
+    def shape(self, call: Call):
+        i, c = call.input, call.args["crop"]
+        if i.height is None or c > i.height or c > i.width:
+            call.fail(f"crop {c} is larger than the {i} input", "crop")
+        return i.with_(height=c, width=c)
 
-        def build(self, call: Call):
-            a = call.args
-            return CropMirror(a["crop"], a["mirror_pr"], a["flip_pr"])
+    def build(self, call: Call):
+        a = call.args
+        return CropMirror(a["crop"], a["mirror_pr"], a["flip_pr"])

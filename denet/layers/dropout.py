@@ -6,18 +6,16 @@ from torch import nn
 from .registry import Arg, Call, LayerDef
 
 
-def register(registry):
-    @registry.register
-    class Dropout(LayerDef):
-        type = "D"
-        doc = "Inverted dropout: zeroes activations with probability rate in training."
-        args = (Arg("rate", "float", 0.5, min=0.0, max=1.0,
-                    doc="probability of dropping an activation"),)
+class Dropout(LayerDef):
+    type = "D"
+    doc = "Inverted dropout: zeroes activations with probability rate in training."
+    args = (Arg("rate", "float", 0.5, min=0.0, max=1.0,
+                doc="probability of dropping an activation"),)
 
-        def shape(self, call: Call):
-            if call.args["rate"] >= 1.0:
-                call.fail("a dropout rate of 1 drops everything; use a rate below 1", "rate")
-            return call.input
+    def shape(self, call: Call):
+        if call.args["rate"] >= 1.0:
+            call.fail("a dropout rate of 1 drops everything; use a rate below 1", "rate")
+        return call.input
 
-        def build(self, call: Call):
-            return nn.Dropout(call.args["rate"]) if call.args["rate"] > 0 else None
+    def build(self, call: Call):
+        return nn.Dropout(call.args["rate"]) if call.args["rate"] > 0 else None

@@ -19,6 +19,8 @@ NORMS = ("bn", "frozen", "affine", "gn")
 class BatchNormReLU(nn.BatchNorm2d):
     """``BNA``: batch norm followed by ReLU (DeNet fused them in one cuDNN op to save memory)."""
 
+    ends_in_activation = True  # its output is its ReLU's: nothing may overwrite it in place
+
     def forward(self, x):
         return F.relu(super().forward(x), inplace=True)
 
@@ -90,82 +92,76 @@ def _need_map(call: Call):
         call.fail(f"{call.type} needs a feature map as input, not a vector")
 
 
-def register(registry):
-    @registry.register
-    class BatchNorm(LayerDef):
-        type = "BN"
-        doc = "Batch normalisation over (batch, height, width) per channel."
-        args = (_MOMENTUM, _EPS,
-                Arg("renorm_r", "float", 1.0, min=1.0, doc="batch renorm r_max (1: off)"),
-                Arg("renorm_d", "float", 0.0, min=0.0, doc="batch renorm d_max (0: off)"),
-                Arg("renorm_it", "int", 0, min=0, doc="batch renorm warm-up iterations"))
-        has_params = True
+class BatchNorm(LayerDef):
+    type = "BN"
+    doc = "Batch normalisation over (batch, height, width) per channel."
+    args = (_MOMENTUM, _EPS,
+            Arg("renorm_r", "float", 1.0, min=1.0, doc="batch renorm r_max (1: off)"),
+            Arg("renorm_d", "float", 0.0, min=0.0, doc="batch renorm d_max (0: off)"),
+            Arg("renorm_it", "int", 0, min=0, doc="batch renorm warm-up iterations"))
+    has_params = True
 
-        def shape(self, call: Call):
-            _need_map(call)
-            if call.args["renorm_r"] != 1.0 or call.args["renorm_d"] != 0.0:
-                call.fail("batch renormalisation is not supported (DeNet's own code has it "
-                          "commented out); leave renorm_r=1 and renorm_d=0", "renorm_r")
-            return call.input
+    def shape(self, call: Call):
+        _need_map(call)
+        if call.args["renorm_r"] != 1.0 or call.args["renorm_d"] != 0.0:
+            call.fail("batch renormalisation is not supported (DeNet's own code has it "
+                      "commented out); leave renorm_r=1 and renorm_d=0", "renorm_r")
+        return call.input
 
-        def build(self, call: Call):
-            return make_norm("bn", call.input.channels, call.args["momentum"], call.args["eps"])
+    def build(self, call: Call):
+        return make_norm("bn", call.input.channels, call.args["momentum"], call.args["eps"])
 
-    @registry.register
-    class BatchNormReLUDef(LayerDef):
-        type = "BNA"
-        doc = "Batch normalisation followed by ReLU (the maths of `BN A` with relu)."
-        args = (_MOMENTUM, _EPS)
-        has_params = True
+class BatchNormReLUDef(LayerDef):
+    type = "BNA"
+    doc = "Batch normalisation followed by ReLU (the maths of `BN A` with relu)."
+    args = (_MOMENTUM, _EPS)
+    has_params = True
 
-        def shape(self, call: Call):
-            _need_map(call)
-            return call.input
+    def shape(self, call: Call):
+        _need_map(call)
+        return call.input
 
-        def build(self, call: Call):
-            return BatchNormReLU(call.input.channels, eps=call.args["eps"],
-                                 momentum=1.0 - call.args["momentum"])
+    def build(self, call: Call):
+        return BatchNormReLU(call.input.channels, eps=call.args["eps"],
+                             momentum=1.0 - call.args["momentum"])
 
-    @registry.register
-    class FrozenBatchNorm(LayerDef):
-        type = "FBN"
-        doc = ("Frozen batch norm: fixed statistics and affine parameters (buffers), the same "
-               "in training and evaluation.")
-        args = (_EPS,)
+class FrozenBatchNorm(LayerDef):
+    type = "FBN"
+    doc = ("Frozen batch norm: fixed statistics and affine parameters (buffers), the same "
+           "in training and evaluation.")
+    args = (_EPS,)
 
-        def shape(self, call: Call):
-            _need_map(call)
-            return call.input
+    def shape(self, call: Call):
+        _need_map(call)
+        return call.input
 
-        def build(self, call: Call):
-            return FrozenBatchNorm2d(call.input.channels, eps=call.args["eps"])
+    def build(self, call: Call):
+        return FrozenBatchNorm2d(call.input.channels, eps=call.args["eps"])
 
-    @registry.register
-    class AffineChannel(LayerDef):
-        type = "AC"
-        doc = "Affine channel: learnable per-channel scale and bias, no statistics."
-        has_params = True
+class AffineChannel(LayerDef):
+    type = "AC"
+    doc = "Affine channel: learnable per-channel scale and bias, no statistics."
+    has_params = True
 
-        def shape(self, call: Call):
-            _need_map(call)
-            return call.input
+    def shape(self, call: Call):
+        _need_map(call)
+        return call.input
 
-        def build(self, call: Call):
-            return AffineChannel2d(call.input.channels)
+    def build(self, call: Call):
+        return AffineChannel2d(call.input.channels)
 
-    @registry.register
-    class GroupNorm(LayerDef):
-        type = "GN"
-        doc = "Group normalisation."
-        args = (Arg("groups", "int", 32, min=1, doc="number of channel groups"), _EPS)
-        has_params = True
+class GroupNorm(LayerDef):
+    type = "GN"
+    doc = "Group normalisation."
+    args = (Arg("groups", "int", 32, min=1, doc="number of channel groups"), _EPS)
+    has_params = True
 
-        def shape(self, call: Call):
-            _need_map(call)
-            if call.input.channels % call.args["groups"]:
-                call.fail(f"groups={call.args['groups']} must divide the "
-                          f"{call.input.channels} input channels", "groups")
-            return call.input
+    def shape(self, call: Call):
+        _need_map(call)
+        if call.input.channels % call.args["groups"]:
+            call.fail(f"groups={call.args['groups']} must divide the "
+                      f"{call.input.channels} input channels", "groups")
+        return call.input
 
-        def build(self, call: Call):
-            return nn.GroupNorm(call.args["groups"], call.input.channels, eps=call.args["eps"])
+    def build(self, call: Call):
+        return nn.GroupNorm(call.args["groups"], call.input.channels, eps=call.args["eps"])

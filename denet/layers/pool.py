@@ -19,62 +19,59 @@ def pool_out(size: int, k: int, s: int, pad: int, ceil: bool) -> int:
     return out
 
 
-def register(registry):
-    @registry.register
-    class Pool(LayerDef):
-        type = "P"
-        doc = ("Max pooling, or average pooling with tag A (padding counted, Theano's "
-               "average_inc_pad). Without a size it pools the whole map (global pooling), as "
-               "the seed README documents.")
-        tags = {"A": "average pooling (padding included in the count)",
-                "B": "ceil mode (Theano ignore_border=False): partial windows at the border"}
-        args = (
-            Arg("size", "int", None, min=1, doc="window size (default: the whole input)"),
-            Arg("stride", "int", lambda call: call.args["size"], min=1,
-                doc="stride (default: size)"),
-            Arg("pad", "int", 0, min=0, doc="zero padding on each side"),
-        )
+class Pool(LayerDef):
+    type = "P"
+    doc = ("Max pooling, or average pooling with tag A (padding counted, Theano's "
+           "average_inc_pad). Without a size it pools the whole map (global pooling), as "
+           "the seed README documents.")
+    tags = {"A": "average pooling (padding included in the count)",
+            "B": "ceil mode (Theano ignore_border=False): partial windows at the border"}
+    args = (
+        Arg("size", "int", None, min=1, doc="window size (default: the whole input)"),
+        Arg("stride", "int", lambda call: call.args["size"], min=1,
+            doc="stride (default: size)"),
+        Arg("pad", "int", 0, min=0, doc="zero padding on each side"),
+    )
 
-        def shape(self, call: Call) -> ShapeSpec:
-            a, i = call.args, call.input
-            if i.height is None:
-                call.fail("P needs a feature map as input, not a vector")
-            if a["size"] is None:
-                if a["pad"]:
-                    call.fail("global pooling (P without a size) takes no padding", "pad")
-                return ShapeSpec(i.channels, 1, 1, i.stride * max(i.height, i.width))
-            k, s, p = a["size"], a["stride"], a["pad"]
-            if 2 * p > k:
-                call.fail(f"pad ({p}) must be at most half the window size ({k})", "pad")
-            h = pool_out(i.height, k, s, p, call.has("B"))
-            w = pool_out(i.width, k, s, p, call.has("B"))
-            if h < 1 or w < 1:
-                call.fail(f"output would be empty: a {k}x{k} window does not fit the "
-                          f"{i.height}x{i.width} input", "size")
-            return ShapeSpec(i.channels, h, w, i.stride * s)
+    def shape(self, call: Call) -> ShapeSpec:
+        a, i = call.args, call.input
+        if i.height is None:
+            call.fail("P needs a feature map as input, not a vector")
+        if a["size"] is None:
+            if a["pad"]:
+                call.fail("global pooling (P without a size) takes no padding", "pad")
+            return ShapeSpec(i.channels, 1, 1, i.stride * max(i.height, i.width))
+        k, s, p = a["size"], a["stride"], a["pad"]
+        if 2 * p > k:
+            call.fail(f"pad ({p}) must be at most half the window size ({k})", "pad")
+        h = pool_out(i.height, k, s, p, call.has("B"))
+        w = pool_out(i.width, k, s, p, call.has("B"))
+        if h < 1 or w < 1:
+            call.fail(f"output would be empty: a {k}x{k} window does not fit the "
+                      f"{i.height}x{i.width} input", "size")
+        return ShapeSpec(i.channels, h, w, i.stride * s)
 
-        def build(self, call: Call):
-            a = call.args
-            if a["size"] is None:
-                return nn.AdaptiveAvgPool2d(1) if call.has("A") else nn.AdaptiveMaxPool2d(1)
-            if call.has("A"):
-                return nn.AvgPool2d(a["size"], a["stride"], a["pad"], ceil_mode=call.has("B"),
-                                    count_include_pad=True)
-            return nn.MaxPool2d(a["size"], a["stride"], a["pad"], ceil_mode=call.has("B"))
+    def build(self, call: Call):
+        a = call.args
+        if a["size"] is None:
+            return nn.AdaptiveAvgPool2d(1) if call.has("A") else nn.AdaptiveMaxPool2d(1)
+        if call.has("A"):
+            return nn.AvgPool2d(a["size"], a["stride"], a["pad"], ceil_mode=call.has("B"),
+                                count_include_pad=True)
+        return nn.MaxPool2d(a["size"], a["stride"], a["pad"], ceil_mode=call.has("B"))
 
-    @registry.register
-    class PoolInverse(LayerDef):
-        type = "PI"
-        doc = ("Pool inverse: nearest-neighbour upsampling by an integer factor (each pixel "
-               "copied into a size x size block; the gradient is the block sum).")
-        args = (Arg("size", "int", min=1, doc="upsampling factor"),)
+class PoolInverse(LayerDef):
+    type = "PI"
+    doc = ("Pool inverse: nearest-neighbour upsampling by an integer factor (each pixel "
+           "copied into a size x size block; the gradient is the block sum).")
+    args = (Arg("size", "int", min=1, doc="upsampling factor"),)
 
-        def shape(self, call: Call) -> ShapeSpec:
-            i, n = call.input, call.args["size"]
-            if i.height is None:
-                call.fail("PI needs a feature map as input, not a vector")
-            return ShapeSpec(i.channels, i.height * n, i.width * n, i.stride / n)
+    def shape(self, call: Call) -> ShapeSpec:
+        i, n = call.input, call.args["size"]
+        if i.height is None:
+            call.fail("PI needs a feature map as input, not a vector")
+        return ShapeSpec(i.channels, i.height * n, i.width * n, i.stride / n)
 
-        def build(self, call: Call):
-            n = call.args["size"]
-            return nn.Upsample(scale_factor=n, mode="nearest") if n > 1 else None
+    def build(self, call: Call):
+        n = call.args["size"]
+        return nn.Upsample(scale_factor=n, mode="nearest") if n > 1 else None

@@ -1,8 +1,10 @@
-"""The layer registry: every layer type declares its tags, argument schema, shape rule and builder.
+"""The layer registry: every layer type declares its tags, argument schema, shape rule, builder,
+and its part in the task contract (what it reads, which losses it adds, which output it names).
 
-A layer family is a subclass of :class:`LayerDef` registered with :meth:`Registry.register`.
-The compiler never names a layer type; it asks the registry. Tests can build an isolated
-``Registry()`` and register only what they need.
+A layer type is a module-level subclass of :class:`LayerDef` in any module of ``denet.layers``;
+:func:`discover` collects them, so adding a type is adding a file. The compiler never names a
+layer type; it asks the registry. Tests can build an isolated ``Registry()`` and register only
+what they need.
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ class Arg:
     """One argument of a layer type.
 
     ``kind``: ``int``, ``float``, ``str`` (one of ``choices``), ``bool`` (0/1), ``border``
-    (valid/half/full/same or a padding >= 0) or ``init`` (a weight-init name or a float std).
+    (valid/half/full/same or a padding >= 0), ``init`` (a weight-init name or a float std) or
+    ``tap`` (the name of an ``@tap``: that tensor becomes an input of the layer, passed to its
+    module as the keyword argument of the same name).
     ``default``: a value, ``REQUIRED``, or a callable ``f(call) -> value`` for defaults that depend
     on the input (``P``'s stride defaults to its size, ``R``'s size to the input size).
     """
@@ -59,7 +63,7 @@ class Arg:
                 value = value.lower() == "true"
             else:
                 raise ValueError(f"{self.name} must be 0 or 1, not {_show(value)}")
-        elif kind == "str":
+        elif kind in ("str", "tap"):
             if not isinstance(value, str):
                 raise ValueError(f"{self.name} must be a name, not {_show(value)}")
         elif kind == "border":
@@ -122,6 +126,7 @@ class Call:
     classes: int | None = None
     name: str = ""
     out: ShapeSpec | None = None
+    taps: dict[str, ShapeSpec] = field(default_factory=dict)  # shapes of ``tap`` arguments
     _fail: Callable[[str, str | None], NoReturn] | None = None
 
     @property
@@ -153,16 +158,20 @@ class Call:
 
 class LayerDef:
     """Base class of a layer type. Subclasses set the class attributes and override
-    :meth:`shape` and :meth:`build`."""
+    :meth:`shape` and :meth:`build` (and, for the task contract, :meth:`losses`,
+    :meth:`reads_targets` and :meth:`output_name`)."""
 
     type: str = ""
     doc: str = ""
     tags: dict[str, str] = {}
-    args: tuple[Arg, ...] = ()          # positional (also accepted as keywords by name)
-    keywords: tuple[Arg, ...] = ()      # keyword-only
-    has_params: bool = False            # adds PARAM_KEYWORDS
-    is_group: bool = False              # TYPE[args](branch | ...) instead of TYPE[args]
-    min_branches: int = 1
+    args: tuple[Arg, ...] = ()  # positional (also accepted as keywords by name)
+    keywords: tuple[Arg, ...] = ()  # keyword-only
+    has_params: bool = False  # adds PARAM_KEYWORDS
+    is_group: bool = False  # TYPE[args](branch | ...) instead of TYPE[args]
+    min_branches: int = 2
+    max_branches: int | None = None
+    accepts: tuple[str, ...] = ("map",)  # kinds of input value (ShapeSpec.kind) it takes
+    task: str | None = None  # the task of a model whose head this is (classification, ...)
 
     def positional(self, tags: str) -> tuple[Arg, ...]:
         """Positional schema; may depend on the tags (``C.X`` takes kh, kw, sh, sw)."""
@@ -187,6 +196,38 @@ class LayerDef:
         """True where the training forward is checkpointed (``SPLIT``, ``SKIPSRC.X``)."""
         return False
 
+    def expand(self, ctx, item, call: Call, current: str) -> str:
+        """Resolve this token into graph nodes; returns the node the chain continues from.
+
+        ``ctx`` is the resolver (:class:`denet.dsl.resolve.Context`). The default adds one
+        node (a layer) or runs every branch from ``current`` and adds the merge node (a group).
+        Types that repeat or share sub-networks (``REP``, ``SHARE``) override this."""
+        if not self.is_group:
+            return ctx.add_layer(item, self, call, current)
+        branches = item.branches
+        if len(branches) < self.min_branches:
+            call.fail(f"{item.type} needs at least {self.min_branches} branches separated by '|'")
+        if self.max_branches is not None and len(branches) > self.max_branches:
+            call.fail(f"{item.type} takes at most {self.max_branches} branch"
+                      f"{'es' if self.max_branches > 1 else ''}")
+        ends = [ctx.run(b, current) for b in branches]
+        return ctx.add_merge(item, self, call, ends)
+
+    # -- task contract --------------------------------------------------------------------------
+    def losses(self, call: Call) -> tuple[str, ...]:
+        """Names of the scalars this layer adds in training. Its module is then called with
+        ``targets=`` and returns ``(output, {name: scalar})``; names that begin with ``loss``
+        are optimised, the others (``top1``) are statistics the trainer logs."""
+        return ()
+
+    def reads_targets(self, call: Call) -> bool:
+        """True when the module needs the targets in training (passed as ``targets=``)."""
+        return bool(self.losses(call))
+
+    def output_name(self, call: Call) -> str | None:
+        """The name under which this layer's output is a final output (``out``, ``aux``)."""
+        return None
+
     # -- semantics ------------------------------------------------------------------------------
     def shape(self, call: Call) -> ShapeSpec:
         return call.input
@@ -195,18 +236,17 @@ class LayerDef:
         """An ``nn.Module`` called with the inputs, a :class:`FunctionOp`, or None (identity)."""
         return None
 
-    def param_count_hint(self) -> str:
-        return ""
-
 
 class Registry:
     """Layer types by name."""
 
-    def __init__(self):
+    def __init__(self, types=()):
         self._types: dict[str, LayerDef] = {}
+        for t in types:
+            self.register(t)
 
     def register(self, cls):
-        """Class decorator: instantiate and register a :class:`LayerDef` subclass."""
+        """Register a :class:`LayerDef` subclass (or instance); usable as a class decorator."""
         inst = cls() if isinstance(cls, type) else cls
         if not inst.type:
             raise TypeError(f"{cls!r} has no type name")
@@ -221,6 +261,9 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._types
 
+    def __iter__(self):
+        return iter(self._types[n] for n in self.names())
+
     def names(self) -> list[str]:
         return sorted(self._types)
 
@@ -229,3 +272,22 @@ class Registry:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         upper = [n for n in names if n.upper() == name.upper() and n not in close]
         return upper + close
+
+
+def layer_types(module) -> list[type[LayerDef]]:
+    """The layer types a module defines (module-level ``LayerDef`` subclasses with a type)."""
+    return [obj for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, LayerDef) and obj.type
+            and obj.__module__ == module.__name__]
+
+
+def discover(package) -> list:
+    """Import every module of ``package`` and return them (sorted by name), so that a layer
+    type needs no list to be registered: it is found in its file."""
+    import importlib
+    import pkgutil
+
+    modules = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        modules.append(importlib.import_module(f"{package.__name__}.{info.name}"))
+    return modules

@@ -151,52 +151,49 @@ def _make_block(call: Call, cin: int, stride: int, dilation: int):
                call.init)
 
 
-def register(registry):
-    @registry.register
-    class ResidualBlock(LayerDef):
-        type = "RSN"
-        doc = "One residual block."
-        tags = _TAGS
-        args = (Arg("filters", "int", min=1, doc="output channels"),
-                Arg("size", "int", min=1, doc="kernel size of the spatial convs"),
-                Arg("stride", "int", 1, min=1, doc="stride"),
-                Arg("bottleneck", "int", 0, min=0, doc="bottleneck width (0: basic block)"))
-        keywords = _KEYWORDS
-        has_params = True
+class ResidualBlock(LayerDef):
+    type = "RSN"
+    doc = "One residual block."
+    tags = _TAGS
+    args = (Arg("filters", "int", min=1, doc="output channels"),
+            Arg("size", "int", min=1, doc="kernel size of the spatial convs"),
+            Arg("stride", "int", 1, min=1, doc="stride"),
+            Arg("bottleneck", "int", 0, min=0, doc="bottleneck width (0: basic block)"))
+    keywords = _KEYWORDS
+    has_params = True
 
-        def shape(self, call: Call):
-            a = call.args
-            _check(call, a["filters"], a["size"], a["bottleneck"])
-            return _block_out(call, call.input, a["filters"], a["stride"])
+    def shape(self, call: Call):
+        a = call.args
+        _check(call, a["filters"], a["size"], a["bottleneck"])
+        return _block_out(call, call.input, a["filters"], a["stride"])
 
-        def build(self, call: Call):
-            a = call.args
-            d = a["first_dilation"] or a["dilation"]
-            return _make_block(call, call.input.channels, a["stride"], d)
+    def build(self, call: Call):
+        a = call.args
+        d = a["first_dilation"] or a["dilation"]
+        return _make_block(call, call.input.channels, a["stride"], d)
 
-    @registry.register
-    class ResidualStage(LayerDef):
-        type = "nRSN"
-        doc = ("A stage of num residual blocks; only the first has the stride (and "
-               "first_dilation) and a projection when the shape changes.")
-        tags = _TAGS
-        args = (Arg("num", "int", min=1, doc="number of blocks"),
-                Arg("filters", "int", min=1, doc="output channels"),
-                Arg("size", "int", min=1, doc="kernel size of the spatial convs"),
-                Arg("stride", "int", 1, min=1, doc="stride of the first block"),
-                Arg("bottleneck", "int", 0, min=0, doc="bottleneck width (0: basic blocks)"))
-        keywords = _KEYWORDS
-        has_params = True
+class ResidualStage(LayerDef):
+    type = "nRSN"
+    doc = ("A stage of num residual blocks; only the first has the stride (and "
+           "first_dilation) and a projection when the shape changes.")
+    tags = _TAGS
+    args = (Arg("num", "int", min=1, doc="number of blocks"),
+            Arg("filters", "int", min=1, doc="output channels"),
+            Arg("size", "int", min=1, doc="kernel size of the spatial convs"),
+            Arg("stride", "int", 1, min=1, doc="stride of the first block"),
+            Arg("bottleneck", "int", 0, min=0, doc="bottleneck width (0: basic blocks)"))
+    keywords = _KEYWORDS
+    has_params = True
 
-        def shape(self, call: Call):
-            a = call.args
-            _check(call, a["filters"], a["size"], a["bottleneck"])
-            return _block_out(call, call.input, a["filters"], a["stride"])
+    def shape(self, call: Call):
+        a = call.args
+        _check(call, a["filters"], a["size"], a["bottleneck"])
+        return _block_out(call, call.input, a["filters"], a["stride"])
 
-        def build(self, call: Call):
-            a = call.args
-            first = a["first_dilation"] or a["dilation"]
-            blocks = [_make_block(call, call.input.channels, a["stride"], first)]
-            for _ in range(a["num"] - 1):
-                blocks.append(_make_block(call, a["filters"], 1, a["dilation"]))
-            return nn.Sequential(*blocks)
+    def build(self, call: Call):
+        a = call.args
+        first = a["first_dilation"] or a["dilation"]
+        blocks = [_make_block(call, call.input.channels, a["stride"], first)]
+        for _ in range(a["num"] - 1):
+            blocks.append(_make_block(call, a["filters"], 1, a["dilation"]))
+        return nn.Sequential(*blocks)

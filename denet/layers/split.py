@@ -10,12 +10,10 @@ from __future__ import annotations
 from .registry import Call, LayerDef
 
 
-def register(registry):
-    @registry.register
-    class Split(LayerDef):
-        type = "SPLIT"
-        doc = ("Split point: the segment before it is activation-checkpointed in training "
-               "(top level only).")
+class Split(LayerDef):
+    type = "SPLIT"
+    doc = ("Split point: the segment before it is activation-checkpointed in training "
+           "(top level only).")
 
-        def split_point(self, call: Call) -> bool:
-            return True
+    def split_point(self, call: Call) -> bool:
+        return True

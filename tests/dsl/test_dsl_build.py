@@ -10,7 +10,7 @@ def test_graph_module_is_plain_calls():
     m = denet.compile("C[8,3] BN A SKIPSRC C[8,3] SKIP SUM(C[8,1] | ) P.A R", (3, 8, 8), 4,
                       border_mode="half")
     code = m.graph_module.code
-    assert "self.l0_C(x)" in code and "self.l9_R(" in code
+    assert "self.l0_C(images)" in code and "self.l9_R(" in code
     assert code.count(" + ") == 2 and "SKIPSRC" not in code  # identities are aliases
     targets = [n.target for n in m.graph_module.graph.nodes if n.op == "call_function"]
     assert targets == [operator.add, operator.add]

@@ -5,7 +5,7 @@ import denet
 from denet import DescError
 from denet.dsl import CompileOptions, parse, resolve
 from denet.layers import Arg, LayerDef, Registry, make_registry
-from denet.layers.conv import register as register_conv
+from denet.layers import conv
 
 from denet_strings import DENET_STRINGS
 
@@ -74,7 +74,7 @@ def test_later_layer_types_fail_with_the_unknown_type_message(desc):
                          "'dilation'?", 7),
     ("C[8,3,size=3]", "C[8,3,size=3]: argument 'size' given twice", 7),
     ("C.Q[8]", "C.Q[8]: C has no tag 'Q' (its tags: B, X)", 1),
-    ("BN[0.9,1e-5,2]", "BN[0.9,1e-05,2]: batch renormalisation is not supported", 13),
+    ("BN[0.9,1e-5,2]", "BN[0.9,1e-5,2]: batch renormalisation is not supported", 13),
     ("A[sigmod]", "A[sigmod]: kind must be one of none, sigmoid", 3),
     ("C[8,3,init=he-sideways]", "C[8,3,init=he-sideways]: unknown weight init", 7),
     ("SPLIT[1]", "SPLIT[1]: SPLIT takes no positional arguments", 7),
@@ -167,8 +167,8 @@ def test_bad_options_and_input_shapes():
 
 
 def test_isolated_registry():
-    registry = Registry()
-    register_conv(registry)
+    registry = make_registry([conv])
+    assert registry.names() == ["C", "DC"]
 
     @registry.register
     class Twice(LayerDef):
