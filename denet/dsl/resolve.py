@@ -241,6 +241,8 @@ class Context:
                              f"{self._taps_so_far()}", spec.name)
             kwinputs[spec.name] = self.symbols["@" + tap]
             call.taps[spec.name] = self.shape_of(kwinputs[spec.name])
+        if ltype.reads_images(call):
+            kwinputs["images"] = INPUT
         call.inputs = [self.shape_of(i) for i in inputs]
         if call.input.kind not in ltype.accepts:
             self.fail_at(item, f"{item.type} needs {_kinds(ltype.accepts)} as input, not "

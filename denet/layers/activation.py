@@ -42,6 +42,7 @@ def make_activation(name: str, inplace: bool = False) -> nn.Module | None:
 
 class Activation(LayerDef):
     type = "A"
+    accepts = ("map", "vector")  # element-wise
     doc = ("Activation: the global --activation, or the one named as argument. "
            "softmax is over channels.")
     args = (Arg("kind", "str", None, choices=ACTIVATIONS,

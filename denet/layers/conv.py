@@ -75,8 +75,9 @@ def conv_shape(call: Call, cin: ShapeSpec, cout: int, k, s, border, dilation=1) 
 
 class Conv(LayerDef):
     type = "C"
-    doc = ("2-D convolution; padding from the border mode. No bias unless tagged B "
-           "(DeNet's code: C.B turns the bias ON).")
+    doc = ("2-D convolution; padding from the border mode. No bias unless tagged B: DeNet's "
+           "code, which its released models follow, turns the bias ON with C.B (its README "
+           "says the opposite).")
     tags = {"B": "add a bias (DeNet code semantics)",
             "X": "rectangular: [filters, kh, kw, sh, sw]"}
     keywords = (

@@ -8,6 +8,7 @@ from .registry import Arg, Call, LayerDef
 
 class Dropout(LayerDef):
     type = "D"
+    accepts = ("map", "vector")  # element-wise
     doc = "Inverted dropout: zeroes activations with probability rate in training."
     args = (Arg("rate", "float", 0.5, min=0.0, max=1.0,
                 doc="probability of dropping an activation"),)

@@ -94,7 +94,9 @@ def _need_map(call: Call):
 
 class BatchNorm(LayerDef):
     type = "BN"
-    doc = "Batch normalisation over (batch, height, width) per channel."
+    doc = ("Batch normalisation over (batch, height, width) per channel. Momentum DeNet-style, "
+           "the weight of the old value (BN[0.9] is PyTorch's momentum 0.1); batch "
+           "renormalisation is refused (DeNet's code had it commented out).")
     args = (_MOMENTUM, _EPS,
             Arg("renorm_r", "float", 1.0, min=1.0, doc="batch renorm r_max (1: off)"),
             Arg("renorm_d", "float", 0.0, min=0.0, doc="batch renorm d_max (0: off)"),
@@ -128,7 +130,7 @@ class BatchNormReLUDef(LayerDef):
 class FrozenBatchNorm(LayerDef):
     type = "FBN"
     doc = ("Frozen batch norm: fixed statistics and affine parameters (buffers), the same "
-           "in training and evaluation.")
+           "in training and evaluation (Detectron).")
     args = (_EPS,)
 
     def shape(self, call: Call):

@@ -1,11 +1,13 @@
-"""``P`` (max / average pooling, global when no size is given) and ``PI`` (pool inverse)."""
+"""``P`` (max / average pooling, global when no size is given) and ``PI`` (DeNet's pool inverse,
+:func:`denet.kernels.pool_inv`)."""
 from __future__ import annotations
 
 import math
 
 from torch import nn
 
-from .registry import Arg, Call, LayerDef
+from ..kernels import pool_inv
+from .registry import Arg, Call, FunctionOp, LayerDef
 from .shape import ShapeSpec
 
 
@@ -63,7 +65,8 @@ class Pool(LayerDef):
 class PoolInverse(LayerDef):
     type = "PI"
     doc = ("Pool inverse: nearest-neighbour upsampling by an integer factor (each pixel "
-           "copied into a size x size block; the gradient is the block sum).")
+           "copied into a size x size block; the gradient is the block sum). Runs "
+           "`denet.kernels.pool_inv` (Triton on CUDA).")
     args = (Arg("size", "int", min=1, doc="upsampling factor"),)
 
     def shape(self, call: Call) -> ShapeSpec:
@@ -74,4 +77,4 @@ class PoolInverse(LayerDef):
 
     def build(self, call: Call):
         n = call.args["size"]
-        return nn.Upsample(scale_factor=n, mode="nearest") if n > 1 else None
+        return FunctionOp(pool_inv, size=n) if n > 1 else None

@@ -224,6 +224,11 @@ class LayerDef:
         """True when the module needs the targets in training (passed as ``targets=``)."""
         return bool(self.losses(call))
 
+    def reads_images(self, call: Call) -> bool:
+        """True when the module needs the input images (passed as ``images=``), e.g. for their
+        size."""
+        return False
+
     def output_name(self, call: Call) -> str | None:
         """The name under which this layer's output is a final output (``out``, ``aux``)."""
         return None

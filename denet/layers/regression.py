@@ -63,7 +63,9 @@ class RegressionDef(LayerDef):
     type = "R"
     doc = ("Classifier head: valid k x k conv to `classes` channels (k = input size by "
            "default) and softmax. Evaluation: probabilities [B, classes]; training: "
-           "log-probabilities; with targets: adds `loss_cls` (NLL of `label`) and `top1`.")
+           "log-probabilities; with targets: adds `loss_cls` (NLL of `label`) and `top1`. With "
+           "several positions: the mean over positions of the per-position (log-)softmax, so "
+           "the loss is DeNet's mean per-position cost.")
     task = "classification"
     tags = {"B": "add a bias to the classifier conv",
             "C": "classify from the centre position only",
