@@ -124,7 +124,8 @@ def parse(desc: str) -> ast.Description:
     try:
         tree = _parser().parse(desc)
     except lark.exceptions.UnexpectedCharacters as err:
-        ch = desc[err.pos_in_stream] if err.pos_in_stream < len(desc) else ""
+        pos = err.pos_in_stream or 0
+        ch = desc[pos] if pos < len(desc) else ""
         hint = ""
         if ch in "])":
             raise DescError(f"unbalanced brackets: {ch!r} without its opening bracket", desc,
@@ -144,7 +145,7 @@ def parse(desc: str) -> ast.Description:
         msg = f"unexpected {_describe_token(tok)}"
         if str(tok) in ("]", ")"):
             msg = f"unbalanced brackets: {str(tok)!r} without its opening bracket"
-            expected = ()
+            expected = set()
         raise DescError(msg + _expected(expected), desc, tok.column, tok.line) from None
     except lark.exceptions.UnexpectedEOF as err:  # not raised by LALR, kept for safety
         line, column = _end_position(desc)

@@ -9,6 +9,7 @@ it, quoted as the user typed it.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -79,7 +80,7 @@ class Context:
         self.classes = classes
         self.nodes: list[Node] = []
         self.symbols: dict[str, str] = {}
-        self.symbol_items: dict[str, object] = {}
+        self.symbol_items: dict[str, Any] = {}
         self.definitions: dict[str, object] = {}
         self.index = {id(item): i for i, item in enumerate(ast.walk(desc.items))}
         self.top = 0

@@ -47,7 +47,7 @@ class Border(LayerDef):
     def shape(self, call: Call) -> ShapeSpec:
         n = call.args["n"]
         i = call.input
-        return i.with_(height=i.height + 2 * n, width=i.width + 2 * n)
+        return i.with_(height=i.h + 2 * n, width=i.w + 2 * n)
 
     def build(self, call: Call):
         n = call.args["n"]

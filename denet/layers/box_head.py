@@ -150,4 +150,5 @@ class BoxHeadDef(LayerDef):
         i = call.input
         features = i.channels * (i.height or 1) * (i.width or 1)
         a = call.args
+        assert call.classes is not None  # shape() refused a missing class count
         return BoxHead(features, call.classes, a["iou"], a["score"], a["nms"], a["max"])

@@ -48,10 +48,10 @@ class Boxes(LayerDef):
 
     def shape(self, call: Call):
         i = call.input
-        return ShapeSpec(i.height * i.width, stride=i.stride, form="boxes")
+        return ShapeSpec(i.h * i.w, stride=i.stride, form="boxes")
 
     def build(self, call: Call):
-        return BoxGrid(call.args["size"], call.input.stride)
+        return BoxGrid(call.args["size"], float(call.input.stride))
 
 
 class RoIAlignLayer(nn.Module):

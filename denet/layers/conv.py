@@ -39,8 +39,9 @@ class PaddedConv2d(nn.Conv2d):
     """A conv with asymmetric zero padding (``same`` border with an even kernel): pads
     (left, right, top, bottom) first, then convolves without padding."""
 
-    def __init__(self, *args, pad: tuple[int, int, int, int], **kwargs):
-        super().__init__(*args, padding=0, **kwargs)
+    def __init__(self, cin: int, cout: int, k, stride, *, dilation: int, groups: int, bias: bool,
+                 pad: tuple[int, int, int, int]):
+        super().__init__(cin, cout, k, stride, 0, dilation, groups, bias)
         self.pad = pad
 
     def forward(self, x):
@@ -65,11 +66,11 @@ def conv_shape(call: Call, cin: ShapeSpec, cout: int, k, s, border, dilation=1) 
         call.fail("border mode 'same' needs stride 1 (it crops a full convolution)")
     ph = border_padding(border, k[0], dilation)
     pw = border_padding(border, k[1], dilation)
-    h = conv_out(cin.height, k[0], s[0], ph, dilation)
-    w = conv_out(cin.width, k[1], s[1], pw, dilation)
+    h = conv_out(cin.h, k[0], s[0], ph, dilation)
+    w = conv_out(cin.w, k[1], s[1], pw, dilation)
     if h < 1 or w < 1:
         call.fail(f"output would be empty: a {k[0]}x{k[1]} kernel (dilation {dilation}, border "
-                  f"{border}) does not fit the {cin.height}x{cin.width} input")
+                  f"{border}) does not fit the {cin.h}x{cin.w} input")
     return ShapeSpec(cout, h, w, cin.stride * s[0])
 
 
@@ -93,8 +94,6 @@ class Conv(LayerDef):
     def shape(self, call: Call) -> ShapeSpec:
         k, s = kernel_stride(call)
         g = call.args["groups"]
-        if call.input.height is None:
-            call.fail("C needs a feature map as input, not a vector")
         if call.input.channels % g or call.args["filters"] % g:
             call.fail(f"groups={g} must divide the input channels ({call.input.channels}) "
                       f"and the filters ({call.args['filters']})", "groups")
@@ -126,8 +125,8 @@ class Deconv(LayerDef):
                       f"write DC[...,border=half] or compile with border_mode='half'")
         k, s = kernel_stride(call)
         i = call.input
-        h = i.height * s[0] - 2 * (k[0] // 2) + k[0] - 1
-        w = i.width * s[1] - 2 * (k[1] // 2) + k[1] - 1
+        h = i.h * s[0] - 2 * (k[0] // 2) + k[0] - 1
+        w = i.w * s[1] - 2 * (k[1] // 2) + k[1] - 1
         return ShapeSpec(call.args["filters"], h, w, i.stride / s[0])
 
     def build(self, call: Call):

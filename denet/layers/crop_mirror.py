@@ -57,7 +57,7 @@ class CropMirrorDef(LayerDef):
 
     def shape(self, call: Call):
         i, c = call.input, call.args["crop"]
-        if i.height is None or c > i.height or c > i.width:
+        if c > i.h or c > i.w:
             call.fail(f"crop {c} is larger than the {i} input", "crop")
         return i.with_(height=c, width=c)
 

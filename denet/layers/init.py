@@ -71,7 +71,8 @@ def parse_weight_init(value) -> WeightInit:
     return WeightInit(rules[0], dirs[0], uniform, None, text)
 
 
-def init_conv(conv: torch.nn.Module, init: WeightInit, transposed: bool = False) -> None:
+def init_conv(conv: torch.nn.modules.conv._ConvNd, init: WeightInit, transposed: bool = False
+              ) -> None:
     """Initialise a conv (or transposed conv) weight the DeNet way; zero its bias."""
     w = conv.weight
     k = w.shape[2] * w.shape[3]
@@ -81,6 +82,6 @@ def init_conv(conv: torch.nn.Module, init: WeightInit, transposed: bool = False)
     else:           # weight is (out, in/groups, kh, kw); DeNet's fan-out is out*kh*kw
         fan_in, fan_out = w.shape[1] * k, w.shape[0] * k
     init.apply(w, fan_in, fan_out)
-    if getattr(conv, "bias", None) is not None:
+    if conv.bias is not None:
         with torch.no_grad():
             conv.bias.zero_()

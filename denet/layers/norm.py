@@ -87,9 +87,6 @@ _MOMENTUM = Arg("momentum", "float", 0.9, min=0.0, max=1.0,
 _EPS = Arg("eps", "float", 1e-5, min=0.0, doc="added to the variance")
 
 
-def _need_map(call: Call):
-    if call.input.height is None:
-        call.fail(f"{call.type} needs a feature map as input, not a vector")
 
 
 class BatchNorm(LayerDef):
@@ -104,7 +101,6 @@ class BatchNorm(LayerDef):
     has_params = True
 
     def shape(self, call: Call):
-        _need_map(call)
         if call.args["renorm_r"] != 1.0 or call.args["renorm_d"] != 0.0:
             call.fail("batch renormalisation is not supported (DeNet's own code has it "
                       "commented out); leave renorm_r=1 and renorm_d=0", "renorm_r")
@@ -120,7 +116,6 @@ class BatchNormReLUDef(LayerDef):
     has_params = True
 
     def shape(self, call: Call):
-        _need_map(call)
         return call.input
 
     def build(self, call: Call):
@@ -134,7 +129,6 @@ class FrozenBatchNorm(LayerDef):
     args = (_EPS,)
 
     def shape(self, call: Call):
-        _need_map(call)
         return call.input
 
     def build(self, call: Call):
@@ -146,7 +140,6 @@ class AffineChannel(LayerDef):
     has_params = True
 
     def shape(self, call: Call):
-        _need_map(call)
         return call.input
 
     def build(self, call: Call):
@@ -159,7 +152,6 @@ class GroupNorm(LayerDef):
     has_params = True
 
     def shape(self, call: Call):
-        _need_map(call)
         if call.input.channels % call.args["groups"]:
             call.fail(f"groups={call.args['groups']} must divide the "
                       f"{call.input.channels} input channels", "groups")

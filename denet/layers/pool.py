@@ -37,20 +37,18 @@ class Pool(LayerDef):
 
     def shape(self, call: Call) -> ShapeSpec:
         a, i = call.args, call.input
-        if i.height is None:
-            call.fail("P needs a feature map as input, not a vector")
         if a["size"] is None:
             if a["pad"]:
                 call.fail("global pooling (P without a size) takes no padding", "pad")
-            return ShapeSpec(i.channels, 1, 1, i.stride * max(i.height, i.width))
+            return ShapeSpec(i.channels, 1, 1, i.stride * max(i.h, i.w))
         k, s, p = a["size"], a["stride"], a["pad"]
         if 2 * p > k:
             call.fail(f"pad ({p}) must be at most half the window size ({k})", "pad")
-        h = pool_out(i.height, k, s, p, call.has("B"))
-        w = pool_out(i.width, k, s, p, call.has("B"))
+        h = pool_out(i.h, k, s, p, call.has("B"))
+        w = pool_out(i.w, k, s, p, call.has("B"))
         if h < 1 or w < 1:
             call.fail(f"output would be empty: a {k}x{k} window does not fit the "
-                      f"{i.height}x{i.width} input", "size")
+                      f"{i.h}x{i.w} input", "size")
         return ShapeSpec(i.channels, h, w, i.stride * s)
 
     def build(self, call: Call):
@@ -71,9 +69,7 @@ class PoolInverse(LayerDef):
 
     def shape(self, call: Call) -> ShapeSpec:
         i, n = call.input, call.args["size"]
-        if i.height is None:
-            call.fail("PI needs a feature map as input, not a vector")
-        return ShapeSpec(i.channels, i.height * n, i.width * n, i.stride / n)
+        return ShapeSpec(i.channels, i.h * n, i.w * n, i.stride / n)
 
     def build(self, call: Call):
         n = call.args["size"]

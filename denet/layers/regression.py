@@ -81,18 +81,17 @@ class RegressionDef(LayerDef):
         i = call.input
         if call.classes is None:
             call.fail("R needs the number of classes: compile with classes=N")
-        if i.height is None:
-            call.fail("R needs a feature map as input, not a vector")
         k = call.args["size"]
-        kh, kw = (i.height, i.width) if k is None else (k, k)
-        if kh > i.height or kw > i.width:
-            call.fail(f"a {kh}x{kw} classifier does not fit the {i.height}x{i.width} input",
+        kh, kw = (i.h, i.w) if k is None else (k, k)
+        if kh > i.h or kw > i.w:
+            call.fail(f"a {kh}x{kw} classifier does not fit the {i.h}x{i.w} input",
                       "size")
         return ShapeSpec(call.classes, None, None, i.stride)
 
     def build(self, call: Call):
         i, k = call.input, call.args["size"]
-        kk = (i.height, i.width) if k is None else (k, k)
+        kk = (i.h, i.w) if k is None else (k, k)
+        assert call.classes is not None  # shape() refused a missing class count
         conv = Regression(i.channels, call.classes, kk, call.has("B"), call.has("C"))
         init_conv(conv, call.init)
         return conv

@@ -120,14 +120,12 @@ _TAGS = {"O": "original post-activation block (ResNet v1, torchvision); default:
 
 
 def _block_out(call: Call, i: ShapeSpec, filters: int, stride: int) -> ShapeSpec:
-    h = (i.height - 1) // stride + 1
-    w = (i.width - 1) // stride + 1
+    h = (i.h - 1) // stride + 1
+    w = (i.w - 1) // stride + 1
     return ShapeSpec(filters, h, w, i.stride * stride)
 
 
 def _check(call: Call, filters: int, size: int, bottleneck: int):
-    if call.input.height is None:
-        call.fail(f"{call.type} needs a feature map as input, not a vector")
     if size % 2 == 0:
         call.fail(f"the block's kernel size must be odd (border mode half), not {size}", "size")
     if call.args["norm"] == "gn":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 # What a value can be. A layer lists the kinds it accepts as input (``LayerDef.accepts``).
@@ -51,13 +51,19 @@ class ShapeSpec:
             return f"{self.channels or '?'} boxes"
         return self.kind
 
+    @property
+    def h(self) -> int:
+        """Height of a map (the resolver checks a value's kind before a layer sees it)."""
+        if self.height is None:
+            raise ValueError(f"{self} is {self.describe()}, not a feature map")
+        return self.height
+
+    @property
+    def w(self) -> int:
+        """Width of a map."""
+        if self.width is None:
+            raise ValueError(f"{self} is {self.describe()}, not a feature map")
+        return self.width
+
     def with_(self, **changes) -> ShapeSpec:
-        values = {
-            "channels": self.channels,
-            "height": self.height,
-            "width": self.width,
-            "stride": self.stride,
-            "form": self.form,
-        }
-        values.update(changes)
-        return ShapeSpec(**values)
+        return replace(self, **changes)
