@@ -6,6 +6,7 @@ antialiasing, 224x224 crop, float tensor).
 
 Prints the machine, the thread counts and the ratio loader / PIL loop.
 """
+
 import argparse
 import os
 import platform
@@ -45,8 +46,9 @@ def pil_loop(paths, crop=224):
         img = Image.open(p).convert("RGB")
         w, h = img.size
         s = crop / min(w, h)
-        img = img.resize((max(crop, round(w * s)), max(crop, round(h * s))),
-                         Image.Resampling.LANCZOS)
+        img = img.resize(
+            (max(crop, round(w * s)), max(crop, round(h * s))), Image.Resampling.LANCZOS
+        )
         w, h = img.size
         x0, y0 = (w - crop) // 2, (h - crop) // 2
         img = img.crop((x0, y0, x0 + crop, y0 + crop))
@@ -93,19 +95,28 @@ def main():
     pil_rate = len(paths) / min(pil_times)
     loader_rate = len(paths) / min(loader_times)
     inproc_rate = len(paths) / min(inproc_times)
-    print(f"machine: {platform.machine()} {platform.processor() or platform.platform()}, "
-          f"{os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}, "
-          f"python {platform.python_version()}, torch {torch.__version__}, "
-          f"load average {os.getloadavg()[0]:.1f} (other work competes for the CPUs)")
-    print(f"data: {len(paths)} JPEGs of 500x375/375x500 -> 224x224 float tensors "
-          f"(imagenet,crop=224 training: scale + random crop + mirror)")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or platform.platform()}, "
+        f"{os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}, "
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"load average {os.getloadavg()[0]:.1f} (other work competes for the CPUs)"
+    )
+    print(
+        f"data: {len(paths)} JPEGs of 500x375/375x500 -> 224x224 float tensors "
+        f"(imagenet,crop=224 training: scale + random crop + mirror)"
+    )
     print(f"plain PIL loop (1 process):          {pil_rate:8.1f} images/s")
-    print(f"denet dataset items, in process:     {inproc_rate:8.1f} images/s "
-          f"({inproc_rate / pil_rate:.2f}x: the per-image cost of the pipeline)")
-    print(f"denet make_loader ({args.workers} workers, batch {args.batch_size}): "
-          f"{loader_rate:8.1f} images/s")
-    print(f"ratio loader / PIL loop: {loader_rate / pil_rate:.2f}x "
-          f"(best of {args.repeats} runs each)")
+    print(
+        f"denet dataset items, in process:     {inproc_rate:8.1f} images/s "
+        f"({inproc_rate / pil_rate:.2f}x: the per-image cost of the pipeline)"
+    )
+    print(
+        f"denet make_loader ({args.workers} workers, batch {args.batch_size}): "
+        f"{loader_rate:8.1f} images/s"
+    )
+    print(
+        f"ratio loader / PIL loop: {loader_rate / pil_rate:.2f}x (best of {args.repeats} runs each)"
+    )
 
 
 if __name__ == "__main__":

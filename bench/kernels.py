@@ -8,6 +8,7 @@ cancels; the ratio is ours/peer (below 1 means faster than the peer).
     python bench/kernels.py                 # CPU, 2 threads, and CUDA when present
     python bench/kernels.py --device cuda   # one device only
 """
+
 import argparse
 import datetime
 import importlib
@@ -54,7 +55,8 @@ def paired(ours, peer, device, rounds):
     """Median seconds of ``ours`` and ``peer``, measured interleaved after a warm-up."""
     for fn in (ours, peer):
         if fn is not None:
-            fn(); fn()
+            fn()
+            fn()
             _sync(device)
     timer = _time_cuda if device == "cuda" else _time_cpu
     reps = 10 if device == "cuda" else 1
@@ -75,8 +77,10 @@ def copy_bandwidth(device):
 
 def machine(device):
     if device == "cuda":
-        return (f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
-                f"triton {importlib.import_module('triton').__version__}")
+        return (
+            f"{torch.cuda.get_device_name()}, torch {torch.__version__}, "
+            f"triton {importlib.import_module('triton').__version__}"
+        )
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
@@ -97,9 +101,12 @@ def run(device, only, rounds):
             t_ours, t_peer = paired(case["ours"], case.get("peer"), device, rounds)
             peer_name = case.get("peer_name", "torchvision" if case.get("peer") else "-")
             ratio = f"{t_ours / t_peer:.2f}" if t_peer else "-"
-            row = (f"| {case['name']} | {t_ours * 1e3:.3f} | {peer_name} | "
-                   f"{t_peer * 1e3:.3f} | {ratio} |" if t_peer else
-                   f"| {case['name']} | {t_ours * 1e3:.3f} | {peer_name} | - | - |")
+            row = (
+                f"| {case['name']} | {t_ours * 1e3:.3f} | {peer_name} | "
+                f"{t_peer * 1e3:.3f} | {ratio} |"
+                if t_peer
+                else f"| {case['name']} | {t_ours * 1e3:.3f} | {peer_name} | - | - |"
+            )
             if bw:
                 gbs = case.get("bytes", 0) / t_ours
                 row += f" {gbs / 1e9:.0f} | {100 * gbs / bw:.0f}% |"
@@ -107,10 +114,18 @@ def run(device, only, rounds):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", choices=["cpu", "cuda"], action="append",
-                    help="device(s) to measure (default: cpu, and cuda when present)")
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads for ours and the peer (default 2)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        action="append",
+        help="device(s) to measure (default: cpu, and cuda when present)",
+    )
+    ap.add_argument(
+        "--threads", type=int, default=2, help="CPU threads for ours and the peer (default 2)"
+    )
     ap.add_argument("--only", nargs="*", help="case modules to run (roi, deform, denet_ops)")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case (median)")
     args = ap.parse_args()

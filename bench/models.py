@@ -7,6 +7,7 @@ torchvision's models, same threads, batch and input, interleaved repetitions, me
 compile time of the ResNet-101 string (parse + resolve + build + init). Prints the machine, the
 thread count and the ratios (denet / torchvision; below 1.05 is the target).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,11 @@ def step_time(model, x, target):
     model.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     out = model(x)
-    loss = torch.nn.functional.nll_loss(out, target) if out.dim() == 2 and \
-        getattr(model, "classes", None) else torch.nn.functional.cross_entropy(out, target)
+    loss = (
+        torch.nn.functional.nll_loss(out, target)
+        if out.dim() == 2 and getattr(model, "classes", None)
+        else torch.nn.functional.cross_entropy(out, target)
+    )
     loss.backward()
     return time.perf_counter() - t0
 
@@ -79,18 +83,26 @@ def main():
     p.add_argument("--reps", type=int, default=10)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, torchvision {torchvision.__version__}")
-    print(f"threads {torch.get_num_threads()}, batch {args.batch}, input 3x{args.size}x"
-          f"{args.size}, {args.reps} interleaved repetitions, median, forward+backward, train "
-          f"mode")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}"
+    )
+    print(
+        f"threads {torch.get_num_threads()}, batch {args.batch}, input 3x{args.size}x"
+        f"{args.size}, {args.reps} interleaved repetitions, median, forward+backward, train "
+        f"mode"
+    )
     for arch in ("resnet18", "resnet50"):
         t_dn, t_tv = bench_arch(arch, args.batch, args.size, args.reps)
-        print(f"{arch}: denet {t_dn * 1000:.1f} ms, torchvision {t_tv * 1000:.1f} ms, "
-              f"ratio {t_dn / t_tv:.3f}")
+        print(
+            f"{arch}: denet {t_dn * 1000:.1f} ms, torchvision {t_tv * 1000:.1f} ms, "
+            f"ratio {t_dn / t_tv:.3f}"
+        )
     full, meta = compile_time("resnet101")
-    print(f"resnet101 compile (parse+resolve+build+weight init): {full * 1000:.1f} ms; "
-          f"on the meta device (no weight init): {meta * 1000:.1f} ms")
+    print(
+        f"resnet101 compile (parse+resolve+build+weight init): {full * 1000:.1f} ms; "
+        f"on the meta device (no weight init): {meta * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ backward to every input. deform_roi_pool: R-FCN-style deformable PSRoI pooling, 
 1x490x64x64 map (group 7, 7x7 bins, so 10 output channels, each its own offset class), 4x4
 samples per bin; torchvision has no such op, so there is no peer.
 """
+
 import torch
 import torchvision
 
@@ -32,7 +33,9 @@ def _conv_cases(device, dtype, g):
     elt = x.element_size()
     fwd_bytes = (x.numel() + off.numel() + mask.numel() + w.numel() + B * C * H * W) * elt
     ours = lambda x_, o_, w_, b_, m_: deform_conv2d(x_, o_, w_, b_, padding=1, mask=m_)  # noqa: E731
-    peer = lambda x_, o_, w_, b_, m_: torchvision.ops.deform_conv2d(x_, o_, w_, b_, padding=1, mask=m_)  # noqa: E731
+    peer = lambda x_, o_, w_, b_, m_: torchvision.ops.deform_conv2d(
+        x_, o_, w_, b_, padding=1, mask=m_
+    )  # noqa: E731
     leaves = [t.clone().requires_grad_() for t in (x, off, w, bias, mask)]
     grad = torch.randn(B, C, H, W, generator=g).to(device, dtype)
 
@@ -40,11 +43,19 @@ def _conv_cases(device, dtype, g):
         return lambda: torch.autograd.grad(fn(*leaves), leaves, grad)
 
     return [
-        dict(name=f"deform_conv2d {tag} fwd {shape}", ours=lambda: ours(x, off, w, bias, mask),
-             peer=lambda: peer(x, off, w, bias, mask), bytes=fwd_bytes),
+        dict(
+            name=f"deform_conv2d {tag} fwd {shape}",
+            ours=lambda: ours(x, off, w, bias, mask),
+            peer=lambda: peer(x, off, w, bias, mask),
+            bytes=fwd_bytes,
+        ),
         # forward, then read the output gradient and the inputs again, write every gradient
-        dict(name=f"deform_conv2d {tag} fwd+bwd {shape}", ours=fwd_bwd(ours), peer=fwd_bwd(peer),
-             bytes=3 * fwd_bytes),
+        dict(
+            name=f"deform_conv2d {tag} fwd+bwd {shape}",
+            ours=fwd_bwd(ours),
+            peer=fwd_bwd(peer),
+            bytes=3 * fwd_bytes,
+        ),
     ]
 
 
@@ -70,12 +81,21 @@ def _pool_cases(device, dtype, g):
     grad = torch.randn(ROIS, d, POOLED, POOLED, generator=g).to(device, dtype)
     name = f"{ROIS} RoIs 1x{x.shape[1]}x{H}x{W} group {GROUP} {POOLED}x{POOLED} spp {SPP}"
     return [
-        dict(name=f"deform_roi_pool {tag} fwd {name}", ours=lambda: deform_roi_pool(x, rois, off, *args),
-             peer=None, bytes=fwd_bytes),
+        dict(
+            name=f"deform_roi_pool {tag} fwd {name}",
+            ours=lambda: deform_roi_pool(x, rois, off, *args),
+            peer=None,
+            bytes=fwd_bytes,
+        ),
         # forward, then the input gradient's zero fill and read-modify-write, the offset gradient
-        dict(name=f"deform_roi_pool {tag} fwd+bwd {name}",
-             ours=lambda: torch.autograd.grad(deform_roi_pool(leaves[0], rois, leaves[1], *args), leaves, grad),
-             peer=None, bytes=fwd_bytes + out_bytes + 3 * x.numel() * 4 + off.numel() * elt),
+        dict(
+            name=f"deform_roi_pool {tag} fwd+bwd {name}",
+            ours=lambda: torch.autograd.grad(
+                deform_roi_pool(leaves[0], rois, leaves[1], *args), leaves, grad
+            ),
+            peer=None,
+            bytes=fwd_bytes + out_bytes + 3 * x.numel() * 4 + off.numel() * elt,
+        ),
     ]
 
 

@@ -5,6 +5,7 @@ sampling, ``F.grid_sample`` at the same points for the bilinear mode, ``F.interp
 pool-inverse, torchvision for box_iou / nms / batched_nms. DeNet's NMS rule and soft-NMS have no
 peer (torchvision has neither).
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -26,8 +27,12 @@ def _gather_peer(features, boxes):
     """DeNet's sampling written the obvious way: linspace grid, floor(v + 0.5), one gather."""
     x0, y0, x1, y1 = boxes.unbind(-1)
     t = torch.linspace(0, 1, G, device=boxes.device)
-    ys = (torch.clamp((y0[..., None] + t * (y1 - y0)[..., None]) * H, 0, H - 1) + 0.5).floor().long()
-    xs = (torch.clamp((x0[..., None] + t * (x1 - x0)[..., None]) * W, 0, W - 1) + 0.5).floor().long()
+    ys = (
+        (torch.clamp((y0[..., None] + t * (y1 - y0)[..., None]) * H, 0, H - 1) + 0.5).floor().long()
+    )
+    xs = (
+        (torch.clamp((x0[..., None] + t * (x1 - x0)[..., None]) * W, 0, W - 1) + 0.5).floor().long()
+    )
     b = torch.arange(B, device=boxes.device)[:, None, None, None]
     v = features[b, :, ys[:, :, :, None], xs[:, :, None, :]]  # [B, N, G, G, F]
     v = v.permute(0, 2, 3, 4, 1).reshape(B, G * G * FEAT, N)
@@ -67,21 +72,37 @@ def _sparse_cases(device, g):
 
     ours_nearest = lambda f, b: sparse_sample(f, b, G)  # noqa: E731
     ours_bilinear = lambda f, b: sparse_sample(f, b, G, mode="bilinear")  # noqa: E731
+    features_bf16 = features.bfloat16()
     return [
-        dict(name=f"sparse_sample nearest fp32 B{B} F{FEAT} {H}x{W} N{N} G{G}",
-             ours=lambda: ours_nearest(features, boxes), peer=lambda: _gather_peer(features, boxes),
-             peer_name="torch gather", bytes=out_bytes + in_bytes),
-        dict(name=f"sparse_sample nearest bf16 B{B} F{FEAT} {H}x{W} N{N} G{G}",
-             ours=(lambda f=features.bfloat16(): ours_nearest(f, boxes)),
-             peer=(lambda f=features.bfloat16(): _gather_peer(f, boxes)),
-             peer_name="torch gather", bytes=(out_bytes + in_bytes) // 2),
-        dict(name="sparse_sample nearest fp32 fwd+bwd",
-             ours=fwd_bwd(ours_nearest), peer=fwd_bwd(_gather_peer), peer_name="torch gather",
-             # forward, then read the gradient, zero-fill and read-modify-write the feature grad
-             bytes=2 * (out_bytes + in_bytes) + 2 * features.numel() * 4),
-        dict(name=f"sparse_sample bilinear fp32 B{B} F{FEAT} {H}x{W} N{N} G{G}",
-             ours=lambda: ours_bilinear(features, boxes), peer=lambda: _grid_sample_peer(features, boxes),
-             peer_name="F.grid_sample", bytes=out_bytes + in_bytes),
+        dict(
+            name=f"sparse_sample nearest fp32 B{B} F{FEAT} {H}x{W} N{N} G{G}",
+            ours=lambda: ours_nearest(features, boxes),
+            peer=lambda: _gather_peer(features, boxes),
+            peer_name="torch gather",
+            bytes=out_bytes + in_bytes,
+        ),
+        dict(
+            name=f"sparse_sample nearest bf16 B{B} F{FEAT} {H}x{W} N{N} G{G}",
+            ours=lambda: ours_nearest(features_bf16, boxes),
+            peer=lambda: _gather_peer(features_bf16, boxes),
+            peer_name="torch gather",
+            bytes=(out_bytes + in_bytes) // 2,
+        ),
+        dict(
+            name="sparse_sample nearest fp32 fwd+bwd",
+            ours=fwd_bwd(ours_nearest),
+            peer=fwd_bwd(_gather_peer),
+            peer_name="torch gather",
+            # forward, then read the gradient, zero-fill and read-modify-write the feature grad
+            bytes=2 * (out_bytes + in_bytes) + 2 * features.numel() * 4,
+        ),
+        dict(
+            name=f"sparse_sample bilinear fp32 B{B} F{FEAT} {H}x{W} N{N} G{G}",
+            ours=lambda: ours_bilinear(features, boxes),
+            peer=lambda: _grid_sample_peer(features, boxes),
+            peer_name="F.grid_sample",
+            bytes=out_bytes + in_bytes,
+        ),
     ]
 
 
@@ -89,17 +110,29 @@ def _pool_inv_cases(device, g):
     x = torch.randn(8, 256, 64, 64, generator=g).to(device)
     grad = torch.randn(8, 256, 128, 128, generator=g).to(device)
     moved = x.numel() * 4 * 5  # read x, write 4x
+    xb = x.bfloat16()
     return [
-        dict(name="pool_inv x2 fp32 8x256x64x64", ours=lambda: pool_inv(x, 2),
-             peer=lambda: F.interpolate(x, scale_factor=2, mode="nearest"),
-             peer_name="F.interpolate", bytes=moved),
-        dict(name="pool_inv x2 bf16 8x256x64x64", ours=(lambda xb=x.bfloat16(): pool_inv(xb, 2)),
-             peer=(lambda xb=x.bfloat16(): F.interpolate(xb, scale_factor=2, mode="nearest")),
-             peer_name="F.interpolate", bytes=moved // 2),
-        dict(name="pool_inv x2 backward (block sum) fp32",
-             ours=lambda: torch.ops.denet.pool_inv_backward(grad, 2, 2),
-             peer=lambda: grad.view(8, 256, 64, 2, 64, 2).sum(dim=(3, 5)),
-             peer_name="torch view+sum", bytes=moved),
+        dict(
+            name="pool_inv x2 fp32 8x256x64x64",
+            ours=lambda: pool_inv(x, 2),
+            peer=lambda: F.interpolate(x, scale_factor=2, mode="nearest"),
+            peer_name="F.interpolate",
+            bytes=moved,
+        ),
+        dict(
+            name="pool_inv x2 bf16 8x256x64x64",
+            ours=lambda: pool_inv(xb, 2),
+            peer=lambda: F.interpolate(xb, scale_factor=2, mode="nearest"),
+            peer_name="F.interpolate",
+            bytes=moved // 2,
+        ),
+        dict(
+            name="pool_inv x2 backward (block sum) fp32",
+            ours=lambda: torch.ops.denet.pool_inv_backward(grad, 2, 2),
+            peer=lambda: grad.view(8, 256, 64, 2, 64, 2).sum(dim=(3, 5)),
+            peer_name="torch view+sum",
+            bytes=moved,
+        ),
     ]
 
 
@@ -111,22 +144,51 @@ def _nms_cases(device, g):
         boxes, scores = _random_boxes(n, device, g)
         words = (n + 31) // 32
         moved = n * 20 + n * words * 4 * 2  # boxes and scores, the bitmask written and read
-        cases.append(dict(name=f"nms {n} boxes iou 0.5", ours=lambda b=boxes, s=scores: nms(b, s, 0.5),
-                          peer=lambda b=boxes, s=scores: tv.nms(b, s, 0.5), bytes=moved))
+        cases.append(
+            dict(
+                name=f"nms {n} boxes iou 0.5",
+                ours=lambda b=boxes, s=scores: nms(b, s, 0.5),
+                peer=lambda b=boxes, s=scores: tv.nms(b, s, 0.5),
+                bytes=moved,
+            )
+        )
     boxes, scores = _random_boxes(10000, device, g)
     idxs = torch.randint(0, 80, (10000,), generator=g).to(device)
-    cases.append(dict(name="batched_nms 10000 boxes 80 classes",
-                      ours=lambda b=boxes, s=scores, i=idxs: batched_nms(b, s, i, 0.5),
-                      peer=lambda b=boxes, s=scores, i=idxs: tv.batched_nms(b, s, i, 0.5), bytes=10000 * 28))
+    cases.append(
+        dict(
+            name="batched_nms 10000 boxes 80 classes",
+            ours=lambda b=boxes, s=scores, i=idxs: batched_nms(b, s, i, 0.5),
+            peer=lambda b=boxes, s=scores, i=idxs: tv.batched_nms(b, s, i, 0.5),
+            bytes=10000 * 28,
+        )
+    )
     b1, _ = _random_boxes(2000, device, g)
-    cases.append(dict(name="box_iou 2000x2000", ours=lambda b=b1: box_iou(b, b), peer=lambda b=b1: tv.box_iou(b, b),
-                      bytes=2000 * 2000 * 4))
+    cases.append(
+        dict(
+            name="box_iou 2000x2000",
+            ours=lambda b=b1: box_iou(b, b),
+            peer=lambda b=b1: tv.box_iou(b, b),
+            bytes=2000 * 2000 * 4,
+        )
+    )
     boxes, scores = _random_boxes(2000, device, g)
-    cases.append(dict(name="denet_nms 2000 boxes iou 0.5", ours=lambda b=boxes, s=scores: denet_nms(b, s, 0.5),
-                      peer=None, bytes=2000 * 20 + 2000 * 63 * 4 * 2))
+    cases.append(
+        dict(
+            name="denet_nms 2000 boxes iou 0.5",
+            ours=lambda b=boxes, s=scores: denet_nms(b, s, 0.5),
+            peer=None,
+            bytes=2000 * 20 + 2000 * 63 * 4 * 2,
+        )
+    )
     boxes, scores = _random_boxes(1000, device, g)
-    cases.append(dict(name="soft_nms gaussian 1000 boxes", ours=lambda b=boxes, s=scores: soft_nms(b, s),
-                      peer=None, bytes=1000 * 1000 * 4))
+    cases.append(
+        dict(
+            name="soft_nms gaussian 1000 boxes",
+            ours=lambda b=boxes, s=scores: soft_nms(b, s),
+            peer=None,
+            bytes=1000 * 1000 * 4,
+        )
+    )
     return cases
 
 

@@ -4,6 +4,7 @@ Detection-typical sizes: 512 RoIs on one 64x64 map of stride 16 (a 1024x1024 ima
 log-uniform in [16, 768] pixels, 7x7 bins, adaptive sampling (``sampling_ratio=-1``).
 RoIAlign and RoIPool read 256 channels; the position-sensitive ops read 10 * 49 = 490.
 """
+
 import math
 
 import torch
@@ -19,7 +20,9 @@ K, C, C_PS, H, W, OUT, STRIDE = 512, 256, 10 * 49, 64, 64, 7, 16
 
 def _rois(generator):
     image = W * STRIDE
-    side = torch.exp(torch.empty(K, 2).uniform_(math.log(16.0), math.log(768.0), generator=generator))
+    side = torch.exp(
+        torch.empty(K, 2).uniform_(math.log(16.0), math.log(768.0), generator=generator)
+    )
     corner = torch.rand(K, 2, generator=generator) * (image - side)
     return torch.cat([torch.zeros(K, 1), corner, corner + side], dim=1)
 
@@ -34,11 +37,19 @@ def _pair(name, ours, peer, x, rois, grad, out_bytes, dtype_name):
         return lambda: torch.autograd.grad(fn(leaf, rois), leaf, grad)
 
     return [
-        dict(name=f"{name} fwd {dtype_name} K{K} {tuple(x.shape)} {OUT}x{OUT}",
-             ours=lambda: ours(x, rois), peer=lambda: peer(x, rois), bytes=out_bytes + in_bytes),
+        dict(
+            name=f"{name} fwd {dtype_name} K{K} {tuple(x.shape)} {OUT}x{OUT}",
+            ours=lambda: ours(x, rois),
+            peer=lambda: peer(x, rois),
+            bytes=out_bytes + in_bytes,
+        ),
         # forward again, read the output gradient, zero-fill and read-modify-write the input gradient
-        dict(name=f"{name} fwd+bwd {dtype_name}", ours=fwd_bwd(ours), peer=fwd_bwd(peer),
-             bytes=2 * out_bytes + in_bytes + 2 * x.numel() * size + x.numel() * size),
+        dict(
+            name=f"{name} fwd+bwd {dtype_name}",
+            ours=fwd_bwd(ours),
+            peer=fwd_bwd(peer),
+            bytes=2 * out_bytes + in_bytes + 2 * x.numel() * size + x.numel() * size,
+        ),
     ]
 
 
@@ -55,14 +66,52 @@ def cases(device: str) -> list:
     for dtype in dtypes:
         dn = str(dtype).replace("torch.", "")
         cast = dict(device=device, dtype=dtype)
-        r, xd, xp, gd, gp = rois.to(**cast), x.to(**cast), x_ps.to(**cast), grad.to(**cast), grad_ps.to(**cast)
+        r, xd, xp, gd, gp = (
+            rois.to(**cast),
+            x.to(**cast),
+            x_ps.to(**cast),
+            grad.to(**cast),
+            grad_ps.to(**cast),
+        )
         size = xd.element_size()
-        out += _pair("roi_align", lambda a, b: roi_align(a, b, OUT, scale, -1, True),
-                     lambda a, b: tv.roi_align(a, b, OUT, scale, -1, True), xd, r, gd, gd.numel() * size, dn)
-        out += _pair("ps_roi_align", lambda a, b: ps_roi_align(a, b, OUT, scale, -1),
-                     lambda a, b: tv.ps_roi_align(a, b, OUT, scale, -1), xp, r, gp, gp.numel() * size, dn)
-        out += _pair("roi_pool", lambda a, b: roi_pool(a, b, OUT, scale),
-                     lambda a, b: tv.roi_pool(a, b, OUT, scale), xd, r, gd, gd.numel() * size, dn)
-        out += _pair("ps_roi_pool", lambda a, b: ps_roi_pool(a, b, OUT, scale),
-                     lambda a, b: tv.ps_roi_pool(a, b, OUT, scale), xp, r, gp, gp.numel() * size, dn)
+        out += _pair(
+            "roi_align",
+            lambda a, b: roi_align(a, b, OUT, scale, -1, True),
+            lambda a, b: tv.roi_align(a, b, OUT, scale, -1, True),
+            xd,
+            r,
+            gd,
+            gd.numel() * size,
+            dn,
+        )
+        out += _pair(
+            "ps_roi_align",
+            lambda a, b: ps_roi_align(a, b, OUT, scale, -1),
+            lambda a, b: tv.ps_roi_align(a, b, OUT, scale, -1),
+            xp,
+            r,
+            gp,
+            gp.numel() * size,
+            dn,
+        )
+        out += _pair(
+            "roi_pool",
+            lambda a, b: roi_pool(a, b, OUT, scale),
+            lambda a, b: tv.roi_pool(a, b, OUT, scale),
+            xd,
+            r,
+            gd,
+            gd.numel() * size,
+            dn,
+        )
+        out += _pair(
+            "ps_roi_pool",
+            lambda a, b: ps_roi_pool(a, b, OUT, scale),
+            lambda a, b: tv.ps_roi_pool(a, b, OUT, scale),
+            xp,
+            r,
+            gp,
+            gp.numel() * size,
+            dn,
+        )
     return out

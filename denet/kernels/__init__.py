@@ -1,6 +1,7 @@
 """Operators for detection and segmentation: a torch reference (the CPU path and the test
 oracle), Triton kernels for CUDA tensors, and one ``torch.library`` registration each.
 Signatures follow ``torchvision.ops`` wherever torchvision has the operator."""
+
 from .deform_conv2d import DeformConv2d, deform_conv2d
 from .deform_roi_pool import DeformRoIPool, deform_roi_pool
 from .nms import batched_nms, box_iou, denet_nms, nms, soft_nms
@@ -12,13 +13,25 @@ from .roi_pool import RoIPool, roi_pool
 from .sparse_sample import SparseSample, sparse_sample
 
 __all__ = [
-    "DeformConv2d", "deform_conv2d",
-    "DeformRoIPool", "deform_roi_pool",
-    "batched_nms", "box_iou", "denet_nms", "nms", "soft_nms",
-    "PoolInv", "pool_inv",
-    "PSRoIAlign", "ps_roi_align",
-    "PSRoIPool", "ps_roi_pool",
-    "RoIAlign", "roi_align",
-    "RoIPool", "roi_pool",
-    "SparseSample", "sparse_sample",
+    "DeformConv2d",
+    "deform_conv2d",
+    "DeformRoIPool",
+    "deform_roi_pool",
+    "batched_nms",
+    "box_iou",
+    "denet_nms",
+    "nms",
+    "soft_nms",
+    "PoolInv",
+    "pool_inv",
+    "PSRoIAlign",
+    "ps_roi_align",
+    "PSRoIPool",
+    "ps_roi_pool",
+    "RoIAlign",
+    "roi_align",
+    "RoIPool",
+    "roi_pool",
+    "SparseSample",
+    "sparse_sample",
 ]

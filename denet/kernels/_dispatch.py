@@ -5,6 +5,7 @@ CUDA tensors use Triton, every other tensor uses the vectorised torch reference.
 Triton is imported) the Triton kernels also run on CPU tensors: that is how CI tests them.
 The variable is read at every call so tests can switch it with ``monkeypatch.setenv``.
 """
+
 import importlib
 import os
 from types import ModuleType
@@ -29,7 +30,8 @@ def backend_for(*tensors: torch.Tensor) -> str:
         if not on_cuda and not interpreting():
             raise RuntimeError(
                 "DENET_KERNEL_BACKEND=triton on CPU tensors needs TRITON_INTERPRET=1 "
-                "(set before Triton is first imported)")
+                "(set before Triton is first imported)"
+            )
         return "triton"
     return "triton" if on_cuda else "reference"
 

@@ -13,6 +13,7 @@ Prints one JSON object: ``{"target": ..., "compiled": {dtype: [kernel names]}, "
 The outputs of the operators are meaningless here (nothing runs); only compilation is checked.
 Must start without ``TRITON_INTERPRET`` set: Triton reads it when the kernels are decorated.
 """
+
 import argparse
 import importlib
 import json
@@ -54,7 +55,9 @@ def install(arch: int, compiled: list) -> None:
     def compile_only(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)  # compile, do not launch
         if kernel is not None and "cubin" in kernel.asm:
-            compiled.append(f"{self.fn.__module__.split('.')[-2]}.{self.fn.__name__}")  # <op>.<kernel>
+            compiled.append(
+                f"{self.fn.__module__.split('.')[-2]}.{self.fn.__name__}"
+            )  # <op>.<kernel>
         return None
 
     JITFunction.run = compile_only
@@ -93,7 +96,9 @@ def exercise(dtype):
         o = rand(2, 2 * og * 9, 9, 11)
         m = rand(2, og * 9, 9, 11)
         for boundary in ("v2", "v1"):
-            grad_of(K.deform_conv2d(xi, o, w, b, padding=1, mask=m, boundary=boundary), xi, o, w, b, m)
+            grad_of(
+                K.deform_conv2d(xi, o, w, b, padding=1, mask=m, boundary=boundary), xi, o, w, b, m
+            )
         grad_of(K.deform_conv2d(xi, o, w, None, padding=1), xi, o, w)
     feats = rand(2, 6, 9, 7)
     boxes = torch.rand(2, 5, 4, generator=g).to(dtype)
@@ -111,12 +116,18 @@ def exercise(dtype):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (default 90: H100/H200)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--arch", type=int, default=90, help="compute capability x10 (default 90: H100/H200)"
+    )
     ap.add_argument("--dtypes", default="float32,float16,bfloat16,float64")
     args = ap.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        sys.exit("cuda_compile.py: unset TRITON_INTERPRET: the kernels must be compiled, not interpreted")
+        sys.exit(
+            "cuda_compile.py: unset TRITON_INTERPRET: the kernels must be compiled, not interpreted"
+        )
     os.environ["DENET_KERNEL_BACKEND"] = "triton"
     compiled = []
     install(args.arch, compiled)
@@ -126,8 +137,11 @@ def main():
     from denet.kernels import _dispatch
 
     # Every Triton module binds the real ``interpreting`` before it is patched below.
-    triton_modules = {info.name: importlib.import_module(f"denet.kernels.{info.name}.triton")
-                      for info in pkgutil.iter_modules(denet.kernels.__path__) if info.ispkg}
+    triton_modules = {
+        info.name: importlib.import_module(f"denet.kernels.{info.name}.triton")
+        for info in pkgutil.iter_modules(denet.kernels.__path__)
+        if info.ispkg
+    }
     dcn_triton = triton_modules["deform_conv2d"]
     # CPU tensors may take the Triton path (the launches compile and return) ...
     _dispatch.interpreting = lambda: True
@@ -139,7 +153,9 @@ def main():
         try:
             exercise(getattr(torch, name))
         except Exception as exc:  # noqa: BLE001  (reported, the next dtype still runs)
-            report["errors"].append(f"{name}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}")
+            report["errors"].append(
+                f"{name}: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}"
+            )
         report["compiled"][name] = sorted(set(compiled))
     print(json.dumps(report, indent=1))
     return 1 if report["errors"] else 0

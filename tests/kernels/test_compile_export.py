@@ -1,6 +1,7 @@
 """A small detection head using deform_conv2d and roi_align together: torch.compile with
 fullgraph=True (the default Inductor backend) and torch.export give the eager outputs and
 gradients, with the number of boxes left dynamic."""
+
 import torch
 from torch import nn
 
@@ -25,8 +26,14 @@ def _inputs(k):
     g = torch.Generator().manual_seed(k)
     x = torch.randn(2, 4, 12, 10, generator=g)
     xy = torch.rand(k, 2, generator=g) * 16
-    rois = torch.cat([torch.randint(0, 2, (k, 1), generator=g).float(), xy,
-                      xy + torch.rand(k, 2, generator=g) * 10 + 1], dim=1)
+    rois = torch.cat(
+        [
+            torch.randint(0, 2, (k, 1), generator=g).float(),
+            xy,
+            xy + torch.rand(k, 2, generator=g) * 10 + 1,
+        ],
+        dim=1,
+    )
     return x, rois
 
 

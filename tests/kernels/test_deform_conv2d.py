@@ -1,5 +1,6 @@
 """denet.kernels.deform_conv2d: torchvision's outputs and gradients (both backends), the v1 boundary
 rule against hand-computed values, gradcheck, opcheck, torch.compile, errors, dtypes, CUDA."""
+
 import os
 
 import pytest
@@ -9,12 +10,31 @@ from torch import nn
 
 from denet.kernels.deform_conv2d import DeformConv2d, deform_conv2d
 
+
 def _out_hw(h, w, k, stride, pad, dil):
-    return tuple((s + 2 * p - (d * (kk - 1) + 1)) // st + 1 for s, kk, st, p, d in zip((h, w), k, stride, pad, dil))
+    return tuple(
+        (s + 2 * p - (d * (kk - 1) + 1)) // st + 1
+        for s, kk, st, p, d in zip((h, w), k, stride, pad, dil)
+    )
 
 
-def _inputs(seed, b, cin, cout, hw, k, stride, pad, dil, groups, og, use_mask, scale, device,
-            dtype=torch.float64):
+def _inputs(
+    seed,
+    b,
+    cin,
+    cout,
+    hw,
+    k,
+    stride,
+    pad,
+    dil,
+    groups,
+    og,
+    use_mask,
+    scale,
+    device,
+    dtype=torch.float64,
+):
     g = torch.Generator().manual_seed(seed)
     oh, ow = _out_hw(*hw, k, stride, pad, dil)
     x = torch.randn(b, cin, *hw, generator=g, dtype=torch.float64)
@@ -22,7 +42,11 @@ def _inputs(seed, b, cin, cout, hw, k, stride, pad, dil, groups, og, use_mask, s
     off = torch.randn(b, 2 * og * k[0] * k[1], oh, ow, generator=g, dtype=torch.float64) * scale
     w = torch.randn(cout, cin // groups, *k, generator=g, dtype=torch.float64)
     bias = torch.randn(cout, generator=g, dtype=torch.float64)
-    mask = torch.rand(b, og * k[0] * k[1], oh, ow, generator=g, dtype=torch.float64) if use_mask else None
+    mask = (
+        torch.rand(b, og * k[0] * k[1], oh, ow, generator=g, dtype=torch.float64)
+        if use_mask
+        else None
+    )
     return [t.to(device, dtype) if t is not None else None for t in (x, off, w, bias, mask)]
 
 
@@ -34,7 +58,9 @@ def _run(fn, tensors, grad_out=None):
     leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in tensors]
     out = fn(*leaves)
     if grad_out is None:
-        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        grad_out = torch.randn(
+            out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64
+        )
         grad_out = grad_out.to(out.device, out.dtype)
     used = [t for t in leaves if t is not None]
     grads = torch.autograd.grad(out, used, grad_out)
@@ -55,11 +81,15 @@ TV_CASES = [
 @pytest.mark.parametrize("case", TV_CASES, ids=[f"case{c[0]}" for c in TV_CASES])
 def test_matches_torchvision(device, case):
     seed, b, cin, cout, hw, k, stride, pad, dil, groups, og, use_mask, scale = case
-    tensors = _inputs(seed, b, cin, cout, hw, k, stride, pad, dil, groups, og, use_mask, scale, "cpu")
+    tensors = _inputs(
+        seed, b, cin, cout, hw, k, stride, pad, dil, groups, og, use_mask, scale, "cpu"
+    )
     tv = lambda x, o, w, bb, m: torchvision.ops.deform_conv2d(x, o, w, bb, stride, pad, dil, m)  # noqa: E731
     ours = lambda x, o, w, bb, m: deform_conv2d(x, o, w, bb, stride, pad, dil, m)  # noqa: E731
     want, want_grads, go = _run(tv, tensors)
-    got, got_grads, _ = _run(ours, [t.to(device) if t is not None else None for t in tensors], go.to(device))
+    got, got_grads, _ = _run(
+        ours, [t.to(device) if t is not None else None for t in tensors], go.to(device)
+    )
     assert got.shape == want.shape
     assert _rel(got.cpu(), want) <= 1e-6
     for name, a, e in zip(["input", "offset", "weight", "bias", "mask"], got_grads, want_grads):
@@ -73,15 +103,15 @@ def test_matches_torchvision(device, case):
 # Bilinear interpolation reproduces a linear map exactly, so in-map values are 4*py + px; the
 # rules differ only near the border:
 GOLDEN = [
-    (0, 0, 0.5, 0.25, 2.25, 2.25),    # inside: both 4*0.5 + 0.25
-    (2, 0, 0.5, 0.25, 8.25, 4.125),   # py = 2.5 on the last row: v1 clamps to row 2 (8.25);
-                                      # v2 blends 8.25 with the zero row below: 0.5 * 8.25
-    (0, 3, 0.0, 0.5, 3.0, 1.5),       # px = 3.5 past the last column: v1 -> 3, v2 -> 0.5 * 3
-    (1, 0, 0.0, -0.5, 0.0, 2.0),      # px = -0.5: v1 outside (0), v2 -> 0.5 * f(1, 0) = 2
-    (1, 1, 5.0, 0.0, 0.0, 0.0),       # py = 6: outside under both rules
-    (2, 3, 0.3, 0.6, 11.0, 3.08),     # (2.3, 3.6): v1 -> f(2, 3) = 11, v2 -> 0.7 * 0.4 * 11
-    (2, 1, 0.0, 0.0, 9.0, 9.0),       # exactly on the last row: f(2, 1) both
-    (1, 2, -1.5, 0.0, 0.0, 1.0),      # py = -0.5: v1 outside, v2 -> 0.5 * f(0, 2) + 0.5 * zero row
+    (0, 0, 0.5, 0.25, 2.25, 2.25),  # inside: both 4*0.5 + 0.25
+    (2, 0, 0.5, 0.25, 8.25, 4.125),  # py = 2.5 on the last row: v1 clamps to row 2 (8.25);
+    # v2 blends 8.25 with the zero row below: 0.5 * 8.25
+    (0, 3, 0.0, 0.5, 3.0, 1.5),  # px = 3.5 past the last column: v1 -> 3, v2 -> 0.5 * 3
+    (1, 0, 0.0, -0.5, 0.0, 2.0),  # px = -0.5: v1 outside (0), v2 -> 0.5 * f(1, 0) = 2
+    (1, 1, 5.0, 0.0, 0.0, 0.0),  # py = 6: outside under both rules
+    (2, 3, 0.3, 0.6, 11.0, 3.08),  # (2.3, 3.6): v1 -> f(2, 3) = 11, v2 -> 0.7 * 0.4 * 11
+    (2, 1, 0.0, 0.0, 9.0, 9.0),  # exactly on the last row: f(2, 1) both
+    (1, 2, -1.5, 0.0, 0.0, 1.0),  # py = -0.5: v1 outside, v2 -> 0.5 * f(0, 2) + 0.5 * zero row
 ]
 
 
@@ -93,12 +123,14 @@ def _golden_offsets(device, dtype=torch.float64):
 
 
 def test_golden_boundary_rules(device):
-    x = (torch.arange(3, dtype=torch.float64)[:, None] * 4 + torch.arange(4, dtype=torch.float64)).view(1, 1, 3, 4)
+    x = (
+        torch.arange(3, dtype=torch.float64)[:, None] * 4 + torch.arange(4, dtype=torch.float64)
+    ).view(1, 1, 3, 4)
     w = torch.ones(1, 1, 1, 1, dtype=torch.float64)
     x, w, off = x.to(device), w.to(device), _golden_offsets(device)
     v1 = deform_conv2d(x, off, w, boundary="v1")[0, 0].cpu()
     v2 = deform_conv2d(x, off, w, boundary="v2")[0, 0].cpu()
-    for oy, ox, dy, dx, e1, e2 in GOLDEN:
+    for oy, ox, _dy, _dx, e1, e2 in GOLDEN:
         assert v1[oy, ox].item() == pytest.approx(e1, abs=1e-12), (oy, ox)
         assert v2[oy, ox].item() == pytest.approx(e2, abs=1e-12), (oy, ox)
     # torchvision agrees with the v2 rule.
@@ -108,7 +140,9 @@ def test_golden_boundary_rules(device):
 
 def test_golden_v1_gradients(device):
     """v1: a clamped axis passes no offset gradient; the other axis has the edge row's slope."""
-    x = (torch.arange(3, dtype=torch.float64)[:, None] * 4 + torch.arange(4, dtype=torch.float64)).view(1, 1, 3, 4)
+    x = (
+        torch.arange(3, dtype=torch.float64)[:, None] * 4 + torch.arange(4, dtype=torch.float64)
+    ).view(1, 1, 3, 4)
     x = x.to(device)
     w = torch.ones(1, 1, 1, 1, dtype=torch.float64, device=device)
     off = _golden_offsets(device).requires_grad_()
@@ -132,9 +166,12 @@ def test_golden_v1_gradients(device):
 
 # ------------------------------------------------------------------------------ gradcheck
 
+
 @pytest.mark.parametrize("boundary", ["v1", "v2"])
 def test_gradcheck(device, boundary):
-    x, off, w, bias, mask = _inputs(11, 1, 2, 2, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 1, 1, True, 1.3, device)
+    x, off, w, bias, mask = _inputs(
+        11, 1, 2, 2, (3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 1, 1, True, 1.3, device
+    )
     leaves = [t.requires_grad_() for t in (x, off, w, bias, mask)]
     fn = lambda x, o, w, b, m: deform_conv2d(x, o, w, b, 1, 1, 1, m, boundary=boundary)  # noqa: E731
     # The Triton interpreter is slow: a random projection of the Jacobian is enough there.
@@ -144,24 +181,45 @@ def test_gradcheck(device, boundary):
 
 def test_gradcheck_grouped_no_mask(monkeypatch):
     monkeypatch.setenv("DENET_KERNEL_BACKEND", "reference")
-    x, off, w, bias, _ = _inputs(12, 1, 4, 2, (3, 4), (2, 2), (1, 2), (1, 0), (1, 1), 2, 2, False, 1.3, "cpu")
+    x, off, w, bias, _ = _inputs(
+        12, 1, 4, 2, (3, 4), (2, 2), (1, 2), (1, 0), (1, 1), 2, 2, False, 1.3, "cpu"
+    )
     leaves = [t.requires_grad_() for t in (x, off, w, bias)]
-    assert torch.autograd.gradcheck(lambda x, o, w, b: deform_conv2d(x, o, w, b, (1, 2), (1, 0)), leaves)
+    assert torch.autograd.gradcheck(
+        lambda x, o, w, b: deform_conv2d(x, o, w, b, (1, 2), (1, 0)), leaves
+    )
 
 
 # -------------------------------------------------------------- registration and integration
 
+
 def test_opcheck(monkeypatch):
     monkeypatch.setenv("DENET_KERNEL_BACKEND", "reference")
-    x, off, w, bias, mask = _inputs(13, 2, 4, 4, (4, 4), (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, 1.0, "cpu",
-                                    torch.float32)
+    x, off, w, bias, mask = _inputs(
+        13, 2, 4, 4, (4, 4), (3, 3), (1, 1), (1, 1), (1, 1), 2, 2, True, 1.0, "cpu", torch.float32
+    )
     for m in (mask, None):
         args = [t.requires_grad_() if t is not None else None for t in (x, off, w, bias, m)]
-        torch.library.opcheck(torch.ops.denet.deform_conv2d.default, (*args, [1, 1], [1, 1], [1, 1], "v2"))
+        torch.library.opcheck(
+            torch.ops.denet.deform_conv2d.default, (*args, [1, 1], [1, 1], [1, 1], "v2")
+        )
     grad = torch.randn(2, 4, 4, 4)
-    torch.library.opcheck(torch.ops.denet.deform_conv2d_backward.default,
-                          (grad, x.detach(), off.detach(), w.detach(), mask.detach(), [1, 1], [1, 1], [1, 1], "v1",
-                           True, True))
+    torch.library.opcheck(
+        torch.ops.denet.deform_conv2d_backward.default,
+        (
+            grad,
+            x.detach(),
+            off.detach(),
+            w.detach(),
+            mask.detach(),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+            "v1",
+            True,
+            True,
+        ),
+    )
 
 
 class _Net(nn.Module):
@@ -194,13 +252,19 @@ def test_torch_compile_fullgraph(monkeypatch):
 def test_module_matches_functional_and_repr(monkeypatch):
     monkeypatch.setenv("DENET_KERNEL_BACKEND", "reference")
     torch.manual_seed(1)
-    m = DeformConv2d(4, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2, boundary="v1")
-    tv = torchvision.ops.DeformConv2d(4, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2)
+    m = DeformConv2d(
+        4, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2, boundary="v1"
+    )
+    tv = torchvision.ops.DeformConv2d(
+        4, 6, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2), groups=2
+    )
     assert m.weight.shape == tv.weight.shape and m.bias.shape == tv.bias.shape
     x = torch.randn(1, 4, 5, 6)
     oh, ow = _out_hw(5, 6, (3, 2), (2, 1), (1, 1), (1, 2))
     off = torch.randn(1, 2 * 6, oh, ow)
-    assert torch.equal(m(x, off), deform_conv2d(x, off, m.weight, m.bias, (2, 1), 1, (1, 2), boundary="v1"))
+    assert torch.equal(
+        m(x, off), deform_conv2d(x, off, m.weight, m.bias, (2, 1), 1, (1, 2), boundary="v1")
+    )
     assert "boundary='v1'" in repr(m) and "groups=2" in repr(m)
 
 
@@ -214,19 +278,27 @@ def test_empty_batch(device):
     assert gx.shape == x.shape and go.shape == off.shape and torch.equal(gw, torch.zeros_like(w))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(offset=torch.zeros(1, 17, 4, 4)), r"offset \(1, 17, 4, 4\).*2 \* 3 \* 3 = 18"),
-    (dict(offset=torch.zeros(1, 18, 3, 4)), r"offset \(1, 18, 3, 4\) must be \[1, 18, 4, 4\]"),
-    (dict(offset=torch.zeros(1, 54, 4, 4)), r"divisible by the 3 offset groups"),
-    (dict(mask=torch.zeros(1, 18, 4, 4)), r"mask \(1, 18, 4, 4\) must be \[1, 9, 4, 4\]"),
-    (dict(weight=torch.zeros(4, 3, 3, 3)), r"weight.shape\[1\] = 3"),
-    (dict(weight=torch.zeros(3, 2, 3, 3)), r"output channels 3 .* 2 weight groups"),
-    (dict(bias=torch.zeros(5)), r"bias \(5,\) must be \[4\]"),
-    (dict(boundary="v3"), r"boundary"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(offset=torch.zeros(1, 17, 4, 4)), r"offset \(1, 17, 4, 4\).*2 \* 3 \* 3 = 18"),
+        (dict(offset=torch.zeros(1, 18, 3, 4)), r"offset \(1, 18, 3, 4\) must be \[1, 18, 4, 4\]"),
+        (dict(offset=torch.zeros(1, 54, 4, 4)), r"divisible by the 3 offset groups"),
+        (dict(mask=torch.zeros(1, 18, 4, 4)), r"mask \(1, 18, 4, 4\) must be \[1, 9, 4, 4\]"),
+        (dict(weight=torch.zeros(4, 3, 3, 3)), r"weight.shape\[1\] = 3"),
+        (dict(weight=torch.zeros(3, 2, 3, 3)), r"output channels 3 .* 2 weight groups"),
+        (dict(bias=torch.zeros(5)), r"bias \(5,\) must be \[4\]"),
+        (dict(boundary="v3"), r"boundary"),
+    ],
+)
 def test_errors_name_the_shapes(kwargs, match):
-    args = dict(input=torch.zeros(1, 4, 4, 4), offset=torch.zeros(1, 18, 4, 4), weight=torch.zeros(4, 4, 3, 3),
-                bias=None, padding=1)
+    args = dict(
+        input=torch.zeros(1, 4, 4, 4),
+        offset=torch.zeros(1, 18, 4, 4),
+        weight=torch.zeros(4, 4, 3, 3),
+        bias=None,
+        padding=1,
+    )
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         deform_conv2d(**args)
@@ -236,7 +308,9 @@ def test_errors_name_the_shapes(kwargs, match):
 def test_cpu_dtypes(monkeypatch, dtype):
     monkeypatch.setenv("DENET_KERNEL_BACKEND", "reference")
     tensors = _inputs(21, 1, 4, 4, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, True, 1.5, "cpu")
-    want = torchvision.ops.deform_conv2d(tensors[0], tensors[1], tensors[2], tensors[3], padding=1, mask=tensors[4])
+    want = torchvision.ops.deform_conv2d(
+        tensors[0], tensors[1], tensors[2], tensors[3], padding=1, mask=tensors[4]
+    )
     low = [t.to(dtype) for t in tensors]
     got = deform_conv2d(low[0], low[1], low[2], low[3], padding=1, mask=low[4])
     assert got.dtype == dtype
@@ -247,18 +321,26 @@ def test_cpu_dtypes(monkeypatch, dtype):
 
 # ------------------------------------------------------------------------------------ CUDA
 
+
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("use_mask", [True, False])
 def test_cuda_triton_against_torchvision(monkeypatch, dtype, use_mask):
     monkeypatch.setenv("DENET_KERNEL_BACKEND", "triton")
-    tensors = _inputs(31, 2, 64, 32, (17, 19), (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, use_mask, 2.0, "cuda")
+    tensors = _inputs(
+        31, 2, 64, 32, (17, 19), (3, 3), (1, 1), (1, 1), (1, 1), 1, 2, use_mask, 2.0, "cuda"
+    )
     low = [t.to(dtype) if t is not None else None for t in tensors]
     # The float64 oracle sees the same rounded inputs: the offset gradient jumps where a sample
     # crosses a pixel line, and rounding the offsets to 16 bits moves many samples across one.
     rounded = [t.double() if t is not None else None for t in low]
-    want, want_grads, go = _run(lambda x, o, w, b, m: torchvision.ops.deform_conv2d(x, o, w, b, 1, 1, 1, m), rounded)
-    got, got_grads, _ = _run(lambda x, o, w, b, m: deform_conv2d(x, o, w, b, 1, 1, 1, m), low, go.to(dtype))
+    want, want_grads, go = _run(
+        lambda x, o, w, b, m: torchvision.ops.deform_conv2d(x, o, w, b, 1, 1, 1, m), rounded
+    )
+    got, got_grads, _ = _run(
+        lambda x, o, w, b, m: deform_conv2d(x, o, w, b, 1, 1, 1, m), low, go.to(dtype)
+    )
     tol = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype]
     assert _rel(got.double(), want) <= tol
     for name, a, e in zip(["input", "offset", "weight", "bias", "mask"], got_grads, want_grads):

@@ -1,5 +1,6 @@
 """denet.kernels.deform_roi_pool: Deformable ConvNets' deformable (PS)RoI pooling against values
 worked out by hand from the formulas; gradients (input and offset), both backends, opcheck, errors."""
+
 import os
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from denet.kernels._dispatch import interpreting
 from denet.kernels.deform_roi_pool import DeformRoIPool, deform_roi_pool
+
 
 def _linear_map(device, channels=1, h=6, w=6):
     """Channel c holds 100*c + 6*y + x. Bilinear interpolation reproduces it exactly, so every
@@ -18,7 +20,9 @@ def _linear_map(device, channels=1, h=6, w=6):
 
 
 def _assert_grid(t, nested, atol):
-    torch.testing.assert_close(t.detach().cpu(), torch.tensor(nested, dtype=torch.float64), atol=atol, rtol=0)
+    torch.testing.assert_close(
+        t.detach().cpu(), torch.tensor(nested, dtype=torch.float64), atol=atol, rtol=0
+    )
 
 
 def _box(device, *xyxy, batch=0):
@@ -36,18 +40,24 @@ NO_TRANS_2x2 = [[5.375, 6.875], [11.375, 12.875]]
 
 
 def test_golden_no_trans(device):
-    out = deform_roi_pool(_linear_map(device), _box(device, 1, 1, 3, 2), None, 2, 1.0, 1, None, 2, 0.1)
+    out = deform_roi_pool(
+        _linear_map(device), _box(device, 1, 1, 3, 2), None, 2, 1.0, 1, None, 2, 0.1
+    )
     assert out.shape == (1, 1, 2, 2)
     _assert_grid(out[0, 0], NO_TRANS_2x2, 1e-12)
 
 
 def test_golden_rounds_box_half_away_from_zero(device):
     # round(0.5) = 1, round(2.5) = 3, round(1.5) = 2 (C's round; torch.round would give 0, 2, 2).
-    out = deform_roi_pool(_linear_map(device), _box(device, 0.5, 0.5, 2.5, 1.5), None, 2, 1.0, 1, None, 2, 0.1)
+    out = deform_roi_pool(
+        _linear_map(device), _box(device, 0.5, 0.5, 2.5, 1.5), None, 2, 1.0, 1, None, 2, 0.1
+    )
     _assert_grid(out[0, 0], NO_TRANS_2x2, 1e-12)
     # spatial_scale 0.5: start = round(2)*0.5 - 0.5 = 0.5 on both axes. One bin with one sample,
     # taken at the RoI start (0.5, 0.5): 6*0.5 + 0.5.
-    out = deform_roi_pool(_linear_map(device), _box(device, 2, 2, 6, 4), None, 1, 0.5, 1, None, 1, 0.1)
+    out = deform_roi_pool(
+        _linear_map(device), _box(device, 2, 2, 6, 4), None, 1, 0.5, 1, None, 1, 0.1
+    )
     assert out.item() == pytest.approx(3.5, abs=1e-12)
 
 
@@ -72,7 +82,9 @@ def test_golden_trans_and_gradients(device):
     x = _linear_map(device).requires_grad_()
     # dx = 2, dy = -1 with trans_std 0.1 on the 3x2 RoI: w shifts by +0.6, h by -0.2. One 3x2 bin
     # with 2 samples per part: w in {1.1, 2.6}, h in {0.3, 1.3} -> 6*0.8 + 1.85 = 6.65.
-    off = torch.tensor([[[[2.0]], [[-1.0]]]], dtype=torch.float64, device=device, requires_grad=True)
+    off = torch.tensor(
+        [[[[2.0]], [[-1.0]]]], dtype=torch.float64, device=device, requires_grad=True
+    )
     out = deform_roi_pool(x, _box(device, 1, 1, 3, 2), off, 1, 1.0, 1, 1, 2, 0.1)
     assert out.item() == pytest.approx(6.65, abs=1e-12)
     g_x, g_off = torch.autograd.grad(out.sum(), [x, off])
@@ -89,7 +101,9 @@ def test_golden_skips_and_clamps_samples(device):
     # Box (3, 1, 4, 2): roi_w = roi_h = 2, start (2.5, 0.5); one bin, 2 samples: sub = 1.
     # dx = 14 * 0.1 * 2 = +2.8 -> w in {5.3, 6.3}: 6.3 > W - 0.5 is skipped, 5.3 is clamped to 5.
     # h in {0.5, 1.5}: the mean of the two valid samples is 6*1 + 5 = 11.
-    off = torch.tensor([[[[14.0]], [[0.0]]]], dtype=torch.float64, device=device, requires_grad=True)
+    off = torch.tensor(
+        [[[[14.0]], [[0.0]]]], dtype=torch.float64, device=device, requires_grad=True
+    )
     out = deform_roi_pool(x, _box(device, 3, 1, 4, 2), off, 1, 1.0, 1, 1, 2, 0.1)
     assert out.item() == pytest.approx(11.0, abs=1e-12)
     g_x, g_off = torch.autograd.grad(out.sum(), [x, off])
@@ -98,7 +112,9 @@ def test_golden_skips_and_clamps_samples(device):
     assert g_x.sum().item() == pytest.approx(1.0, abs=1e-12)
     assert g_x[0, 0, :, 5].sum().item() == pytest.approx(1.0, abs=1e-12)
     # Every sample outside: the bin is 0 and passes no gradient.
-    off2 = torch.tensor([[[[30.0]], [[0.0]]]], dtype=torch.float64, device=device, requires_grad=True)
+    off2 = torch.tensor(
+        [[[[30.0]], [[0.0]]]], dtype=torch.float64, device=device, requires_grad=True
+    )
     out = deform_roi_pool(x, _box(device, 3, 1, 4, 2), off2, 1, 1.0, 1, 1, 2, 0.1)
     assert out.item() == 0.0
     assert all(g.abs().sum().item() == 0.0 for g in torch.autograd.grad(out.sum(), [x, off2]))
@@ -109,8 +125,12 @@ def test_golden_per_class_offsets_and_part_cells(device):
     # bins share the one part cell, so the offset gradient sums over them). The shifts keep every
     # sample off integer positions, where the original's floor/ceil corners coincide.
     x = _linear_map(device, channels=2)
-    off = torch.tensor([[[[0.5]], [[0.25]], [[1.0]], [[0.5]]]], dtype=torch.float64, device=device,
-                       requires_grad=True)
+    off = torch.tensor(
+        [[[[0.5]], [[0.25]], [[1.0]], [[0.5]]]],
+        dtype=torch.float64,
+        device=device,
+        requires_grad=True,
+    )
     out = deform_roi_pool(x, _box(device, 1, 1, 3, 2), off, 2, 1.0, 1, 1, 2, 0.1)
     # Class 0 shifts w by 0.05 * 3 = 0.15 and h by 0.025 * 2 = 0.05; class 1 by 0.3 and 0.1.
     want0 = [[v + 6 * 0.05 + 0.15 for v in row] for row in NO_TRANS_2x2]
@@ -124,16 +144,29 @@ def test_golden_per_class_offsets_and_part_cells(device):
 
 def test_boxes_as_list_and_batch_index(device):
     x = torch.cat([_linear_map(device), _linear_map(device) + 1000], dim=0)
-    out = deform_roi_pool(x, [torch.zeros(0, 4, device=device, dtype=torch.float64),
-                              torch.tensor([[1.0, 1, 3, 2]], device=device, dtype=torch.float64)],
-                          None, 2, 1.0, 1, None, 2, 0.1)
+    out = deform_roi_pool(
+        x,
+        [
+            torch.zeros(0, 4, device=device, dtype=torch.float64),
+            torch.tensor([[1.0, 1, 3, 2]], device=device, dtype=torch.float64),
+        ],
+        None,
+        2,
+        1.0,
+        1,
+        None,
+        2,
+        0.1,
+    )
     _assert_grid(out[0, 0], [[v + 1000 for v in r] for r in NO_TRANS_2x2], 1e-10)
 
 
 def test_empty_boxes(device):
     x = torch.randn(1, 8, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
     off = torch.zeros(0, 2, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
-    out = deform_roi_pool(x, torch.zeros(0, 5, dtype=torch.float64, device=device), off, 2, 1.0, 2, None, 2, 0.1)
+    out = deform_roi_pool(
+        x, torch.zeros(0, 5, dtype=torch.float64, device=device), off, 2, 1.0, 2, None, 2, 0.1
+    )
     assert out.shape == (0, 2, 2, 2)
     g_x, g_off = torch.autograd.grad(out.sum(), [x, off])
     assert g_x.abs().sum().item() == 0.0 and g_off.shape == off.shape
@@ -141,8 +174,23 @@ def test_empty_boxes(device):
 
 # ------------------------------------------------------------- random cases and gradcheck
 
-def _random_case(seed, device, n=2, g=2, d=2, h=7, w=6, k=3, out=3, part=2, spp=2, ncls=2, scale=0.5,
-                 dtype=torch.float64):
+
+def _random_case(
+    seed,
+    device,
+    n=2,
+    g=2,
+    d=2,
+    h=7,
+    w=6,
+    k=3,
+    out=3,
+    part=2,
+    spp=2,
+    ncls=2,
+    scale=0.5,
+    dtype=torch.float64,
+):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d * g * g, h, w, generator=gen, dtype=torch.float64)
     xy = torch.rand(k, 2, generator=gen, dtype=torch.float64) * torch.tensor([w, h]) / scale * 0.8
@@ -179,7 +227,9 @@ def test_gradcheck(device):
     x.requires_grad_()
     off.requires_grad_()
     fast = device == "cpu" and os.environ["DENET_KERNEL_BACKEND"] == "triton"
-    assert torch.autograd.gradcheck(lambda a, b: deform_roi_pool(a, rois, b, *args), (x, off), fast_mode=fast)
+    assert torch.autograd.gradcheck(
+        lambda a, b: deform_roi_pool(a, rois, b, *args), (x, off), fast_mode=fast
+    )
 
 
 def test_opcheck(monkeypatch):
@@ -187,12 +237,23 @@ def test_opcheck(monkeypatch):
     x, rois, off, (out, scale, g, part, spp, std) = _random_case(6, "cpu", dtype=torch.float32)
     rois = rois.float()
     for o in (off, None):
-        args = (x.requires_grad_(), rois, o.requires_grad_() if o is not None else None, [out, out], scale, g,
-                [part, part] if o is not None else [out, out], spp, std)
+        args = (
+            x.requires_grad_(),
+            rois,
+            o.requires_grad_() if o is not None else None,
+            [out, out],
+            scale,
+            g,
+            [part, part] if o is not None else [out, out],
+            spp,
+            std,
+        )
         torch.library.opcheck(torch.ops.denet.deform_roi_pool.default, args)
     grad = torch.randn(rois.shape[0], 2, out, out)
-    torch.library.opcheck(torch.ops.denet.deform_roi_pool_backward.default,
-                          (grad, x.detach(), rois, off.detach(), [out, out], scale, g, [part, part], spp, std))
+    torch.library.opcheck(
+        torch.ops.denet.deform_roi_pool_backward.default,
+        (grad, x.detach(), rois, off.detach(), [out, out], scale, g, [part, part], spp, std),
+    )
 
 
 def test_module(monkeypatch):
@@ -203,17 +264,32 @@ def test_module(monkeypatch):
     assert "group_size=2" in repr(m) and "sample_per_part=2" in repr(m)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(boxes=torch.zeros(2, 4)), r"Tensor\[K, 5\].*\(2, 4\)"),
-    (dict(input=torch.zeros(1, 7, 6, 6)), r"channels 7 .* group_size\^2 = 4"),
-    (dict(offset=torch.zeros(2, 2, 3, 3)), r"offset \(2, 2, 3, 3\) must be \[2, 2\*num_classes, 2, 2\]"),
-    (dict(offset=torch.zeros(2, 6, 2, 2)), r"2 output channels .* 3 classes"),
-    (dict(offset=torch.zeros(1, 2, 2, 2)), r"offset \(1, 2, 2, 2\) must be \[2,"),
-    (dict(sample_per_part=0), r"sample_per_part"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(boxes=torch.zeros(2, 4)), r"Tensor\[K, 5\].*\(2, 4\)"),
+        (dict(input=torch.zeros(1, 7, 6, 6)), r"channels 7 .* group_size\^2 = 4"),
+        (
+            dict(offset=torch.zeros(2, 2, 3, 3)),
+            r"offset \(2, 2, 3, 3\) must be \[2, 2\*num_classes, 2, 2\]",
+        ),
+        (dict(offset=torch.zeros(2, 6, 2, 2)), r"2 output channels .* 3 classes"),
+        (dict(offset=torch.zeros(1, 2, 2, 2)), r"offset \(1, 2, 2, 2\) must be \[2,"),
+        (dict(sample_per_part=0), r"sample_per_part"),
+    ],
+)
 def test_errors_name_the_shapes(kwargs, match):
-    args = dict(input=torch.zeros(1, 8, 6, 6), boxes=torch.zeros(2, 5), offset=None, output_size=2,
-                spatial_scale=1.0, group_size=2, part_size=None, sample_per_part=1, trans_std=0.1)
+    args = dict(
+        input=torch.zeros(1, 8, 6, 6),
+        boxes=torch.zeros(2, 5),
+        offset=None,
+        output_size=2,
+        spatial_scale=1.0,
+        group_size=2,
+        part_size=None,
+        sample_per_part=1,
+        trans_std=0.1,
+    )
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         deform_roi_pool(**args)
@@ -221,9 +297,14 @@ def test_errors_name_the_shapes(kwargs, match):
 
 # ------------------------------------------------------------------------------------ dtypes
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_dtypes(device, dtype):
-    if device == "cpu" and os.environ["DENET_KERNEL_BACKEND"] == "triton" and dtype != torch.float32:
+    if (
+        device == "cpu"
+        and os.environ["DENET_KERNEL_BACKEND"] == "triton"
+        and dtype != torch.float32
+    ):
         pytest.skip("the interpreter covers float32; half types run on CUDA")
     x, rois, off, args = _random_case(8, device)
     want = deform_roi_pool(x, rois, off, *args)

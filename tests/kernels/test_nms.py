@@ -1,5 +1,6 @@
 """denet.kernels.nms: box_iou / nms / batched_nms equal torchvision's; denet_nms and soft_nms
 against hand-computed cases and literal loop transcriptions; both backends; opcheck."""
+
 import math
 
 import pytest
@@ -13,13 +14,18 @@ tv_ops = torchvision.ops
 # Masked-out lanes and empty boxes divide 0 by 0 in the Triton interpreter (numpy warns).
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
+
 def _boxes(n, seed, dtype=torch.float64, clustered=True):
     """Random xyxy boxes with heavy overlap, exact duplicates, degenerate (zero-width/height and
     empty) boxes, and repeated scores."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.rand(max(n // 6, 1), 2, generator=g) * 60
     pick = torch.randint(0, centres.shape[0], (n,), generator=g)
-    xy = centres[pick] + torch.randn(n, 2, generator=g) * 4 if clustered else torch.rand(n, 2, generator=g) * 60
+    xy = (
+        centres[pick] + torch.randn(n, 2, generator=g) * 4
+        if clustered
+        else torch.rand(n, 2, generator=g) * 60
+    )
     wh = torch.rand(n, 2, generator=g) * 20 + 2
     boxes = torch.cat([xy, xy + wh], dim=1)
     scores = torch.rand(n, generator=g)
@@ -32,6 +38,7 @@ def _boxes(n, seed, dtype=torch.float64, clustered=True):
 
 
 # ------------------------------------------------------------------------------ torchvision
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("seed,n", [(0, 1), (1, 7), (2, 60), (3, 150)])
@@ -79,6 +86,7 @@ def test_batched_nms_equals_torchvision(device, dtype, seed, n, classes):
         # Off the CPU torchvision switches strategy at 100000 coordinates; run the strategy our GPU
         # path takes on torchvision's CPU kernel (its CUDA kernel sorts tied scores unstably).
         from torchvision.ops.boxes import _batched_nms_coordinate_trick
+
         expected = _batched_nms_coordinate_trick(boxes, scores, idxs, 0.5)
     keep = batched_nms(boxes.to(device), scores.to(device), idxs.to(device), 0.5)
     assert torch.equal(keep.cpu(), expected)
@@ -95,7 +103,9 @@ def test_box_iou_equals_torchvision(device, dtype):
     torch.testing.assert_close(out.cpu(), expected, rtol=0, atol=0, equal_nan=True)
     # Leading batch dimensions broadcast, as in torchvision.
     batched = box_iou(b1[:4].to(device)[None].expand(3, 4, 4), b2[:6].to(device))
-    torch.testing.assert_close(batched.cpu(), expected[:4, :6].expand(3, 4, 6), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(
+        batched.cpu(), expected[:4, :6].expand(3, 4, 6), rtol=0, atol=0, equal_nan=True
+    )
 
 
 @pytest.mark.parametrize("fmt", ["xywh", "cxcywh"])
@@ -162,8 +172,11 @@ def test_golden_denet_nms_order_and_ties(device):
 def _denet_nms_loop(boxes, scores, threshold):
     """``perform_nms`` from DeNet's denet_detect.cc, literally (with torchvision's IoU)."""
     iou = tv_ops.box_iou(boxes, boxes)
-    kept = [a for a in range(len(boxes))
-            if not any(scores[a] < scores[b] and iou[a, b] > threshold for b in range(len(boxes)))]
+    kept = [
+        a
+        for a in range(len(boxes))
+        if not any(scores[a] < scores[b] and iou[a, b] > threshold for b in range(len(boxes)))
+    ]
     return sorted(kept, key=lambda i: (-float(scores[i]), i))
 
 
@@ -178,20 +191,25 @@ def test_denet_nms_matches_loop(device, seed):
 
 # ----------------------------------------------------------------------------------- soft_nms
 
+
 def test_golden_soft_nms(device):
-    boxes = torch.tensor([A, B, [20.0, 0.0, 30.0, 10.0], [0.0, 0.0, 1.0, 1.0]], dtype=torch.float64,
-                         device=device)
+    boxes = torch.tensor(
+        [A, B, [20.0, 0.0, 30.0, 10.0], [0.0, 0.0, 1.0, 1.0]], dtype=torch.float64, device=device
+    )
     scores = torch.tensor([0.9, 0.8, 0.7, 0.0005], dtype=torch.float64, device=device)
     # Gaussian, sigma 0.5: picking A rescales B by exp(-(1/3)^2 / 0.5) = exp(-2/9) ~ 0.8007, so
     # B (0.6406) falls behind the disjoint box 2 (0.7). Box 3 starts below 0.001 and is dropped.
     keep, kept = soft_nms(boxes, scores, sigma=0.5)
     assert keep.tolist() == [0, 2, 1]
-    torch.testing.assert_close(kept, torch.tensor([0.9, 0.7, 0.8 * math.exp(-2 / 9)], dtype=torch.float64,
-                                                  device=device))
+    torch.testing.assert_close(
+        kept, torch.tensor([0.9, 0.7, 0.8 * math.exp(-2 / 9)], dtype=torch.float64, device=device)
+    )
     # Linear: IoU 1/3 > 0.3 scales B by 2/3; with the threshold at 0.4 B is untouched.
     keep, kept = soft_nms(boxes, scores, iou_threshold=0.3, method="linear")
     assert keep.tolist() == [0, 2, 1]
-    torch.testing.assert_close(kept, torch.tensor([0.9, 0.7, 0.8 * 2 / 3], dtype=torch.float64, device=device))
+    torch.testing.assert_close(
+        kept, torch.tensor([0.9, 0.7, 0.8 * 2 / 3], dtype=torch.float64, device=device)
+    )
     keep, kept = soft_nms(boxes, scores, iou_threshold=0.4, method="linear")
     assert keep.tolist() == [0, 1, 2] and kept.tolist() == [0.9, 0.8, 0.7]
     # score_threshold 0.65 drops B after its rescoring to 0.6406.
@@ -242,19 +260,25 @@ def test_soft_nms_duplicates_and_long_runs(device):
     assert torch.equal(kept, scores[keep])
     # Gaussian: each pick of a copy scales the other copies by exp(-1/0.5), until they drop.
     keep, kept = soft_nms(boxes.double(), scores.double(), sigma=0.5)
-    keep_ref, kept_ref = _soft_nms_loop(boxes.cpu().double(), scores.cpu().double(), 0.5, 0.3, "gaussian", 0.001)
+    keep_ref, kept_ref = _soft_nms_loop(
+        boxes.cpu().double(), scores.cpu().double(), 0.5, 0.3, "gaussian", 0.001
+    )
     assert keep.tolist() == keep_ref and 40 < len(keep_ref) < 85
     torch.testing.assert_close(kept.cpu(), torch.tensor(kept_ref, dtype=torch.float64))
 
 
 # --------------------------------------------------------------------------- edges and checks
 
+
 def test_empty(device):
     for dtype in (torch.float32, torch.float64):
         boxes = torch.zeros(0, 4, dtype=dtype, device=device)
         scores = torch.zeros(0, dtype=dtype, device=device)
-        for keep in (nms(boxes, scores, 0.5), denet_nms(boxes, scores, 0.5),
-                     batched_nms(boxes, scores, torch.zeros(0, dtype=torch.int64, device=device), 0.5)):
+        for keep in (
+            nms(boxes, scores, 0.5),
+            denet_nms(boxes, scores, 0.5),
+            batched_nms(boxes, scores, torch.zeros(0, dtype=torch.int64, device=device), 0.5),
+        ):
             assert keep.shape == (0,) and keep.dtype == torch.int64
         keep, kept = soft_nms(boxes, scores)
         assert keep.shape == (0,) and keep.dtype == torch.int64 and kept.dtype == dtype
@@ -282,7 +306,7 @@ def test_errors():
         nms(b.long(), s, 0.5)
 
 
-@pytest.mark.parametrize("dev", ["cpu", "cuda"])
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_opcheck(dev, monkeypatch):
     if dev == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
@@ -294,4 +318,6 @@ def test_opcheck(dev, monkeypatch):
     torch.library.opcheck(torch.ops.denet.soft_nms, (boxes, scores, 0.5, 0.3, "gaussian", 0.001))
     proper, _ = _boxes(11, 41, torch.float32)  # fewer than 12: no empty boxes, so no NaN IoU
     proper = proper.to(dev)
-    torch.library.opcheck(torch.ops.denet.box_iou, (proper[None, :5].clone().requires_grad_(), proper[None, 5:]))
+    torch.library.opcheck(
+        torch.ops.denet.box_iou, (proper[None, :5].clone().requires_grad_(), proper[None, 5:])
+    )

@@ -1,22 +1,26 @@
 """denet.kernels.pool_inv: hand-computed golden values, gradcheck, both backends, opcheck."""
+
 import pytest
 import torch
 
 from denet.kernels.pool_inv import PoolInv, pool_inv
 
+
 def test_golden_square_factor(device):
     x = torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], device=device).view(1, 1, 2, 3)
-    expected = torch.tensor([[0, 0, 1, 1, 2, 2],
-                             [0, 0, 1, 1, 2, 2],
-                             [3, 3, 4, 4, 5, 5],
-                             [3, 3, 4, 4, 5, 5]], dtype=torch.float32, device=device).view(1, 1, 4, 6)
+    expected = torch.tensor(
+        [[0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2], [3, 3, 4, 4, 5, 5], [3, 3, 4, 4, 5, 5]],
+        dtype=torch.float32,
+        device=device,
+    ).view(1, 1, 4, 6)
     assert torch.equal(pool_inv(x, 2), expected)
 
 
 def test_golden_pair_factor_and_channels(device):
     x = torch.tensor([[[1.0], [2.0]], [[-1.0], [7.0]]], device=device).view(1, 2, 2, 1)
-    expected = torch.tensor([[[1, 1, 1], [2, 2, 2]], [[-1, -1, -1], [7, 7, 7]]],
-                            dtype=torch.float32, device=device).view(1, 2, 2, 3)
+    expected = torch.tensor(
+        [[[1, 1, 1], [2, 2, 2]], [[-1, -1, -1], [7, 7, 7]]], dtype=torch.float32, device=device
+    ).view(1, 2, 2, 3)
     assert torch.equal(pool_inv(x, (1, 3)), expected)
 
 
@@ -25,7 +29,9 @@ def test_golden_gradient_is_block_sum(device):
     g = torch.arange(24.0, device=device).view(1, 1, 4, 6)  # g[y, x] = 6y + x
     pool_inv(x, 2).backward(g)
     # Block (0,0): 0+1+6+7; (0,1): 2+3+8+9; (0,2): 4+5+10+11; row 1 adds 12 per cell, 4 cells.
-    expected = torch.tensor([[14.0, 22.0, 30.0], [62.0, 70.0, 78.0]], device=device).view(1, 1, 2, 3)
+    expected = torch.tensor([[14.0, 22.0, 30.0], [62.0, 70.0, 78.0]], device=device).view(
+        1, 1, 2, 3
+    )
     assert torch.equal(x.grad, expected)
 
 
@@ -39,7 +45,9 @@ def test_matches_repeat_interleave(device, dtype):
 
 def test_non_contiguous_input(device):
     x = torch.randn(2, 3, 4, 5, device=device).to(memory_format=torch.channels_last)
-    assert torch.equal(pool_inv(x, 2), x.contiguous().repeat_interleave(2, 2).repeat_interleave(2, 3))
+    assert torch.equal(
+        pool_inv(x, 2), x.contiguous().repeat_interleave(2, 2).repeat_interleave(2, 3)
+    )
 
 
 def test_gradcheck(device):
@@ -86,11 +94,13 @@ def test_module():
     assert torch.equal(m(x), pool_inv(x, (2, 1)))
 
 
-@pytest.mark.parametrize("dev", ["cpu", "cuda"])
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_opcheck(dev, monkeypatch):
     if dev == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     monkeypatch.delenv("DENET_KERNEL_BACKEND", raising=False)
     x = torch.randn(2, 3, 4, 5, device=dev, requires_grad=True)
     torch.library.opcheck(torch.ops.denet.pool_inv, (x, 2, 3))
-    torch.library.opcheck(torch.ops.denet.pool_inv_backward, (torch.randn(2, 3, 8, 15, device=dev), 2, 3))
+    torch.library.opcheck(
+        torch.ops.denet.pool_inv_backward, (torch.randn(2, 3, 8, 15, device=dev), 2, 3)
+    )

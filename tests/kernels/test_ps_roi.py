@@ -3,6 +3,7 @@ gradients in float64), hand-computed golden values, gradcheck and opcheck; both 
 torch reference, and Triton: interpreted on CPU, compiled on CUDA). Two documented differences
 from torchvision are tested as such: a bin without samples is 0 (torchvision: NaN), and
 ps_roi_pool's gradient is the true gradient at the map's last row and column."""
+
 import pytest
 import torch
 import torchvision
@@ -19,17 +20,24 @@ def random_rois(n_img, k, height, width, scale, generator):
     than the map, and with corners on exact halves; zero-size boxes are tested on their own."""
     h, w = height / scale, width / scale
     extent = torch.tensor([w, h], dtype=torch.float64)
-    centre = torch.rand(k, 2, generator=generator, dtype=torch.float64) * extent * 1.4 - 0.2 * extent
-    size = torch.rand(k, 2, generator=generator, dtype=torch.float64) ** 2 * extent * 1.2 + 0.5 / scale
+    centre = (
+        torch.rand(k, 2, generator=generator, dtype=torch.float64) * extent * 1.4 - 0.2 * extent
+    )
+    size = (
+        torch.rand(k, 2, generator=generator, dtype=torch.float64) ** 2 * extent * 1.2 + 0.5 / scale
+    )
     boxes = torch.cat([centre - size / 2, centre + size / 2], dim=1)
     half = 0.5 / scale
-    boxes[:5] = torch.tensor([
-        [-3.0 * w, -3.0 * h, -2.0 * w, -2.0 * h],
-        [-1.5 * w, -1.0 * h, 2.5 * w, 2.0 * h],
-        [0.6 * w, 0.5 * h, 0.4 * w, 0.8 * h],
-        [w - 1.0, h - 1.0, w + 3.0, h + 3.0],
-        [half, 3 * half, 5 * half, 7 * half],
-    ], dtype=torch.float64)
+    boxes[:5] = torch.tensor(
+        [
+            [-3.0 * w, -3.0 * h, -2.0 * w, -2.0 * h],
+            [-1.5 * w, -1.0 * h, 2.5 * w, 2.0 * h],
+            [0.6 * w, 0.5 * h, 0.4 * w, 0.8 * h],
+            [w - 1.0, h - 1.0, w + 3.0, h + 3.0],
+            [half, 3 * half, 5 * half, 7 * half],
+        ],
+        dtype=torch.float64,
+    )
     batch = torch.randint(0, n_img, (k, 1), generator=generator).to(torch.float64)
     return torch.cat([batch, boxes], dim=1)
 
@@ -42,12 +50,18 @@ def score_maps(device, c_out=1, size=5):
 
 # ------------------------------------------------------------------------------- golden values
 
+
 def test_golden_ps_roi_align(device):
     # Box (1, 1)-(3, 3) shifted by -0.5: bins of 1 pixel from 0.5, two samples a side at
     # +0.25 and +0.75, so each bin averages to its centre: (y, x) = (1, 1), (1, 2), (2, 1), (2, 2).
     # Bin (ph, pw) reads channel 2 * ph + pw.
-    out = ps_roi_align(score_maps(device), torch.tensor([[0.0, 1, 1, 3, 3]], dtype=torch.float64, device=device),
-                       2, 1.0, 2)
+    out = ps_roi_align(
+        score_maps(device),
+        torch.tensor([[0.0, 1, 1, 3, 3]], dtype=torch.float64, device=device),
+        2,
+        1.0,
+        2,
+    )
     assert out.shape == (1, 1, 2, 2)
     assert out[0, 0].tolist() == [[6.0, 107.0], [211.0, 312.0]]
 
@@ -65,6 +79,7 @@ def test_golden_ps_roi_pool(device):
 
 # ------------------------------------------------------------------- torchvision as the oracle
 
+
 @pytest.mark.parametrize("sampling_ratio", [-1, 0, 2])
 @pytest.mark.parametrize("form", ["tensor", "list"])
 def test_ps_roi_align_matches_torchvision(device, sampling_ratio, form):
@@ -78,8 +93,13 @@ def test_ps_roi_align_matches_torchvision(device, sampling_ratio, form):
     grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     ref.backward(grad)
     xd = x.to(device).requires_grad_()
-    out = ps_roi_align(xd, [b.to(device) for b in boxes] if form == "list" else boxes.to(device), (2, 3), scale,
-                       sampling_ratio)
+    out = ps_roi_align(
+        xd,
+        [b.to(device) for b in boxes] if form == "list" else boxes.to(device),
+        (2, 3),
+        scale,
+        sampling_ratio,
+    )
     out.backward(grad.to(device))
     assert out.shape == (len(rois), 2, 2, 3)
     # Bins without samples (the inverted box, adaptive sampling) are NaN in torchvision, 0 here.
@@ -93,8 +113,10 @@ def test_ps_roi_align_empty_bins_are_zero(device):
     x = torch.randn(1, 4, 5, 5, dtype=torch.float64)
     box = torch.tensor([[0.0, 2.0, 2.0, 2.0, 2.0]], dtype=torch.float64)
     assert torchvision.ops.ps_roi_align(x, box, 2, 1.0, -1).isnan().all()
-    assert torch.equal(ps_roi_align(x.to(device), box.to(device), 2, 1.0, -1).cpu(), torch.zeros(1, 1, 2, 2,
-                                                                                                 dtype=torch.float64))
+    assert torch.equal(
+        ps_roi_align(x.to(device), box.to(device), 2, 1.0, -1).cpu(),
+        torch.zeros(1, 1, 2, 2, dtype=torch.float64),
+    )
     ref = torchvision.ops.ps_roi_align(x, box, 2, 1.0, 2)
     torch.testing.assert_close(ps_roi_align(x.to(device), box.to(device), 2, 1.0, 2).cpu(), ref)
 
@@ -102,9 +124,11 @@ def test_ps_roi_align_empty_bins_are_zero(device):
 def _reaches_last_row_or_column(rois, scale, height, width):
     """Whether any ps_roi_pool window of a RoI reaches row H - 1 or column W - 1, the only place
     where torchvision's backward is not the gradient of its forward."""
+
     def axis(lo, hi, size):
         lo, hi = _round(lo * scale), _round(hi * scale)
         return lo + (hi - lo).clamp(min=1) > size - 1
+
     return axis(rois[:, 2], rois[:, 4], height) | axis(rois[:, 1], rois[:, 3], width)
 
 
@@ -126,14 +150,17 @@ def test_ps_roi_pool_matches_torchvision(device, form):
     grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     ref.backward(grad)
     xd = x.to(device).requires_grad_()
-    out = ps_roi_pool(xd, [b.to(device) for b in boxes] if form == "list" else boxes.to(device), (2, 3), scale)
+    out = ps_roi_pool(
+        xd, [b.to(device) for b in boxes] if form == "list" else boxes.to(device), (2, 3), scale
+    )
     out.backward(grad.to(device))
     torch.testing.assert_close(out.cpu(), ref.detach(), rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(xd.grad.cpu(), xt.grad, rtol=1e-6, atol=1e-9)
     # Every box, border ones included: the outputs still match torchvision's.
     full = torchvision.ops.ps_roi_pool(x, rois, (2, 3), scale)
-    torch.testing.assert_close(ps_roi_pool(x.to(device), rois.to(device), (2, 3), scale).cpu(), full,
-                               rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(
+        ps_roi_pool(x.to(device), rois.to(device), (2, 3), scale).cpu(), full, rtol=1e-6, atol=1e-9
+    )
 
 
 def test_ps_roi_pool_border_gradient(device):
@@ -154,6 +181,7 @@ def test_ps_roi_pool_border_gradient(device):
 
 # ------------------------------------------------------------------------- shapes, dtypes, errors
 
+
 def test_empty(device):
     x = torch.randn(2, 8, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
     for fn in (lambda b: ps_roi_align(x, b, 2, 1.0, 2), lambda b: ps_roi_pool(x, b, 2)):
@@ -169,12 +197,21 @@ def test_dtypes(device, dtype):
     x = torch.randn(1, 8, 6, 7, generator=g).to(dtype)
     rois = random_rois(1, 8, 6, 7, 0.5, g)
     tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
-    for ours, theirs in ((lambda a, b: ps_roi_align(a, b, 2, 0.5, -1), lambda a, b: torchvision.ops.ps_roi_align(
-            a, b, 2, 0.5, -1)), (lambda a, b: ps_roi_pool(a, b, 2, 0.5), lambda a, b: torchvision.ops.ps_roi_pool(
-            a, b, 2, 0.5))):
+    for ours, theirs in (
+        (
+            lambda a, b: ps_roi_align(a, b, 2, 0.5, -1),
+            lambda a, b: torchvision.ops.ps_roi_align(a, b, 2, 0.5, -1),
+        ),
+        (
+            lambda a, b: ps_roi_pool(a, b, 2, 0.5),
+            lambda a, b: torchvision.ops.ps_roi_pool(a, b, 2, 0.5),
+        ),
+    ):
         out = ours(x.to(device), rois.to(device, torch.float32))
         assert out.dtype == dtype and out.shape == (8, 2, 2, 2)
-        torch.testing.assert_close(out.cpu().double(), theirs(x.double(), rois).nan_to_num(), rtol=tol, atol=tol)
+        torch.testing.assert_close(
+            out.cpu().double(), theirs(x.double(), rois).nan_to_num(), rtol=tol, atol=tol
+        )
 
 
 def test_errors():
@@ -199,17 +236,20 @@ def test_modules():
 
 # --------------------------------------------------------------------- autograd and torch.library
 
+
 def test_gradcheck(device):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(1, 4, 4, 5, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    rois = torch.tensor([[0, 0.3, 0.6, 3.1, 2.7], [0, -1.0, 1.5, 2.0, 5.5]], dtype=torch.float64, device=device)
+    rois = torch.tensor(
+        [[0, 0.3, 0.6, 3.1, 2.7], [0, -1.0, 1.5, 2.0, 5.5]], dtype=torch.float64, device=device
+    )
     for fn in (lambda t: ps_roi_align(t, rois, 2, 1.0, -1), lambda t: ps_roi_pool(t, rois, 2, 1.0)):
         assert torch.autograd.gradcheck(fn, (x,), fast_mode=True, nondet_tol=NONDET)
         if device == "cpu":
             assert torch.autograd.gradgradcheck(fn, (x,), fast_mode=True)
 
 
-@pytest.mark.parametrize("dev", ["cpu", "cuda"])
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_opcheck(dev, monkeypatch):
     if dev == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
@@ -218,13 +258,19 @@ def test_opcheck(dev, monkeypatch):
     rois = torch.tensor([[0, 0.5, 0.5, 4.0, 3.5], [1, 1.0, 0.0, 5.5, 4.5]], device=dev)
     grad = torch.randn(2, 2, 2, 3, device=dev)
     torch.library.opcheck(torch.ops.denet.ps_roi_align, (x, rois, 0.9, 2, 3, -1))
-    torch.library.opcheck(torch.ops.denet.ps_roi_align_backward, (grad, rois, 0.9, 2, 3, 2, 2, 12, 5, 6))
+    torch.library.opcheck(
+        torch.ops.denet.ps_roi_align_backward, (grad, rois, 0.9, 2, 3, 2, 2, 12, 5, 6)
+    )
     torch.library.opcheck(torch.ops.denet.ps_roi_pool, (x, rois, 0.9, 2, 3))
-    torch.library.opcheck(torch.ops.denet.ps_roi_pool_backward, (grad, rois, 0.9, 2, 3, 2, 12, 5, 6))
+    torch.library.opcheck(
+        torch.ops.denet.ps_roi_pool_backward, (grad, rois, 0.9, 2, 3, 2, 12, 5, 6)
+    )
 
 
 # ------------------------------------------------------------------------------------ CUDA only
 
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("op", ["ps_roi_align", "ps_roi_pool"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_against_torchvision(op, dtype, monkeypatch):
@@ -237,10 +283,14 @@ def test_cuda_against_torchvision(op, dtype, monkeypatch):
     if op == "ps_roi_pool":  # where torchvision's backward is its forward's gradient
         rois = rois[~_reaches_last_row_or_column(rois, 0.25, 40, 36)]
     rois = rois.float().cuda()
-    ours = {"ps_roi_align": lambda a: ps_roi_align(a, rois, 7, 0.25, -1),
-            "ps_roi_pool": lambda a: ps_roi_pool(a, rois, 7, 0.25)}[op]
-    theirs = {"ps_roi_align": lambda a: torchvision.ops.ps_roi_align(a, rois, 7, 0.25, -1),
-              "ps_roi_pool": lambda a: torchvision.ops.ps_roi_pool(a, rois, 7, 0.25)}[op]
+    ours = {
+        "ps_roi_align": lambda a: ps_roi_align(a, rois, 7, 0.25, -1),
+        "ps_roi_pool": lambda a: ps_roi_pool(a, rois, 7, 0.25),
+    }[op]
+    theirs = {
+        "ps_roi_align": lambda a: torchvision.ops.ps_roi_align(a, rois, 7, 0.25, -1),
+        "ps_roi_pool": lambda a: torchvision.ops.ps_roi_pool(a, rois, 7, 0.25),
+    }[op]
     xd = x.cuda().requires_grad_()
     out = ours(xd)
     grad = torch.randn(out.shape, generator=g).to(dtype)

@@ -1,6 +1,7 @@
 """denet.kernels.roi_align against torchvision.ops.roi_align (outputs and input gradients in
 float64), a hand-computed golden value, gradcheck, opcheck and torch.compile; both backends
 (the torch reference, and Triton: interpreted on CPU, compiled on CUDA)."""
+
 import pytest
 import torch
 import torchvision
@@ -16,18 +17,23 @@ def random_rois(n_img, k, height, width, scale, generator):
     partly and wholly outside the map, zero-size, inverted and much larger than the map."""
     h, w = height / scale, width / scale
     extent = torch.tensor([w, h], dtype=torch.float64)
-    centre = torch.rand(k, 2, generator=generator, dtype=torch.float64) * extent * 1.4 - 0.2 * extent
+    centre = (
+        torch.rand(k, 2, generator=generator, dtype=torch.float64) * extent * 1.4 - 0.2 * extent
+    )
     size = torch.rand(k, 2, generator=generator, dtype=torch.float64) ** 2 * extent * 1.2
     boxes = torch.cat([centre - size / 2, centre + size / 2], dim=1)
-    boxes[:7] = torch.tensor([
-        [2.0, 3.0, 2.0, 3.0],  # zero size
-        [1.0, 1.0, 1.0, 0.7 * h],  # zero width
-        [-3.0 * w, -3.0 * h, -2.0 * w, -2.0 * h],  # wholly outside
-        [-1.5 * w, -1.0 * h, 2.5 * w, 2.0 * h],  # covers the map and much more
-        [0.6 * w, 0.5 * h, 0.4 * w, 0.8 * h],  # x2 < x1
-        [w - 1.0, h - 1.0, w + 3.0, h + 3.0],  # partly outside, bottom right
-        [-2.0, 0.3 * h, 0.5 * w, 0.6 * h],  # partly outside, left
-    ], dtype=torch.float64)
+    boxes[:7] = torch.tensor(
+        [
+            [2.0, 3.0, 2.0, 3.0],  # zero size
+            [1.0, 1.0, 1.0, 0.7 * h],  # zero width
+            [-3.0 * w, -3.0 * h, -2.0 * w, -2.0 * h],  # wholly outside
+            [-1.5 * w, -1.0 * h, 2.5 * w, 2.0 * h],  # covers the map and much more
+            [0.6 * w, 0.5 * h, 0.4 * w, 0.8 * h],  # x2 < x1
+            [w - 1.0, h - 1.0, w + 3.0, h + 3.0],  # partly outside, bottom right
+            [-2.0, 0.3 * h, 0.5 * w, 0.6 * h],  # partly outside, left
+        ],
+        dtype=torch.float64,
+    )
     batch = torch.randint(0, n_img, (k, 1), generator=generator).to(torch.float64)
     return torch.cat([batch, boxes], dim=1)
 
@@ -42,6 +48,7 @@ def close(actual, expected, rtol=1e-6):
 
 # ------------------------------------------------------------------------------- golden values
 
+
 def test_golden_5x5(device):
     # detectron2's test: map v(y, x) = 5y + x is linear, so bilinear samples reproduce it.
     x = torch.arange(25, dtype=torch.float64, device=device).view(1, 1, 5, 5)
@@ -49,7 +56,12 @@ def test_golden_5x5(device):
     # aligned=False: 2x2 RoI, 0.5-pixel bins, one sample at each bin centre 1.25, 1.75, ...
     legacy = [[7.5, 8, 8.5, 9], [10, 10.5, 11, 11.5], [12.5, 13, 13.5, 14], [15, 15.5, 16, 16.5]]
     # aligned=True shifts the box by half a pixel: an upsampled [[6, 7], [11, 12]].
-    shifted = [[4.5, 5.0, 5.5, 6.0], [7.0, 7.5, 8.0, 8.5], [9.5, 10.0, 10.5, 11.0], [12.0, 12.5, 13.0, 13.5]]
+    shifted = [
+        [4.5, 5.0, 5.5, 6.0],
+        [7.0, 7.5, 8.0, 8.5],
+        [9.5, 10.0, 10.5, 11.0],
+        [12.0, 12.5, 13.0, 13.5],
+    ]
     for aligned, expected in ((False, legacy), (True, shifted)):
         out = roi_align(x, box, (4, 4), spatial_scale=1.0, sampling_ratio=0, aligned=aligned)
         assert out[0, 0].tolist() == expected
@@ -65,15 +77,23 @@ def test_golden_gradient(device):
     assert torch.equal(x.grad[0, 0].cpu(), expected)
     # Outside [-1, H] a sample weighs nothing; in [-1, 0] it is clamped onto row/column 0.
     x.grad = None
-    rois = torch.tensor([[0.0, -0.9, -0.9, -0.9, -0.9], [0.0, -1.1, 1.0, -1.1, 1.0]],
-                        dtype=torch.float64, device=device)
-    out = roi_align(x + 1.0, rois, 1, 1.0, 1, aligned=True)  # samples (y, x) = (-1.4, -1.4) and (0.5, -1.6)
+    rois = torch.tensor(
+        [[0.0, -0.9, -0.9, -0.9, -0.9], [0.0, -1.1, 1.0, -1.1, 1.0]],
+        dtype=torch.float64,
+        device=device,
+    )
+    out = roi_align(
+        x + 1.0, rois, 1, 1.0, 1, aligned=True
+    )  # samples (y, x) = (-1.4, -1.4) and (0.5, -1.6)
     assert out.flatten().tolist() == [0.0, 0.0]
-    out = roi_align(x + 1.0, rois[:1], 1, 1.0, 1, aligned=False)  # roi grows to 1x1: sample (-0.4, -0.4)
+    out = roi_align(
+        x + 1.0, rois[:1], 1, 1.0, 1, aligned=False
+    )  # roi grows to 1x1: sample (-0.4, -0.4)
     assert out.flatten().tolist() == [1.0]
 
 
 # ------------------------------------------------------------------- torchvision as the oracle
+
 
 @pytest.mark.parametrize("aligned", [False, True])
 @pytest.mark.parametrize("sampling_ratio", [-1, 0, 2])
@@ -109,8 +129,10 @@ def test_sampling_ratio_and_scale_variants(device):
 
 def test_empty(device):
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64, device=device, requires_grad=True)
-    for boxes in (torch.zeros(0, 5, dtype=torch.float64, device=device),
-                  [torch.zeros(0, 4, dtype=torch.float64, device=device)] * 2):
+    for boxes in (
+        torch.zeros(0, 5, dtype=torch.float64, device=device),
+        [torch.zeros(0, 4, dtype=torch.float64, device=device)] * 2,
+    ):
         out = roi_align(x, boxes, (2, 3), 1.0, 2)
         assert out.shape == (0, 3, 2, 3) and out.dtype == x.dtype
         out.sum().backward()
@@ -162,28 +184,36 @@ def test_module():
 
 # --------------------------------------------------------------------- autograd and torch.library
 
+
 @pytest.mark.parametrize("aligned", [False, True])
 def test_gradcheck(device, aligned):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(1, 2, 4, 5, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    rois = torch.tensor([[0, 0.3, 0.6, 3.1, 2.7], [0, -1.0, 1.5, 2.0, 5.5], [0, 1.0, 1.0, 1.0, 1.0]],
-                        dtype=torch.float64, device=device)
+    rois = torch.tensor(
+        [[0, 0.3, 0.6, 3.1, 2.7], [0, -1.0, 1.5, 2.0, 5.5], [0, 1.0, 1.0, 1.0, 1.0]],
+        dtype=torch.float64,
+        device=device,
+    )
     fn = lambda t: roi_align(t, rois, (2, 2), 1.0, -1, aligned)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x,), fast_mode=True, nondet_tol=NONDET)
     if device == "cpu" and not aligned:
         assert torch.autograd.gradgradcheck(fn, (x,), fast_mode=True)
 
 
-@pytest.mark.parametrize("dev", ["cpu", "cuda"])
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_opcheck(dev, monkeypatch):
     if dev == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     monkeypatch.delenv("DENET_KERNEL_BACKEND", raising=False)
     x = torch.randn(2, 3, 5, 6, device=dev, requires_grad=True)
-    rois = torch.tensor([[0, 0.5, 0.5, 4.0, 3.5], [1, 1.0, 0.0, 5.5, 4.5], [0, 2, 2, 2, 2]], device=dev)
+    rois = torch.tensor(
+        [[0, 0.5, 0.5, 4.0, 3.5], [1, 1.0, 0.0, 5.5, 4.5], [0, 2, 2, 2, 2]], device=dev
+    )
     torch.library.opcheck(torch.ops.denet.roi_align, (x, rois, 0.9, 2, 3, -1, True))
     grad = torch.randn(3, 3, 2, 3, device=dev)
-    torch.library.opcheck(torch.ops.denet.roi_align_backward, (grad, rois, 0.9, 2, 3, 2, 3, 5, 6, 2, False))
+    torch.library.opcheck(
+        torch.ops.denet.roi_align_backward, (grad, rois, 0.9, 2, 3, 2, 3, 5, 6, 2, False)
+    )
 
 
 class _Head(torch.nn.Module):
@@ -200,7 +230,10 @@ def test_torch_compile_fullgraph():
     torch.manual_seed(0)
     head = _Head()
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
-    boxes = [torch.tensor([[0.0, 0.0, 9.0, 9.0]]), torch.tensor([[2.0, 1.0, 13.0, 15.0], [4.0, 4.0, 4.0, 4.0]])]
+    boxes = [
+        torch.tensor([[0.0, 0.0, 9.0, 9.0]]),
+        torch.tensor([[2.0, 1.0, 13.0, 15.0], [4.0, 4.0, 4.0, 4.0]]),
+    ]
     compiled = torch.compile(head, backend="aot_eager", fullgraph=True)
     eager_out = head(x, boxes)
     out = compiled(x, boxes)
@@ -212,6 +245,8 @@ def test_torch_compile_fullgraph():
 
 # ------------------------------------------------------------------------------------ CUDA only
 
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_against_torchvision(dtype, monkeypatch):
     if not torch.cuda.is_available():

@@ -1,6 +1,7 @@
 """denet.kernels.roi_pool against torchvision.ops.roi_pool (outputs, argmax choice and input
 gradients in float64, ties included), a hand-computed golden value, gradcheck and opcheck; both
 backends (the torch reference, and Triton: interpreted on CPU, compiled on CUDA)."""
+
 import pytest
 import torch
 import torchvision
@@ -16,19 +17,24 @@ def random_rois(n_img, k, height, width, scale, generator):
     much larger than the map, and corners on exact halves (C's round() goes away from zero)."""
     h, w = height / scale, width / scale
     extent = torch.tensor([w, h], dtype=torch.float64)
-    centre = torch.rand(k, 2, generator=generator, dtype=torch.float64) * extent * 1.4 - 0.2 * extent
+    centre = (
+        torch.rand(k, 2, generator=generator, dtype=torch.float64) * extent * 1.4 - 0.2 * extent
+    )
     size = torch.rand(k, 2, generator=generator, dtype=torch.float64) ** 2 * extent * 1.2
     boxes = torch.cat([centre - size / 2, centre + size / 2], dim=1)
     half = 0.5 / scale
-    boxes[:7] = torch.tensor([
-        [2.0, 3.0, 2.0, 3.0],
-        [-3.0 * w, -3.0 * h, -2.0 * w, -2.0 * h],
-        [-1.5 * w, -1.0 * h, 2.5 * w, 2.0 * h],
-        [0.6 * w, 0.5 * h, 0.4 * w, 0.8 * h],
-        [w - 1.0, h - 1.0, w + 3.0, h + 3.0],
-        [half, 3 * half, 5 * half, 7 * half],  # every corner lands on .5 in map coordinates
-        [-half, -3 * half, 3 * half, 5 * half],
-    ], dtype=torch.float64)
+    boxes[:7] = torch.tensor(
+        [
+            [2.0, 3.0, 2.0, 3.0],
+            [-3.0 * w, -3.0 * h, -2.0 * w, -2.0 * h],
+            [-1.5 * w, -1.0 * h, 2.5 * w, 2.0 * h],
+            [0.6 * w, 0.5 * h, 0.4 * w, 0.8 * h],
+            [w - 1.0, h - 1.0, w + 3.0, h + 3.0],
+            [half, 3 * half, 5 * half, 7 * half],  # every corner lands on .5 in map coordinates
+            [-half, -3 * half, 3 * half, 5 * half],
+        ],
+        dtype=torch.float64,
+    )
     batch = torch.randint(0, n_img, (k, 1), generator=generator).to(torch.float64)
     return torch.cat([batch, boxes], dim=1)
 
@@ -63,7 +69,9 @@ def test_matches_torchvision(device, values, form):
     grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     ref.backward(grad)
     xd = x.to(device).requires_grad_()
-    out = roi_pool(xd, [b.to(device) for b in boxes] if form == "list" else boxes.to(device), (2, 3), scale)
+    out = roi_pool(
+        xd, [b.to(device) for b in boxes] if form == "list" else boxes.to(device), (2, 3), scale
+    )
     out.backward(grad.to(device))
     assert torch.equal(out.cpu(), ref.detach())
     torch.testing.assert_close(xd.grad.cpu(), xt.grad, rtol=1e-12, atol=1e-12)
@@ -102,7 +110,9 @@ def test_dtypes(device, dtype):
 def test_gradcheck(device):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(1, 2, 4, 5, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    rois = torch.tensor([[0, 0.3, 0.6, 3.1, 2.7], [0, -1.0, 1.5, 2.0, 5.5]], dtype=torch.float64, device=device)
+    rois = torch.tensor(
+        [[0, 0.3, 0.6, 3.1, 2.7], [0, -1.0, 1.5, 2.0, 5.5]], dtype=torch.float64, device=device
+    )
     fn = lambda t: roi_pool(t, rois, (2, 2), 1.0)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x,), fast_mode=True, nondet_tol=NONDET)
     if device == "cpu":
@@ -128,7 +138,7 @@ def test_module():
     assert torch.equal(m(x, rois), roi_pool(x, rois, 7, 0.0625))
 
 
-@pytest.mark.parametrize("dev", ["cpu", "cuda"])
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_opcheck(dev, monkeypatch):
     if dev == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
@@ -137,10 +147,13 @@ def test_opcheck(dev, monkeypatch):
     rois = torch.tensor([[0, 0.5, 0.5, 4.0, 3.5], [1, 1.0, 0.0, 5.5, 4.5]], device=dev)
     torch.library.opcheck(torch.ops.denet.roi_pool, (x, rois, 0.9, 2, 3))
     _, argmax = torch.ops.denet.roi_pool(x, rois, 0.9, 2, 3)
-    torch.library.opcheck(torch.ops.denet.roi_pool_backward,
-                          (torch.randn(2, 3, 2, 3, device=dev), rois, argmax, 2, 3, 5, 6))
+    torch.library.opcheck(
+        torch.ops.denet.roi_pool_backward,
+        (torch.randn(2, 3, 2, 3, device=dev), rois, argmax, 2, 3, 5, 6),
+    )
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_against_torchvision(dtype, monkeypatch):
     if not torch.cuda.is_available():

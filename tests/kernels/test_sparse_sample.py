@@ -1,5 +1,6 @@
 """denet.kernels.sparse_sample: DeNet's sparse sampling against hand-computed values and a literal
 float32 transcription of DeNet's CUDA kernel; gradients, dtypes, both backends, opcheck."""
+
 import math
 
 import numpy as np
@@ -20,10 +21,18 @@ def _map(device, h=4, w=4, f=2, dtype=torch.float32):
 
 # ------------------------------------------------------------------------------- golden values
 
+
 def test_golden_nearest_rounds_half_away_from_zero(device):
     feats = _map(device)
-    boxes = torch.tensor([[[0.125, 0.375, 0.625, 0.875],  # y*H = 1.5, 3.5 -> clamp 3.0; x*W = 0.5, 2.5
-                           [0.0, 0.0, 1.0, 1.0]]], device=device)  # edges: 0 and 4 -> clamp to 3
+    boxes = torch.tensor(
+        [
+            [
+                [0.125, 0.375, 0.625, 0.875],  # y*H = 1.5, 3.5 -> clamp 3.0; x*W = 0.5, 2.5
+                [0.0, 0.0, 1.0, 1.0],
+            ]
+        ],
+        device=device,
+    )  # edges: 0 and 4 -> clamp to 3
     out = sparse_sample(feats, boxes, 2)
     assert out.shape == (1, 2 * 2 * 2 + 2, 2)
     # Box 0: rows lround(1.5)=2, lround(3.0)=3; columns lround(0.5)=1, lround(2.5)=3 (round-half-
@@ -50,8 +59,10 @@ def test_golden_nearest_lroundf_edge(device):
     # On a 2x2 map y*H = 0.5 - 2**-25 must read row 0: lroundf rounds the exact value, whereas
     # floor(v + 0.5) reads row 1 because v + 0.5 rounds to 1.0 in float32. Exactly 0.5 reads row 1.
     feats = _map(device, h=2, w=2, f=1)
-    y = 0.25 - 2.0 ** -26
-    boxes = torch.tensor([[[0.0, y, 0.0, y], [0.0, 0.25, 0.0, 0.25]]], dtype=torch.float32, device=device)
+    y = 0.25 - 2.0**-26
+    boxes = torch.tensor(
+        [[[0.0, y, 0.0, y], [0.0, 0.25, 0.0, 0.25]]], dtype=torch.float32, device=device
+    )
     out = sparse_sample(feats, boxes, 1)
     assert out[0, 0].tolist() == [0.0, 2.0]
 
@@ -65,14 +76,17 @@ def test_golden_bilinear(device):
     # A single hot pixel at (1, 2) sampled at (1.5, 2.5): weight 0.5 * 0.5.
     hot = torch.zeros(1, 1, 4, 4, device=device)
     hot[0, 0, 1, 2] = 1.0
-    out = sparse_sample(hot, torch.tensor([[[0.5, 0.25, 0.75, 0.5]]], device=device), 1, mode="bilinear")
+    out = sparse_sample(
+        hot, torch.tensor([[[0.5, 0.25, 0.75, 0.5]]], device=device), 1, mode="bilinear"
+    )
     assert out[0, 0, 0].item() == 0.25
 
 
 def test_golden_nearest_gradient_scatter_adds(device):
     feats = _map(device).requires_grad_()
-    boxes = torch.tensor([[[0.125, 0.375, 0.625, 0.875], [0.0, 0.0, 1.0, 1.0]]], device=device,
-                         requires_grad=True)
+    boxes = torch.tensor(
+        [[[0.125, 0.375, 0.625, 0.875], [0.0, 0.0, 1.0, 1.0]]], device=device, requires_grad=True
+    )
     sparse_sample(feats, boxes, 2).sum().backward()
     # Box 0 reads pixels 9, 11, 13, 15; box 1 reads 0, 3, 12, 15: pixel 15 twice.
     counts = torch.zeros(16, device=device)
@@ -92,6 +106,7 @@ def test_golden_bilinear_gradient(device):
 
 
 # --------------------------------------------------------------- DeNet's kernel, transcribed
+
 
 def _denet_kernel(fmap, bbox, gs):
     """DeNet's ``k_sparse_sample`` line by line in numpy float32 scalars (one loop per thread)."""
@@ -187,7 +202,9 @@ def test_gradcheck(device, mode):
     g = torch.Generator().manual_seed(3)
     feats = torch.randn(2, 2, 3, 4, generator=g, dtype=torch.float64).to(device).requires_grad_()
     boxes = _random_boxes(2, 3, g).double().to(device)
-    assert torch.autograd.gradcheck(lambda f: sparse_sample(f, boxes, 2, mode), (feats,), fast_mode=True)
+    assert torch.autograd.gradcheck(
+        lambda f: sparse_sample(f, boxes, 2, mode), (feats,), fast_mode=True
+    )
 
 
 def test_empty(device):
@@ -196,7 +213,9 @@ def test_empty(device):
     assert out.shape == (2, 3 * 9 + 2, 0) and out.dtype == feats.dtype
     out.sum().backward()
     assert torch.equal(feats.grad, torch.zeros_like(feats))
-    out = sparse_sample(torch.zeros(0, 3, 4, 4, device=device), torch.zeros(0, 5, 4, device=device), 2)
+    out = sparse_sample(
+        torch.zeros(0, 3, 4, 4, device=device), torch.zeros(0, 5, 4, device=device), 2
+    )
     assert out.shape == (0, 14, 5)
     # No features: only the height and width channels remain.
     boxes = torch.tensor([[[0.0, 0.25, 0.5, 1.0]]], device=device)
@@ -232,7 +251,7 @@ def test_module():
         SparseSample(2, mode="linear")
 
 
-@pytest.mark.parametrize("dev", ["cpu", "cuda"])
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("mode", MODES)
 def test_opcheck(dev, mode, monkeypatch):
     if dev == "cuda" and not torch.cuda.is_available():

@@ -26,8 +26,9 @@ The backward pass reuses the gathers: matmuls give the column and weight gradien
 scatters the input gradient, and the offset/mask gradients follow from the four corner dot
 products. Float16/bfloat16 are computed in float32.
 """
+
 import math
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -35,8 +36,15 @@ from torch import Tensor
 BOUNDARIES = ("v1", "v2")
 
 
-def output_size(h: int, w: int, kh: int, kw: int, stride: Sequence[int], padding: Sequence[int],
-                dilation: Sequence[int]) -> Tuple[int, int]:
+def output_size(
+    h: int,
+    w: int,
+    kh: int,
+    kw: int,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[int, int]:
     oh = (h + 2 * padding[0] - (dilation[0] * (kh - 1) + 1)) // stride[0] + 1
     ow = (w + 2 * padding[1] - (dilation[1] * (kw - 1) + 1)) // stride[1] + 1
     return oh, ow
@@ -89,7 +97,7 @@ def _corners(py: Tensor, px: Tensor, h: int, w: int, boundary: str):
     return idx, bil, ly, lx
 
 
-def _sampling(p: _Plan, offset: Tensor, mask: Optional[Tensor], stride, padding, dilation, boundary):
+def _sampling(p: _Plan, offset: Tensor, mask: Tensor | None, stride, padding, dilation, boundary):
     """Per (image, output pixel, segment, kernel tap): the 4 corner rows of the padded channels-last
     table and their weights (mask times bilinear), shaped [4, B, L, ns, KK]; the mask (or None)
     and the fractions ``ly, lx``, shaped [B, L, ns, KK]."""
@@ -104,7 +112,9 @@ def _sampling(p: _Plan, offset: Tensor, mask: Optional[Tensor], stride, padding,
     idx, bil, ly, lx = _corners(py, px, p.h, p.w, boundary)
     # Expand offset groups to segments and move the pixel axis before them: [..., B, L, ns, KK].
     seg_og = (torch.arange(p.ns, device=dev) * p.cs) // p.cg
-    base = (torch.arange(p.b, device=dev)[:, None] * p.ns + torch.arange(p.ns, device=dev)[None, :]) * p.hw1
+    base = (
+        torch.arange(p.b, device=dev)[:, None] * p.ns + torch.arange(p.ns, device=dev)[None, :]
+    ) * p.hw1
 
     def seg(t: Tensor) -> Tensor:
         if p.ns != p.og:
@@ -133,7 +143,7 @@ def _weight_matrix(p: _Plan, weight: Tensor) -> Tensor:
     return w.reshape(p.groups, cout_g, -1)
 
 
-def _columns(table: Tensor, rows: Tensor, wts: Tensor) -> Tuple[Tensor, Tensor]:
+def _columns(table: Tensor, rows: Tensor, wts: Tensor) -> tuple[Tensor, Tensor]:
     """Weighted sum of the four gathered corners; returns the columns [N, cs] and the gathered
     corners [4, N, cs]."""
     vals = table.index_select(0, rows.reshape(-1)).view(4, -1, table.shape[1])
@@ -144,13 +154,21 @@ def _columns(table: Tensor, rows: Tensor, wts: Tensor) -> Tuple[Tensor, Tensor]:
     return cols, vals
 
 
-def _cast(*ts: Optional[Tensor]):
+def _cast(*ts: Tensor | None):
     return [t.to(compute_dtype(t.dtype)) if t is not None else None for t in ts]
 
 
-def deform_conv2d_forward(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
-                          mask: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
-                          dilation: Sequence[int], boundary: str) -> Tensor:
+def deform_conv2d_forward(
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    mask: Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    boundary: str,
+) -> Tensor:
     out_dtype = input.dtype
     input, offset, weight, bias, mask = _cast(input, offset, weight, bias, mask)
     p = _Plan(input, offset, weight)
@@ -164,17 +182,30 @@ def deform_conv2d_forward(input: Tensor, offset: Tensor, weight: Tensor, bias: O
     if p.groups == 1:
         res = cols[:, 0].mm(wm[0].t()) if bias is None else torch.addmm(bias, cols[:, 0], wm[0].t())
     else:
-        res = torch.bmm(cols.transpose(0, 1), wm.transpose(1, 2)).transpose(0, 1).reshape(p.b * p.l, p.cout)
+        res = (
+            torch.bmm(cols.transpose(0, 1), wm.transpose(1, 2))
+            .transpose(0, 1)
+            .reshape(p.b * p.l, p.cout)
+        )
         if bias is not None:
             res = res + bias
     out = res.view(p.b, p.oh, p.ow, p.cout).permute(0, 3, 1, 2).contiguous()
     return out.to(out_dtype)
 
 
-def deform_conv2d_backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor,
-                           mask: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
-                           dilation: Sequence[int], boundary: str, need_input: bool = True,
-                           need_weight: bool = True):
+def deform_conv2d_backward(
+    grad: Tensor,
+    input: Tensor,
+    offset: Tensor,
+    weight: Tensor,
+    mask: Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    boundary: str,
+    need_input: bool = True,
+    need_weight: bool = True,
+):
     """Gradients ``(input, offset, weight, mask, bias)``; the mask gradient is an empty tensor
     without a mask. ``need_input=False`` skips input/offset/mask (returned as zeros),
     ``need_weight=False`` skips the weight (zeros)."""
@@ -204,7 +235,11 @@ def deform_conv2d_backward(grad: Tensor, input: Tensor, offset: Tensor, weight: 
         gcols = torch.bmm(go.transpose(0, 1), wm).transpose(0, 1).reshape(-1, p.cs)  # [N, cs]
         g_tab = torch.zeros_like(table)
         g_tab.index_add_(0, rows.reshape(-1), (gcols * wts.reshape(4, -1, 1)).view(-1, p.cs))
-        g_in = g_tab.view(p.b, p.ns, p.hw1, p.cs)[:, :, :-1].transpose(2, 3).reshape(p.b, p.cin, p.h, p.w)
+        g_in = (
+            g_tab.view(p.b, p.ns, p.hw1, p.cs)[:, :, :-1]
+            .transpose(2, 3)
+            .reshape(p.b, p.cin, p.h, p.w)
+        )
         # s[j] = <column gradient, corner j>: the slope of the sample along each axis follows.
         s0, s1, s2, s3 = torch.linalg.vecdot(vals, gcols).view(4, *ly.shape).unbind(0)
         hy, hx = 1 - ly, 1 - lx
@@ -227,5 +262,10 @@ def _to_groups(p: _Plan, t: Tensor) -> Tensor:
 
 def _out(g_in, g_off, g_w, g_mask, g_bias, dtypes, mdtype):
     # Contiguous, like the fake kernel's empty_like results.
-    return (g_in.contiguous().to(dtypes[0]), g_off.contiguous().to(dtypes[1]), g_w.contiguous().to(dtypes[2]),
-            g_mask.contiguous().to(mdtype), g_bias.to(dtypes[2]))
+    return (
+        g_in.contiguous().to(dtypes[0]),
+        g_off.contiguous().to(dtypes[1]),
+        g_w.contiguous().to(dtypes[2]),
+        g_mask.contiguous().to(mdtype),
+        g_bias.to(dtypes[2]),
+    )

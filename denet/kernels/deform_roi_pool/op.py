@@ -1,5 +1,4 @@
 """``denet::deform_roi_pool``: registration with torch.library (fake kernel, autograd) and the public API."""
-from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -10,30 +9,86 @@ from . import reference
 
 
 @torch.library.custom_op("denet::deform_roi_pool", mutates_args=())
-def _deform_roi_pool(input: Tensor, rois: Tensor, offset: Optional[Tensor], output_size: List[int],
-                     spatial_scale: float, group_size: int, part_size: List[int], sample_per_part: int,
-                     trans_std: float) -> Tensor:
+def _deform_roi_pool(
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    output_size: list[int],
+    spatial_scale: float,
+    group_size: int,
+    part_size: list[int],
+    sample_per_part: int,
+    trans_std: float,
+) -> Tensor:
     return implementation(__package__, input, rois).deform_roi_pool_forward(
-        input, rois, offset, output_size, spatial_scale, group_size, part_size, sample_per_part, trans_std)
+        input,
+        rois,
+        offset,
+        output_size,
+        spatial_scale,
+        group_size,
+        part_size,
+        sample_per_part,
+        trans_std,
+    )
 
 
 @_deform_roi_pool.register_fake
-def _(input, rois, offset, output_size, spatial_scale, group_size, part_size, sample_per_part, trans_std):
+def _(
+    input,
+    rois,
+    offset,
+    output_size,
+    spatial_scale,
+    group_size,
+    part_size,
+    sample_per_part,
+    trans_std,
+):
     d = input.shape[1] // (group_size * group_size)
     return input.new_empty((rois.shape[0], d, output_size[0], output_size[1]))
 
 
 @torch.library.custom_op("denet::deform_roi_pool_backward", mutates_args=())
-def _deform_roi_pool_backward(grad: Tensor, input: Tensor, rois: Tensor, offset: Optional[Tensor],
-                              output_size: List[int], spatial_scale: float, group_size: int,
-                              part_size: List[int], sample_per_part: int,
-                              trans_std: float) -> Tuple[Tensor, Tensor]:
+def _deform_roi_pool_backward(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    output_size: list[int],
+    spatial_scale: float,
+    group_size: int,
+    part_size: list[int],
+    sample_per_part: int,
+    trans_std: float,
+) -> tuple[Tensor, Tensor]:
     return implementation(__package__, grad, input, rois).deform_roi_pool_backward(
-        grad, input, rois, offset, output_size, spatial_scale, group_size, part_size, sample_per_part, trans_std)
+        grad,
+        input,
+        rois,
+        offset,
+        output_size,
+        spatial_scale,
+        group_size,
+        part_size,
+        sample_per_part,
+        trans_std,
+    )
 
 
 @_deform_roi_pool_backward.register_fake
-def _(grad, input, rois, offset, output_size, spatial_scale, group_size, part_size, sample_per_part, trans_std):
+def _(
+    grad,
+    input,
+    rois,
+    offset,
+    output_size,
+    spatial_scale,
+    group_size,
+    part_size,
+    sample_per_part,
+    trans_std,
+):
     g_off = torch.empty_like(offset) if offset is not None else input.new_empty((0,))
     return torch.empty_like(input), g_off
 
@@ -63,7 +118,9 @@ def _shape(t) -> str:
 
 def _check(input, rois, offset, output_size, group_size, part_size, sample_per_part) -> None:
     if not isinstance(input, Tensor) or input.dim() != 4:
-        raise ValueError(f"deform_roi_pool: input must be a Tensor[N, C, H, W], got shape {_shape(input)}")
+        raise ValueError(
+            f"deform_roi_pool: input must be a Tensor[N, C, H, W], got shape {_shape(input)}"
+        )
     for name, v in (("output_size", output_size), ("part_size", part_size)):
         if min(v) < 1:
             raise ValueError(f"deform_roi_pool: {name} must be positive, got {v}")
@@ -74,36 +131,58 @@ def _check(input, rois, offset, output_size, group_size, part_size, sample_per_p
     if c == 0 or c % (group_size * group_size) != 0:
         raise ValueError(
             f"deform_roi_pool: input channels {c} (input {_shape(input)}) must be a positive multiple of "
-            f"group_size^2 = {group_size * group_size}")
+            f"group_size^2 = {group_size * group_size}"
+        )
     d = c // (group_size * group_size)
     k = rois.shape[0]
     if offset is not None:
-        if (not isinstance(offset, Tensor) or offset.dim() != 4 or offset.shape[0] != k or offset.shape[1] == 0
-                or offset.shape[1] % 2 or tuple(offset.shape[2:]) != tuple(part_size)):
+        if (
+            not isinstance(offset, Tensor)
+            or offset.dim() != 4
+            or offset.shape[0] != k
+            or offset.shape[1] == 0
+            or offset.shape[1] % 2
+            or tuple(offset.shape[2:]) != tuple(part_size)
+        ):
             raise ValueError(
                 f"deform_roi_pool: offset {_shape(offset)} must be [{k}, 2*num_classes, {part_size[0]}, "
-                f"{part_size[1]}] (RoIs, (dx, dy) per class, part_size) for boxes {_shape(rois)}")
+                f"{part_size[1]}] (RoIs, (dx, dy) per class, part_size) for boxes {_shape(rois)}"
+            )
         ncls = offset.shape[1] // 2
         if d % ncls != 0:
             raise ValueError(
                 f"deform_roi_pool: the {d} output channels (input {_shape(input)} / group_size^2) must be "
-                f"divisible by the {ncls} classes of offset {_shape(offset)}")
+                f"divisible by the {ncls} classes of offset {_shape(offset)}"
+            )
     tensors = [t for t in (input, rois, offset) if t is not None]
     if any(not t.is_floating_point() for t in tensors):
-        raise ValueError(f"deform_roi_pool: tensors must be floating point, got {[t.dtype for t in tensors]}")
+        raise ValueError(
+            f"deform_roi_pool: tensors must be floating point, got {[t.dtype for t in tensors]}"
+        )
     if offset is not None and offset.dtype != input.dtype:
-        raise ValueError(f"deform_roi_pool: offset dtype {offset.dtype} must match input dtype {input.dtype}")
+        raise ValueError(
+            f"deform_roi_pool: offset dtype {offset.dtype} must match input dtype {input.dtype}"
+        )
     if len({t.device for t in tensors}) != 1:
-        raise ValueError(f"deform_roi_pool: all tensors must be on one device, got {[t.device for t in tensors]}")
+        raise ValueError(
+            f"deform_roi_pool: all tensors must be on one device, got {[t.device for t in tensors]}"
+        )
 
 
-IntPair = Union[int, Tuple[int, int]]
+IntPair = int | tuple[int, int]
 
 
-def deform_roi_pool(input: Tensor, boxes: Union[Tensor, List[Tensor]], offset: Optional[Tensor],
-                    output_size: IntPair, spatial_scale: float = 1.0, group_size: int = 1,
-                    part_size: Optional[IntPair] = None, sample_per_part: int = 1,
-                    trans_std: float = 0.0) -> Tensor:
+def deform_roi_pool(
+    input: Tensor,
+    boxes: Tensor | list[Tensor],
+    offset: Tensor | None,
+    output_size: IntPair,
+    spatial_scale: float = 1.0,
+    group_size: int = 1,
+    part_size: IntPair | None = None,
+    sample_per_part: int = 1,
+    trans_std: float = 0.0,
+) -> Tensor:
     """Deformable (position-sensitive) RoI pooling of Deformable ConvNets (``DeformablePSROIPooling``).
 
     Each output bin averages ``sample_per_part**2`` bilinear samples taken at sub-bin *starts*
@@ -141,16 +220,32 @@ def deform_roi_pool(input: Tensor, boxes: Union[Tensor, List[Tensor]], offset: O
     _check(input, rois, offset, output_size, group_size, part_size, sample_per_part)
     # Boxes stay at least float32: float16 cannot hold pixel coordinates of large images.
     rois = rois.to(reference.compute_dtype(input.dtype))
-    return torch.ops.denet.deform_roi_pool(input, rois, offset, list(output_size), float(spatial_scale),
-                                           group_size, list(part_size), sample_per_part, float(trans_std))
+    return torch.ops.denet.deform_roi_pool(
+        input,
+        rois,
+        offset,
+        list(output_size),
+        float(spatial_scale),
+        group_size,
+        list(part_size),
+        sample_per_part,
+        float(trans_std),
+    )
 
 
 class DeformRoIPool(nn.Module):
     """Module form of :func:`deform_roi_pool`; it owns only the arguments and takes
     ``forward(input, boxes, offset=None)`` (the offsets come from the caller's offset branch)."""
 
-    def __init__(self, output_size: IntPair, spatial_scale: float = 1.0, group_size: int = 1,
-                 part_size: Optional[IntPair] = None, sample_per_part: int = 1, trans_std: float = 0.0):
+    def __init__(
+        self,
+        output_size: IntPair,
+        spatial_scale: float = 1.0,
+        group_size: int = 1,
+        part_size: IntPair | None = None,
+        sample_per_part: int = 1,
+        trans_std: float = 0.0,
+    ):
         super().__init__()
         self.output_size = pair(output_size, "output_size")
         self.spatial_scale = float(spatial_scale)
@@ -159,10 +254,23 @@ class DeformRoIPool(nn.Module):
         self.sample_per_part = sample_per_part
         self.trans_std = float(trans_std)
 
-    def forward(self, input: Tensor, boxes: Union[Tensor, List[Tensor]], offset: Optional[Tensor] = None) -> Tensor:
-        return deform_roi_pool(input, boxes, offset, self.output_size, self.spatial_scale, self.group_size,
-                               self.part_size, self.sample_per_part, self.trans_std)
+    def forward(
+        self, input: Tensor, boxes: Tensor | list[Tensor], offset: Tensor | None = None
+    ) -> Tensor:
+        return deform_roi_pool(
+            input,
+            boxes,
+            offset,
+            self.output_size,
+            self.spatial_scale,
+            self.group_size,
+            self.part_size,
+            self.sample_per_part,
+            self.trans_std,
+        )
 
     def extra_repr(self) -> str:
-        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, group_size={self.group_size}, "
-                f"part_size={self.part_size}, sample_per_part={self.sample_per_part}, trans_std={self.trans_std}")
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, group_size={self.group_size}, "
+            f"part_size={self.part_size}, sample_per_part={self.sample_per_part}, trans_std={self.trans_std}"
+        )

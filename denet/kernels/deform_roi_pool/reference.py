@@ -27,7 +27,8 @@ clamped point times ``trans_std * roi_w`` (``roi_h``), summed over the class's c
 bin of the part cell. The slope uses the same floor/ceil corners, so it is 0 along an axis where
 the sample sits exactly on a pixel (a clamped sample always does: it then passes no gradient). Positions are computed in ``promote_types(input.dtype, float32)``.
 """
-from typing import Optional, Sequence, Tuple
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -57,8 +58,18 @@ class _Samples:
     """Sample positions and bilinear terms, shaped [K, D, OH, OW, S] (S = spp^2) with all the
     flat indices needed by forward and backward."""
 
-    def __init__(self, input: Tensor, rois: Tensor, offset: Optional[Tensor], output_size: Sequence[int],
-                 spatial_scale: float, group_size: int, part_size: Sequence[int], spp: int, trans_std: float):
+    def __init__(
+        self,
+        input: Tensor,
+        rois: Tensor,
+        offset: Tensor | None,
+        output_size: Sequence[int],
+        spatial_scale: float,
+        group_size: int,
+        part_size: Sequence[int],
+        spp: int,
+        trans_std: float,
+    ):
         dt, dev = input.dtype, input.device
         n, c, h, w = input.shape
         oh, ow = output_size
@@ -109,8 +120,9 @@ class _Samples:
         self.valid = valid
         # Flat indices into input: channel (d*G + gh)*G + gw of the RoI's image.
         cls_of = torch.arange(d, device=dev) // ceach
-        chan = ((torch.arange(d, device=dev)[:, None, None] * g + group_cells(oh, g, dev)[None, :, None]) * g
-                + group_cells(ow, g, dev)[None, None, :])  # [D, OH, OW]
+        chan = (
+            torch.arange(d, device=dev)[:, None, None] * g + group_cells(oh, g, dev)[None, :, None]
+        ) * g + group_cells(ow, g, dev)[None, None, :]  # [D, OH, OW]
         plane = (self.batch[:, None, None, None] * c + chan[None]) * (h * w)  # [K, D, OH, OW]
         self.cls_of = cls_of
 
@@ -120,50 +132,104 @@ class _Samples:
         y0l, y1l, x0l, x1l = (per_chan(t.long()) for t in (y0, y1, x0, x1))
         base = plane[..., None]
         # Corner order: U00 = (y0, x0), U01 = (y1, x0), U10 = (y0, x1), U11 = (y1, x1).
-        self.idx = [base + y0l * w + x0l, base + y1l * w + x0l, base + y0l * w + x1l, base + y1l * w + x1l]
+        self.idx = [
+            base + y0l * w + x0l,
+            base + y1l * w + x0l,
+            base + y0l * w + x1l,
+            base + y1l * w + x1l,
+        ]
         self.per_chan = per_chan
         self.shape = (k, d, oh, ow)
 
 
-def deform_roi_pool_forward(input: Tensor, rois: Tensor, offset: Optional[Tensor], output_size: Sequence[int],
-                            spatial_scale: float, group_size: int, part_size: Sequence[int],
-                            sample_per_part: int, trans_std: float) -> Tensor:
+def deform_roi_pool_forward(
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    output_size: Sequence[int],
+    spatial_scale: float,
+    group_size: int,
+    part_size: Sequence[int],
+    sample_per_part: int,
+    trans_std: float,
+) -> Tensor:
     out_dtype = input.dtype
     input = input.to(compute_dtype(input.dtype))
     k = rois.shape[0]
     d = input.shape[1] // (group_size * group_size)
     if k == 0 or d == 0:
         return input.new_zeros((k, d, *output_size)).to(out_dtype)
-    s = _Samples(input, rois, offset, output_size, spatial_scale, group_size, part_size, sample_per_part,
-                 trans_std)
+    s = _Samples(
+        input,
+        rois,
+        offset,
+        output_size,
+        spatial_scale,
+        group_size,
+        part_size,
+        sample_per_part,
+        trans_std,
+    )
     flat = input.reshape(-1)
     dx, dy = s.per_chan(s.dx), s.per_chan(s.dy)
     vals = [flat[i] for i in s.idx]
-    v = ((1 - dx) * (1 - dy) * vals[0] + (1 - dx) * dy * vals[1] + dx * (1 - dy) * vals[2] + dx * dy * vals[3])
+    v = (
+        (1 - dx) * (1 - dy) * vals[0]
+        + (1 - dx) * dy * vals[1]
+        + dx * (1 - dy) * vals[2]
+        + dx * dy * vals[3]
+    )
     v = torch.where(s.per_chan(s.valid), v, torch.zeros((), dtype=v.dtype, device=v.device))
     count = s.per_chan(s.count[..., None])[..., 0].to(v.dtype)
-    out = torch.where(count > 0, v.sum(-1) / count.clamp(min=1), torch.zeros((), dtype=v.dtype, device=v.device))
+    out = torch.where(
+        count > 0, v.sum(-1) / count.clamp(min=1), torch.zeros((), dtype=v.dtype, device=v.device)
+    )
     return out.to(out_dtype)
 
 
-def deform_roi_pool_backward(grad: Tensor, input: Tensor, rois: Tensor, offset: Optional[Tensor],
-                             output_size: Sequence[int], spatial_scale: float, group_size: int,
-                             part_size: Sequence[int], sample_per_part: int,
-                             trans_std: float) -> Tuple[Tensor, Tensor]:
+def deform_roi_pool_backward(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    output_size: Sequence[int],
+    spatial_scale: float,
+    group_size: int,
+    part_size: Sequence[int],
+    sample_per_part: int,
+    trans_std: float,
+) -> tuple[Tensor, Tensor]:
     """Gradients ``(input, offset)``; the offset gradient is empty without an offset."""
     in_dtype = input.dtype
     dt = compute_dtype(input.dtype)
     input, grad = input.to(dt), grad.to(dt)
     g_in = torch.zeros_like(input)
-    g_off = torch.zeros(offset.shape, dtype=dt, device=input.device) if offset is not None else input.new_empty((0,))
+    g_off = (
+        torch.zeros(offset.shape, dtype=dt, device=input.device)
+        if offset is not None
+        else input.new_empty((0,))
+    )
     k = rois.shape[0]
     if k == 0 or g_in.numel() == 0 or grad.numel() == 0:
         return g_in.to(in_dtype), g_off.to(offset.dtype if offset is not None else in_dtype)
-    s = _Samples(input, rois, offset, output_size, spatial_scale, group_size, part_size, sample_per_part,
-                 trans_std)
+    s = _Samples(
+        input,
+        rois,
+        offset,
+        output_size,
+        spatial_scale,
+        group_size,
+        part_size,
+        sample_per_part,
+        trans_std,
+    )
     count = s.per_chan(s.count[..., None])[..., 0].to(dt)
-    diff = torch.where(count > 0, grad / count.clamp(min=1), torch.zeros((), dtype=dt, device=grad.device))
-    diff = torch.where(s.per_chan(s.valid), diff[..., None], torch.zeros((), dtype=dt, device=grad.device))
+    diff = torch.where(
+        count > 0, grad / count.clamp(min=1), torch.zeros((), dtype=dt, device=grad.device)
+    )
+    diff = torch.where(
+        s.per_chan(s.valid), diff[..., None], torch.zeros((), dtype=dt, device=grad.device)
+    )
     dx, dy = s.per_chan(s.dx), s.per_chan(s.dy)
     q = [(1 - dx) * (1 - dy), (1 - dx) * dy, dx * (1 - dy), dx * dy]
     flat = g_in.view(-1)
@@ -176,8 +242,12 @@ def deform_roi_pool_backward(grad: Tensor, input: Tensor, rois: Tensor, offset: 
         gy = ((u11 - u10) * dx + (u01 - u00) * (1 - dx)) * diff
         kk, d, oh, ow = s.shape
         # Sum over the samples and the channels of each class, then over the bins of a part cell.
-        gx = gx.sum(-1).view(kk, s.ncls, d // s.ncls, oh, ow).sum(2) * (trans_std * s.roi_w[:, None, None, None])
-        gy = gy.sum(-1).view(kk, s.ncls, d // s.ncls, oh, ow).sum(2) * (trans_std * s.roi_h[:, None, None, None])
+        gx = gx.sum(-1).view(kk, s.ncls, d // s.ncls, oh, ow).sum(2) * (
+            trans_std * s.roi_w[:, None, None, None]
+        )
+        gy = gy.sum(-1).view(kk, s.ncls, d // s.ncls, oh, ow).sum(2) * (
+            trans_std * s.roi_h[:, None, None, None]
+        )
         pw_n = offset.shape[3]
         cell = (s.part_h[:, None] * pw_n + s.part_w[None, :]).reshape(-1)
         g2 = torch.stack([gx, gy], dim=2).reshape(kk, s.ncls * 2, oh * ow)

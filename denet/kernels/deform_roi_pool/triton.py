@@ -9,7 +9,8 @@ atomics are relaxed: Triton's default (acq_rel) brackets every one with a memory
 L1 invalidation on sm_90, and only atomicity is needed here. FMA
 contraction is disabled so that sample positions round exactly as in the reference.
 """
-from typing import Optional, Sequence
+
+from collections.abc import Sequence
 
 import torch
 import triton
@@ -29,9 +30,29 @@ def _round_half_away(x):
 
 
 @triton.jit
-def _bins(rois_ptr, off_ptr, k, e, e_ok, spatial_scale, trans_std, C, H, W, D, CEACH, NCLS,
-          OH: tl.constexpr, OW: tl.constexpr, PART_H: tl.constexpr, PART_W: tl.constexpr,
-          G: tl.constexpr, SPP: tl.constexpr, HAS_OFF: tl.constexpr, ACC: tl.constexpr):
+def _bins(
+    rois_ptr,
+    off_ptr,
+    k,
+    e,
+    e_ok,
+    spatial_scale,
+    trans_std,
+    C,
+    H,
+    W,
+    D,
+    CEACH,
+    NCLS,
+    OH: tl.constexpr,
+    OW: tl.constexpr,
+    PART_H: tl.constexpr,
+    PART_W: tl.constexpr,
+    G: tl.constexpr,
+    SPP: tl.constexpr,
+    HAS_OFF: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Per output element ``e = (d*OH + ph)*OW + pw`` of RoI ``k``: the input plane, the first
     sample and the sub-bin steps, plus what the offset gradient needs."""
     r = rois_ptr + k * 5
@@ -82,16 +103,54 @@ def _sample(wstart, hstart, sub_w, sub_h, ih, iw, H, W):
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, rois_ptr, off_ptr, out_ptr, params_ptr, C, H, W, D, CEACH, NCLS,
-                OH: tl.constexpr, OW: tl.constexpr, PART_H: tl.constexpr, PART_W: tl.constexpr,
-                G: tl.constexpr, SPP: tl.constexpr, HAS_OFF: tl.constexpr, ACC: tl.constexpr,
-                BLOCK: tl.constexpr):
+def _fwd_kernel(
+    x_ptr,
+    rois_ptr,
+    off_ptr,
+    out_ptr,
+    params_ptr,
+    C,
+    H,
+    W,
+    D,
+    CEACH,
+    NCLS,
+    OH: tl.constexpr,
+    OW: tl.constexpr,
+    PART_H: tl.constexpr,
+    PART_W: tl.constexpr,
+    G: tl.constexpr,
+    SPP: tl.constexpr,
+    HAS_OFF: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     k = tl.program_id(0).to(tl.int64)
     e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     e_ok = e < D * OH * OW
     plane, wstart, hstart, sub_w, sub_h, roi_w, roi_h, t_off = _bins(
-        rois_ptr, off_ptr, k, e, e_ok, tl.load(params_ptr), tl.load(params_ptr + 1), C, H, W, D, CEACH, NCLS,
-        OH, OW, PART_H, PART_W, G, SPP, HAS_OFF, ACC)
+        rois_ptr,
+        off_ptr,
+        k,
+        e,
+        e_ok,
+        tl.load(params_ptr),
+        tl.load(params_ptr + 1),
+        C,
+        H,
+        W,
+        D,
+        CEACH,
+        NCLS,
+        OH,
+        OW,
+        PART_H,
+        PART_W,
+        G,
+        SPP,
+        HAS_OFF,
+        ACC,
+    )
     total = tl.zeros((BLOCK,), dtype=ACC)
     count = tl.zeros((BLOCK,), dtype=ACC)
     for ih in range(SPP):
@@ -102,7 +161,12 @@ def _fwd_kernel(x_ptr, rois_ptr, off_ptr, out_ptr, params_ptr, C, H, W, D, CEACH
             u01 = tl.load(x_ptr + plane + y1 * W + x0, mask=ok, other=0.0).to(ACC)
             u10 = tl.load(x_ptr + plane + y0 * W + x1, mask=ok, other=0.0).to(ACC)
             u11 = tl.load(x_ptr + plane + y1 * W + x1, mask=ok, other=0.0).to(ACC)
-            v = (1 - dx) * (1 - dy) * u00 + (1 - dx) * dy * u01 + dx * (1 - dy) * u10 + dx * dy * u11
+            v = (
+                (1 - dx) * (1 - dy) * u00
+                + (1 - dx) * dy * u01
+                + dx * (1 - dy) * u10
+                + dx * dy * u11
+            )
             total += tl.where(ok, v, 0.0)
             count += tl.where(ok, 1.0, 0.0)
     out = tl.where(count > 0, total / tl.maximum(count, 1.0), 0.0)
@@ -110,17 +174,57 @@ def _fwd_kernel(x_ptr, rois_ptr, off_ptr, out_ptr, params_ptr, C, H, W, D, CEACH
 
 
 @triton.jit
-def _bwd_kernel(x_ptr, rois_ptr, off_ptr, grad_ptr, gx_ptr, goff_ptr, params_ptr, C, H, W, D, CEACH, NCLS,
-                OH: tl.constexpr, OW: tl.constexpr, PART_H: tl.constexpr, PART_W: tl.constexpr,
-                G: tl.constexpr, SPP: tl.constexpr, HAS_OFF: tl.constexpr, ACC: tl.constexpr,
-                BLOCK: tl.constexpr):
+def _bwd_kernel(
+    x_ptr,
+    rois_ptr,
+    off_ptr,
+    grad_ptr,
+    gx_ptr,
+    goff_ptr,
+    params_ptr,
+    C,
+    H,
+    W,
+    D,
+    CEACH,
+    NCLS,
+    OH: tl.constexpr,
+    OW: tl.constexpr,
+    PART_H: tl.constexpr,
+    PART_W: tl.constexpr,
+    G: tl.constexpr,
+    SPP: tl.constexpr,
+    HAS_OFF: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     k = tl.program_id(0).to(tl.int64)
     e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     e_ok = e < D * OH * OW
     std = tl.load(params_ptr + 1)
     plane, wstart, hstart, sub_w, sub_h, roi_w, roi_h, t_off = _bins(
-        rois_ptr, off_ptr, k, e, e_ok, tl.load(params_ptr), std, C, H, W, D, CEACH, NCLS,
-        OH, OW, PART_H, PART_W, G, SPP, HAS_OFF, ACC)
+        rois_ptr,
+        off_ptr,
+        k,
+        e,
+        e_ok,
+        tl.load(params_ptr),
+        std,
+        C,
+        H,
+        W,
+        D,
+        CEACH,
+        NCLS,
+        OH,
+        OW,
+        PART_H,
+        PART_W,
+        G,
+        SPP,
+        HAS_OFF,
+        ACC,
+    )
     count = tl.zeros((BLOCK,), dtype=ACC)
     for ih in range(SPP):
         for iw in range(SPP):
@@ -134,9 +238,15 @@ def _bwd_kernel(x_ptr, rois_ptr, off_ptr, grad_ptr, gx_ptr, goff_ptr, params_ptr
         for iw in range(SPP):
             valid, x0, y0, x1, y1, dx, dy = _sample(wstart, hstart, sub_w, sub_h, ih, iw, H, W)
             ok = valid & e_ok
-            tl.atomic_add(gx_ptr + plane + y0 * W + x0, (1 - dx) * (1 - dy) * diff, mask=ok, sem="relaxed")
-            tl.atomic_add(gx_ptr + plane + y1 * W + x0, (1 - dx) * dy * diff, mask=ok, sem="relaxed")
-            tl.atomic_add(gx_ptr + plane + y0 * W + x1, dx * (1 - dy) * diff, mask=ok, sem="relaxed")
+            tl.atomic_add(
+                gx_ptr + plane + y0 * W + x0, (1 - dx) * (1 - dy) * diff, mask=ok, sem="relaxed"
+            )
+            tl.atomic_add(
+                gx_ptr + plane + y1 * W + x0, (1 - dx) * dy * diff, mask=ok, sem="relaxed"
+            )
+            tl.atomic_add(
+                gx_ptr + plane + y0 * W + x1, dx * (1 - dy) * diff, mask=ok, sem="relaxed"
+            )
             tl.atomic_add(gx_ptr + plane + y1 * W + x1, dx * dy * diff, mask=ok, sem="relaxed")
             if HAS_OFF:
                 u00 = tl.load(x_ptr + plane + y0 * W + x0, mask=ok, other=0.0).to(ACC)
@@ -147,28 +257,47 @@ def _bwd_kernel(x_ptr, rois_ptr, off_ptr, grad_ptr, gx_ptr, goff_ptr, params_ptr
                 gty += tl.where(ok, ((u11 - u10) * dx + (u01 - u00) * (1 - dx)) * diff, 0.0)
     if HAS_OFF:
         tl.atomic_add(goff_ptr + t_off, gtx * (std * roi_w), mask=e_ok, sem="relaxed")
-        tl.atomic_add(goff_ptr + t_off + PART_H * PART_W, gty * (std * roi_h), mask=e_ok, sem="relaxed")
+        tl.atomic_add(
+            goff_ptr + t_off + PART_H * PART_W, gty * (std * roi_h), mask=e_ok, sem="relaxed"
+        )
 
 
 def _tl_acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _launch(input: Tensor, rois: Tensor, offset: Optional[Tensor], output_size, group_size, part_size,
-            sample_per_part):
+def _launch(
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    output_size,
+    group_size,
+    part_size,
+    sample_per_part,
+):
     c = input.shape[1]
     d = c // (group_size * group_size)
     ncls = offset.shape[1] // 2 if offset is not None else 1
     n_out = d * output_size[0] * output_size[1]
     block = max(16, min(1024 if interpreting() else 128, triton.next_power_of_2(n_out)))
     grid = (rois.shape[0], triton.cdiv(n_out, block))
-    consts = dict(OH=output_size[0], OW=output_size[1], PART_H=part_size[0], PART_W=part_size[1], G=group_size,
-                  SPP=sample_per_part, HAS_OFF=offset is not None, ACC=_tl_acc(compute_dtype(input.dtype)),
-                  BLOCK=block, num_warps=4, enable_fp_fusion=False)
+    consts = dict(
+        OH=output_size[0],
+        OW=output_size[1],
+        PART_H=part_size[0],
+        PART_W=part_size[1],
+        G=group_size,
+        SPP=sample_per_part,
+        HAS_OFF=offset is not None,
+        ACC=_tl_acc(compute_dtype(input.dtype)),
+        BLOCK=block,
+        num_warps=4,
+        enable_fp_fusion=False,
+    )
     return grid, (c, input.shape[2], input.shape[3], d, d // ncls, ncls), consts
 
 
-_PARAMS = {}
+_PARAMS: dict[tuple[float, float, torch.dtype, torch.device], Tensor] = {}
 
 
 def _params(spatial_scale: float, trans_std: float, input: Tensor) -> Tensor:
@@ -184,14 +313,26 @@ def _params(spatial_scale: float, trans_std: float, input: Tensor) -> Tensor:
     return t
 
 
-def deform_roi_pool_forward(input: Tensor, rois: Tensor, offset: Optional[Tensor], output_size: Sequence[int],
-                            spatial_scale: float, group_size: int, part_size: Sequence[int],
-                            sample_per_part: int, trans_std: float) -> Tensor:
+def deform_roi_pool_forward(
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    output_size: Sequence[int],
+    spatial_scale: float,
+    group_size: int,
+    part_size: Sequence[int],
+    sample_per_part: int,
+    trans_std: float,
+) -> Tensor:
     d = input.shape[1] // (group_size * group_size)
-    out = torch.empty((rois.shape[0], d, output_size[0], output_size[1]), dtype=input.dtype, device=input.device)
+    out = torch.empty(
+        (rois.shape[0], d, output_size[0], output_size[1]), dtype=input.dtype, device=input.device
+    )
     if out.numel() == 0:
         return out
-    grid, sizes, consts = _launch(input, rois, offset, output_size, group_size, part_size, sample_per_part)
+    grid, sizes, consts = _launch(
+        input, rois, offset, output_size, group_size, part_size, sample_per_part
+    )
     x = input.contiguous()
     rois = rois.to(compute_dtype(input.dtype)).contiguous()
     off = offset.contiguous() if offset is not None else rois
@@ -199,18 +340,41 @@ def deform_roi_pool_forward(input: Tensor, rois: Tensor, offset: Optional[Tensor
     return out
 
 
-def deform_roi_pool_backward(grad: Tensor, input: Tensor, rois: Tensor, offset: Optional[Tensor],
-                             output_size: Sequence[int], spatial_scale: float, group_size: int,
-                             part_size: Sequence[int], sample_per_part: int, trans_std: float):
+def deform_roi_pool_backward(
+    grad: Tensor,
+    input: Tensor,
+    rois: Tensor,
+    offset: Tensor | None,
+    output_size: Sequence[int],
+    spatial_scale: float,
+    group_size: int,
+    part_size: Sequence[int],
+    sample_per_part: int,
+    trans_std: float,
+):
     acc = compute_dtype(input.dtype)
     g_in = torch.zeros(input.shape, dtype=acc, device=input.device)
-    g_off = (torch.zeros(offset.shape, dtype=acc, device=input.device) if offset is not None
-             else input.new_empty((0,)))
+    g_off = (
+        torch.zeros(offset.shape, dtype=acc, device=input.device)
+        if offset is not None
+        else input.new_empty((0,))
+    )
     if grad.numel() and g_in.numel():
-        grid, sizes, consts = _launch(input, rois, offset, output_size, group_size, part_size, sample_per_part)
+        grid, sizes, consts = _launch(
+            input, rois, offset, output_size, group_size, part_size, sample_per_part
+        )
         x = input.contiguous()
         rois = rois.to(acc).contiguous()
         off = offset.contiguous() if offset is not None else rois
-        _bwd_kernel[grid](x, rois, off, grad.contiguous(), g_in, g_off, _params(spatial_scale, trans_std, input),
-                          *sizes, **consts)
+        _bwd_kernel[grid](
+            x,
+            rois,
+            off,
+            grad.contiguous(),
+            g_in,
+            g_off,
+            _params(spatial_scale, trans_std, input),
+            *sizes,
+            **consts,
+        )
     return g_in.to(input.dtype), g_off.to(offset.dtype if offset is not None else input.dtype)

@@ -1,8 +1,8 @@
 """``denet::box_iou``, ``denet::nms``, ``denet::denet_nms``, ``denet::soft_nms``: registration with
 torch.library and the public API (signatures and defaults of ``torchvision.ops`` where it has
 the op)."""
+
 import math
-from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -16,6 +16,7 @@ BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 
 # ----------------------------------------------------------------------------------------- IoU
 
+
 @torch.library.custom_op("denet::box_iou", mutates_args=())
 def _box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return implementation(__package__, boxes1, boxes2).box_iou(boxes1, boxes2)
@@ -23,8 +24,9 @@ def _box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 @_box_iou.register_fake
 def _(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    return boxes1.new_empty((boxes1.shape[0], boxes1.shape[1], boxes2.shape[1]),
-                            dtype=reference.iou_dtype(boxes1.dtype))
+    return boxes1.new_empty(
+        (boxes1.shape[0], boxes1.shape[1], boxes2.shape[1]), dtype=reference.iou_dtype(boxes1.dtype)
+    )
 
 
 def _iou_setup(ctx, inputs, output):
@@ -72,19 +74,30 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
     try:
         lead = torch.broadcast_shapes(boxes1.shape[:-2], boxes2.shape[:-2])
     except RuntimeError:
-        raise ValueError(f"box_iou: leading dimensions of boxes1 {tuple(boxes1.shape)} and "
-                         f"boxes2 {tuple(boxes2.shape)} do not broadcast") from None
+        raise ValueError(
+            f"box_iou: leading dimensions of boxes1 {tuple(boxes1.shape)} and "
+            f"boxes2 {tuple(boxes2.shape)} do not broadcast"
+        ) from None
     dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
     if not dtype.is_floating_point:
         dtype = torch.float32
     batch = math.prod(lead)
-    b1 = _to_xyxy(boxes1.to(dtype), fmt).expand(*lead, *boxes1.shape[-2:]).reshape(batch, *boxes1.shape[-2:])
-    b2 = _to_xyxy(boxes2.to(dtype), fmt).expand(*lead, *boxes2.shape[-2:]).reshape(batch, *boxes2.shape[-2:])
+    b1 = (
+        _to_xyxy(boxes1.to(dtype), fmt)
+        .expand(*lead, *boxes1.shape[-2:])
+        .reshape(batch, *boxes1.shape[-2:])
+    )
+    b2 = (
+        _to_xyxy(boxes2.to(dtype), fmt)
+        .expand(*lead, *boxes2.shape[-2:])
+        .reshape(batch, *boxes2.shape[-2:])
+    )
     out = torch.ops.denet.box_iou(b1, b2)
     return out.reshape(*lead, boxes1.shape[-2], boxes2.shape[-2])
 
 
 # ----------------------------------------------------------------------------------------- NMS
+
 
 def _dynamic_keep(boxes: Tensor) -> Tensor:
     n = torch.library.get_ctx().new_dynamic_size()
@@ -116,17 +129,30 @@ def _(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
 
 @torch.library.custom_op("denet::soft_nms", mutates_args=())
-def _soft_nms(boxes: Tensor, scores: Tensor, sigma: float, iou_threshold: float, method: str,
-              score_threshold: float) -> Tuple[Tensor, Tensor]:
+def _soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    sigma: float,
+    iou_threshold: float,
+    method: str,
+    score_threshold: float,
+) -> tuple[Tensor, Tensor]:
     if boxes.shape[0] == 0:
         return boxes.new_empty((0,), dtype=torch.int64), scores.new_empty((0,))
-    return implementation(__package__, boxes, scores).soft_nms(boxes, scores, sigma, iou_threshold, method,
-                                                               score_threshold)
+    return implementation(__package__, boxes, scores).soft_nms(
+        boxes, scores, sigma, iou_threshold, method, score_threshold
+    )
 
 
 @_soft_nms.register_fake
-def _(boxes: Tensor, scores: Tensor, sigma: float, iou_threshold: float, method: str,
-      score_threshold: float) -> Tuple[Tensor, Tensor]:
+def _(
+    boxes: Tensor,
+    scores: Tensor,
+    sigma: float,
+    iou_threshold: float,
+    method: str,
+    score_threshold: float,
+) -> tuple[Tensor, Tensor]:
     n = torch.library.get_ctx().new_dynamic_size()
     return boxes.new_empty((n,), dtype=torch.int64), scores.new_empty((n,))
 
@@ -134,12 +160,18 @@ def _(boxes: Tensor, scores: Tensor, sigma: float, iou_threshold: float, method:
 def _check_nms(name: str, boxes: Tensor, scores: Tensor) -> None:
     if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
         shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-        raise ValueError(f"{name}: boxes must be a Tensor[N, 4] of (x1, y1, x2, y2), got shape {shape}")
+        raise ValueError(
+            f"{name}: boxes must be a Tensor[N, 4] of (x1, y1, x2, y2), got shape {shape}"
+        )
     if not isinstance(scores, Tensor) or scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
         shape = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-        raise ValueError(f"{name}: scores must be a Tensor[N] matching boxes {tuple(boxes.shape)}, got shape {shape}")
+        raise ValueError(
+            f"{name}: scores must be a Tensor[N] matching boxes {tuple(boxes.shape)}, got shape {shape}"
+        )
     if not boxes.is_floating_point() or not scores.is_floating_point():
-        raise ValueError(f"{name}: boxes and scores must be floating point, got {boxes.dtype} and {scores.dtype}")
+        raise ValueError(
+            f"{name}: boxes and scores must be floating point, got {boxes.dtype} and {scores.dtype}"
+        )
     if boxes.device != scores.device:
         raise ValueError(f"{name}: boxes on {boxes.device} but scores on {scores.device}")
 
@@ -176,7 +208,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     if not isinstance(idxs, Tensor) or idxs.dim() != 1 or idxs.shape[0] != boxes.shape[0]:
         shape = tuple(idxs.shape) if isinstance(idxs, Tensor) else type(idxs).__name__
         raise ValueError(
-            f"batched_nms: idxs must be a Tensor[N] matching boxes {tuple(boxes.shape)}, got shape {shape}")
+            f"batched_nms: idxs must be a Tensor[N] matching boxes {tuple(boxes.shape)}, got shape {shape}"
+        )
     if boxes.numel() > (4000 if boxes.device.type == "cpu" else 100_000):
         keep_mask = torch.zeros_like(scores, dtype=torch.bool)
         for class_id in torch.unique(idxs):  # a loop over categories, as torchvision's
@@ -206,8 +239,14 @@ def denet_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return torch.ops.denet.denet_nms(boxes, scores, float(iou_threshold))
 
 
-def soft_nms(boxes: Tensor, scores: Tensor, sigma: float = 0.5, iou_threshold: float = 0.3,
-             method: str = "gaussian", score_threshold: float = 0.001) -> Tuple[Tensor, Tensor]:
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    sigma: float = 0.5,
+    iou_threshold: float = 0.3,
+    method: str = "gaussian",
+    score_threshold: float = 0.001,
+) -> tuple[Tensor, Tensor]:
     """Soft-NMS (Bodla et al. 2017; Deformable ConvNets' ``soft_nms``).
 
     Repeatedly selects the box with the highest current score (ties: lowest index) and rescales
@@ -229,5 +268,6 @@ def soft_nms(boxes: Tensor, scores: Tensor, sigma: float = 0.5, iou_threshold: f
         raise ValueError(f"soft_nms: method must be one of {SOFT_NMS_METHODS}, got {method!r}")
     if method == "gaussian" and not sigma > 0:
         raise ValueError(f"soft_nms: sigma must be positive, got {sigma!r}")
-    return torch.ops.denet.soft_nms(boxes, scores, float(sigma), float(iou_threshold), method,
-                                    float(score_threshold))
+    return torch.ops.denet.soft_nms(
+        boxes, scores, float(sigma), float(iou_threshold), method, float(score_threshold)
+    )

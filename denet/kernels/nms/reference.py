@@ -12,8 +12,9 @@ Conventions shared with the Triton path (``triton.py``):
 - Order: a stable sort by decreasing score, so ties keep their input order (torchvision's CPU
   kernel; its CUDA kernel sorts unstably).
 """
+
 import math
-from typing import Callable, Tuple
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -83,7 +84,7 @@ def _suppression(boxes: Tensor, iou_threshold: float) -> Tensor:
         return torch.zeros((0, 0), dtype=torch.bool, device=boxes.device)
     thr = threshold_below(iou_threshold, iou_dtype(boxes.dtype))
     rows = max(1, _BAND_ELEMENTS // n)
-    return torch.cat([box_iou(boxes[i:i + rows], boxes) > thr for i in range(0, n, rows)])
+    return torch.cat([box_iou(boxes[i : i + rows], boxes) > thr for i in range(0, n, rows)])
 
 
 _NMS_BLOCK = 256  # boxes decided together; measured best for 2k-10k boxes on the CPU
@@ -99,7 +100,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     thr = threshold_below(iou_threshold, iou_dtype(boxes.dtype))
     kept, kept_boxes = [], ranked[:0]
     for start in range(0, ranked.shape[0], _NMS_BLOCK):
-        block = ranked[start:start + _NMS_BLOCK]
+        block = ranked[start : start + _NMS_BLOCK]
         candidates = (~(box_iou(kept_boxes, block) > thr).any(dim=0)).nonzero()[:, 0]
         inner = block[candidates]
         chosen = candidates[greedy_keep((box_iou(inner, inner) > thr).triu_(diagonal=1))]
@@ -129,8 +130,9 @@ def soft_nms_weights(iou: Tensor, sigma: float, iou_threshold: float, method: st
 _SOFT_NMS_SYNC = 32  # selection steps between checks for "nothing left"
 
 
-def soft_nms_loop(weight_row: Callable[[Tensor], Tensor], scores: Tensor,
-                  score_threshold: float) -> Tuple[Tensor, Tensor]:
+def soft_nms_loop(
+    weight_row: Callable[[Tensor], Tensor], scores: Tensor, score_threshold: float
+) -> tuple[Tensor, Tensor]:
     """Soft-NMS (Bodla et al. 2017); ``weight_row(i)`` gives the factors that picking box ``i``
     (a 0-dim index tensor) applies to every score. Returns (keep, scores at selection).
 
@@ -157,14 +159,22 @@ def soft_nms_loop(weight_row: Callable[[Tensor], Tensor], scores: Tensor,
         kept[step] = cur[i]
         cur[i] = -math.inf
         cur = cur * weight_row(i).to(cur.dtype)
-        cur = torch.where(cur >= score_threshold, cur, neg_inf)  # also turns -inf * 0 = NaN into -inf
+        cur = torch.where(
+            cur >= score_threshold, cur, neg_inf
+        )  # also turns -inf * 0 = NaN into -inf
     # Once nothing is left every pick is -inf, so the finite picks are a prefix of the steps.
     count = int(torch.isfinite(kept[:steps]).sum())
     return keep[:count], kept[:count].to(scores.dtype)
 
 
-def soft_nms(boxes: Tensor, scores: Tensor, sigma: float, iou_threshold: float, method: str,
-             score_threshold: float) -> Tuple[Tensor, Tensor]:
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    sigma: float,
+    iou_threshold: float,
+    method: str,
+    score_threshold: float,
+) -> tuple[Tensor, Tensor]:
     # One IoU row per selection step: O(N) memory, and no work for boxes never selected.
     def weight_row(i: Tensor) -> Tensor:
         return soft_nms_weights(box_iou(boxes[i][None], boxes)[0], sigma, iou_threshold, method)

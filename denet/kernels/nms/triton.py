@@ -12,7 +12,8 @@
 IoU uses round-to-nearest division and no FMA contraction, so it equals torchvision's (and the
 reference's) bit for bit, and the threshold is rounded down as in the reference.
 """
-from typing import Tuple
+
+from collections.abc import Callable
 
 import torch
 import triton
@@ -44,13 +45,26 @@ def _iou(ax0, ay0, ax1, ay1, bx0, by0, bx1, by1, CDT: tl.constexpr, DIV_RN: tl.c
 @triton.jit
 def _load_box(ptr, idx, mask):
     base = ptr + idx * 4
-    return (tl.load(base + 0, mask=mask, other=0.0), tl.load(base + 1, mask=mask, other=0.0),
-            tl.load(base + 2, mask=mask, other=0.0), tl.load(base + 3, mask=mask, other=0.0))
+    return (
+        tl.load(base + 0, mask=mask, other=0.0),
+        tl.load(base + 1, mask=mask, other=0.0),
+        tl.load(base + 2, mask=mask, other=0.0),
+        tl.load(base + 3, mask=mask, other=0.0),
+    )
 
 
 @triton.jit
-def _iou_kernel(a_ptr, b_ptr, out_ptr, N, M,
-                CDT: tl.constexpr, DIV_RN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+def _iou_kernel(
+    a_ptr,
+    b_ptr,
+    out_ptr,
+    N,
+    M,
+    CDT: tl.constexpr,
+    DIV_RN: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     batch = tl.program_id(2).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -58,16 +72,36 @@ def _iou_kernel(a_ptr, b_ptr, out_ptr, N, M,
     cmask = cols < M
     ax0, ay0, ax1, ay1 = _load_box(a_ptr + batch * N * 4, rows, rmask)
     bx0, by0, bx1, by1 = _load_box(b_ptr + batch * M * 4, cols, cmask)
-    iou = _iou(ax0[:, None], ay0[:, None], ax1[:, None], ay1[:, None],
-               bx0[None, :], by0[None, :], bx1[None, :], by1[None, :], CDT, DIV_RN)
+    iou = _iou(
+        ax0[:, None],
+        ay0[:, None],
+        ax1[:, None],
+        ay1[:, None],
+        bx0[None, :],
+        by0[None, :],
+        bx1[None, :],
+        by1[None, :],
+        CDT,
+        DIV_RN,
+    )
     out = out_ptr + batch * N * M + rows[:, None].to(tl.int64) * M + cols[None, :]
     tl.store(out, iou, mask=rmask[:, None] & cmask[None, :])
 
 
 @triton.jit
-def _nms_mask_kernel(box_ptr, score_ptr, thr_ptr, mask_ptr, n, n_words,
-                     CDT: tl.constexpr, DIV_RN: tl.constexpr, STRICT: tl.constexpr,
-                     BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+def _nms_mask_kernel(
+    box_ptr,
+    score_ptr,
+    thr_ptr,
+    mask_ptr,
+    n,
+    n_words,
+    CDT: tl.constexpr,
+    DIV_RN: tl.constexpr,
+    STRICT: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     words = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     bit = tl.arange(0, 32)
@@ -77,8 +111,18 @@ def _nms_mask_kernel(box_ptr, score_ptr, thr_ptr, mask_ptr, n, n_words,
     thr = tl.load(thr_ptr)
     ax0, ay0, ax1, ay1 = _load_box(box_ptr, rows, rmask)
     bx0, by0, bx1, by1 = _load_box(box_ptr, cols, cmask)
-    iou = _iou(ax0[:, None, None], ay0[:, None, None], ax1[:, None, None], ay1[:, None, None],
-               bx0[None, :, :], by0[None, :, :], bx1[None, :, :], by1[None, :, :], CDT, DIV_RN)
+    iou = _iou(
+        ax0[:, None, None],
+        ay0[:, None, None],
+        ax1[:, None, None],
+        ay1[:, None, None],
+        bx0[None, :, :],
+        by0[None, :, :],
+        bx1[None, :, :],
+        by1[None, :, :],
+        CDT,
+        DIV_RN,
+    )
     sup = (iou > thr) & (cols[None, :, :] > rows[:, None, None]) & cmask[None, :, :]
     if STRICT:
         sa = tl.load(score_ptr + rows, mask=rmask, other=0.0)
@@ -96,14 +140,19 @@ def _bit_or(a, b):
 
 
 @triton.jit
-def _or_rows_kernel(mask_ptr, keep_ptr, out_ptr, n, n_words, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr):
+def _or_rows_kernel(
+    mask_ptr, keep_ptr, out_ptr, n, n_words, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr
+):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     words = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     rmask = rows < n
     wmask = words < n_words
     keep = tl.load(keep_ptr + rows, mask=rmask, other=0) != 0
-    m = tl.load(mask_ptr + rows[:, None].to(tl.int64) * n_words + words[None, :],
-                mask=(rmask & keep)[:, None] & wmask[None, :], other=0)
+    m = tl.load(
+        mask_ptr + rows[:, None].to(tl.int64) * n_words + words[None, :],
+        mask=(rmask & keep)[:, None] & wmask[None, :],
+        other=0,
+    )
     acc = tl.reduce(m, 0, _bit_or)
     tl.atomic_or(out_ptr + words, acc, mask=wmask & (acc != 0))
 
@@ -122,23 +171,47 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     if out.numel():
         block_n, block_m = 32, 64
         grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), bsz)
-        _iou_kernel[grid](b1, b2, out, n, m, CDT=_tl_dtype(cdt), DIV_RN=(cdt == torch.float32),
-                          BLOCK_N=block_n, BLOCK_M=block_m, enable_fp_fusion=False)
+        _iou_kernel[grid](
+            b1,
+            b2,
+            out,
+            n,
+            m,
+            CDT=_tl_dtype(cdt),
+            DIV_RN=(cdt == torch.float32),
+            BLOCK_N=block_n,
+            BLOCK_M=block_m,
+            enable_fp_fusion=False,
+        )
     return out
 
 
-def _suppression_mask(boxes_sorted: Tensor, scores_sorted: Tensor, iou_threshold: float,
-                      strict: bool) -> Tensor:
+def _suppression_mask(
+    boxes_sorted: Tensor, scores_sorted: Tensor, iou_threshold: float, strict: bool
+) -> Tensor:
     n = boxes_sorted.shape[0]
     n_words = triton.cdiv(n, _WORD)
     cdt = iou_dtype(boxes_sorted.dtype)
-    thr = torch.full((1,), threshold_below(iou_threshold, cdt), dtype=cdt, device=boxes_sorted.device)
+    thr = torch.full(
+        (1,), threshold_below(iou_threshold, cdt), dtype=cdt, device=boxes_sorted.device
+    )
     mask = torch.empty((n, n_words), dtype=torch.int32, device=boxes_sorted.device)
     block_r, block_w = 32, 2
     grid = (triton.cdiv(n, block_r), triton.cdiv(n_words, block_w))
-    _nms_mask_kernel[grid](boxes_sorted.contiguous(), scores_sorted.contiguous(), thr, mask, n, n_words,
-                           CDT=_tl_dtype(cdt), DIV_RN=(cdt == torch.float32), STRICT=strict,
-                           BLOCK_R=block_r, BLOCK_W=block_w, enable_fp_fusion=False)
+    _nms_mask_kernel[grid](
+        boxes_sorted.contiguous(),
+        scores_sorted.contiguous(),
+        thr,
+        mask,
+        n,
+        n_words,
+        CDT=_tl_dtype(cdt),
+        DIV_RN=(cdt == torch.float32),
+        STRICT=strict,
+        BLOCK_R=block_r,
+        BLOCK_W=block_w,
+        enable_fp_fusion=False,
+    )
     return mask
 
 
@@ -174,14 +247,25 @@ def denet_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 _SOFT_NMS_TABLE = 4096  # up to this many boxes the weight table is built at once (64 MB in float32)
 
 
-def soft_nms(boxes: Tensor, scores: Tensor, sigma: float, iou_threshold: float, method: str,
-             score_threshold: float) -> Tuple[Tensor, Tensor]:
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    sigma: float,
+    iou_threshold: float,
+    method: str,
+    score_threshold: float,
+) -> tuple[Tensor, Tensor]:
     boxes = boxes.contiguous()
+    weight_row: Callable[[Tensor], Tensor]
     if boxes.shape[0] <= _SOFT_NMS_TABLE:
         table = soft_nms_weights(box_iou(boxes[None], boxes[None])[0], sigma, iou_threshold, method)
         weight_row = table.__getitem__
     else:
-        def weight_row(i: Tensor) -> Tensor:
+
+        def computed_row(i: Tensor) -> Tensor:
             iou = box_iou(boxes[i][None, None], boxes[None])[0, 0]
             return soft_nms_weights(iou, sigma, iou_threshold, method)
+
+        weight_row = computed_row
+
     return soft_nms_loop(weight_row, scores, score_threshold)

@@ -1,5 +1,6 @@
 """``denet::pool_inv``: registration with torch.library (fake kernel, autograd) and the public API."""
-from typing import Sequence, Tuple, Union
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,7 +48,7 @@ _pool_inv.register_autograd(_backward, setup_context=_setup_context)
 _pool_inv_backward.register_autograd(_backward_backward, setup_context=_setup_context)
 
 
-def _check(x: Tensor, size) -> Tuple[int, int]:
+def _check(x: Tensor, size) -> tuple[int, int]:
     if not isinstance(x, Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"pool_inv: x must be a Tensor[B, C, H, W], got shape {shape}")
@@ -61,7 +62,7 @@ def _check(x: Tensor, size) -> Tuple[int, int]:
     return sh, sw
 
 
-def pool_inv(x: Tensor, size: Union[int, Sequence[int]]) -> Tensor:
+def pool_inv(x: Tensor, size: int | Sequence[int]) -> Tensor:
     """DeNet's pool-inverse ``PI[size]``: nearest upsampling by an integer factor.
 
     Args:
@@ -80,7 +81,7 @@ def pool_inv(x: Tensor, size: Union[int, Sequence[int]]) -> Tensor:
 class PoolInv(nn.Module):
     """Module form of :func:`pool_inv`."""
 
-    def __init__(self, size: Union[int, Sequence[int]]):
+    def __init__(self, size: int | Sequence[int]):
         super().__init__()
         self.size = pair(size, "size")
         if self.size[0] < 1 or self.size[1] < 1:

@@ -3,6 +3,7 @@
 DeNet's ``PI[size]`` (``pool_inv_op.py``) copies each pixel into a ``sh x sw`` block, i.e. nearest
 upsampling by an integer factor; its gradient is the sum over each block.
 """
+
 import torch
 from torch import Tensor
 

@@ -1,5 +1,6 @@
 """Triton kernels for pool-inverse (nearest upsampling by an integer factor) and its block-sum
 gradient. Both are one pass over contiguous memory with one program per ``BLOCK`` elements."""
+
 import torch
 import triton
 import triton.language as tl
@@ -9,8 +10,9 @@ _BLOCK = 1024
 
 
 @triton.jit
-def _pool_inv_fwd_kernel(x_ptr, out_ptr, total, H, W,
-                         SH: tl.constexpr, SW: tl.constexpr, BLOCK: tl.constexpr):
+def _pool_inv_fwd_kernel(
+    x_ptr, out_ptr, total, H, W, SH: tl.constexpr, SW: tl.constexpr, BLOCK: tl.constexpr
+):
     # One lane per output element: stores are contiguous, each input is read sh*sw times from cache.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
@@ -25,8 +27,17 @@ def _pool_inv_fwd_kernel(x_ptr, out_ptr, total, H, W,
 
 
 @triton.jit
-def _pool_inv_bwd_kernel(g_ptr, out_ptr, total, H, W,
-                         SH: tl.constexpr, SW: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _pool_inv_bwd_kernel(
+    g_ptr,
+    out_ptr,
+    total,
+    H,
+    W,
+    SH: tl.constexpr,
+    SW: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     # One lane per input element, summing its sh x sw block: a gather, so no atomics are needed.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < total
@@ -49,7 +60,9 @@ def pool_inv_forward(x: Tensor, sh: int, sw: int) -> Tensor:
     out = torch.empty((b, c, h * sh, w * sw), dtype=x.dtype, device=x.device)
     total = out.numel()
     if total:
-        _pool_inv_fwd_kernel[(triton.cdiv(total, _BLOCK),)](x, out, total, h, w, SH=sh, SW=sw, BLOCK=_BLOCK)
+        _pool_inv_fwd_kernel[(triton.cdiv(total, _BLOCK),)](
+            x, out, total, h, w, SH=sh, SW=sw, BLOCK=_BLOCK
+        )
     return out
 
 
@@ -62,5 +75,6 @@ def pool_inv_backward(grad: Tensor, sh: int, sw: int) -> Tensor:
     if total:
         acc = tl.float64 if grad.dtype == torch.float64 else tl.float32
         _pool_inv_bwd_kernel[(triton.cdiv(total, _BLOCK),)](
-            grad, out, total, h, w, SH=sh, SW=sw, ACC=acc, BLOCK=_BLOCK)
+            grad, out, total, h, w, SH=sh, SW=sw, ACC=acc, BLOCK=_BLOCK
+        )
     return out

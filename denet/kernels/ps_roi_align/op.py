@@ -1,5 +1,6 @@
 """``denet::ps_roi_align``: registration with torch.library (fake kernel, autograd) and the public API."""
-from typing import Sequence, Union
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -10,10 +11,17 @@ from ..roi_align.op import Boxes, check_roi_args
 
 
 @torch.library.custom_op("denet::ps_roi_align", mutates_args=())
-def _ps_roi_align(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int,
-                  sampling_ratio: int) -> Tensor:
+def _ps_roi_align(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+) -> Tensor:
     return implementation(__package__, input, rois).ps_roi_align_forward(
-        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio)
+        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio
+    )
 
 
 @_ps_roi_align.register_fake
@@ -23,17 +31,45 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio):
 
 
 @torch.library.custom_op("denet::ps_roi_align_backward", mutates_args=())
-def _ps_roi_align_backward(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
-                           pooled_width: int, sampling_ratio: int, batch_size: int, channels: int,
-                           height: int, width: int) -> Tensor:
+def _ps_roi_align_backward(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
     return implementation(__package__, grad, rois).ps_roi_align_backward(
-        grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, batch_size, channels,
-        height, width)
+        grad,
+        rois,
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        sampling_ratio,
+        batch_size,
+        channels,
+        height,
+        width,
+    )
 
 
 @_ps_roi_align_backward.register_fake
-def _(grad, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, batch_size, channels, height,
-      width):
+def _(
+    grad,
+    rois,
+    spatial_scale,
+    pooled_height,
+    pooled_width,
+    sampling_ratio,
+    batch_size,
+    channels,
+    height,
+    width,
+):
     return grad.new_empty((batch_size, channels, height, width))
 
 
@@ -69,17 +105,25 @@ _ps_roi_align.register_autograd(_backward, setup_context=_setup_context)
 _ps_roi_align_backward.register_autograd(_backward_backward, setup_context=_setup_backward_context)
 
 
-def check_position_sensitive(name: str, input: Tensor, pooled_height: int, pooled_width: int) -> None:
+def check_position_sensitive(
+    name: str, input: Tensor, pooled_height: int, pooled_width: int
+) -> None:
     bins = pooled_height * pooled_width
     if input.shape[1] % bins != 0:
         raise ValueError(
             f"{name}: the input's {input.shape[1]} channels (shape {tuple(input.shape)}) must be a multiple "
-            f"of output_size[0] * output_size[1] = {pooled_height} * {pooled_width} = {bins}")
+            f"of output_size[0] * output_size[1] = {pooled_height} * {pooled_width} = {bins}"
+        )
 
 
 @torch.fx.wrap
-def ps_roi_align(input: Tensor, boxes: Boxes, output_size: Union[int, Sequence[int]], spatial_scale: float = 1.0,
-                 sampling_ratio: int = -1) -> Tensor:
+def ps_roi_align(
+    input: Tensor,
+    boxes: Boxes,
+    output_size: int | Sequence[int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+) -> Tensor:
     """Position-sensitive RoIAlign (R-FCN) with ``torchvision.ops.ps_roi_align``'s signature.
 
     Args:
@@ -99,14 +143,15 @@ def ps_roi_align(input: Tensor, boxes: Boxes, output_size: Union[int, Sequence[i
     """
     rois, pooled_height, pooled_width = check_roi_args("ps_roi_align", input, boxes, output_size)
     check_position_sensitive("ps_roi_align", input, pooled_height, pooled_width)
-    return torch.ops.denet.ps_roi_align(input, rois, float(spatial_scale), pooled_height, pooled_width,
-                                        int(sampling_ratio))
+    return torch.ops.denet.ps_roi_align(
+        input, rois, float(spatial_scale), pooled_height, pooled_width, int(sampling_ratio)
+    )
 
 
 class PSRoIAlign(nn.Module):
     """Module form of :func:`ps_roi_align`."""
 
-    def __init__(self, output_size: Union[int, Sequence[int]], spatial_scale: float, sampling_ratio: int):
+    def __init__(self, output_size: int | Sequence[int], spatial_scale: float, sampling_ratio: int):
         super().__init__()
         pair(output_size, "output_size")
         self.output_size = output_size
@@ -117,5 +162,7 @@ class PSRoIAlign(nn.Module):
         return ps_roi_align(input, rois, self.output_size, self.spatial_scale, self.sampling_ratio)
 
     def extra_repr(self) -> str:
-        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"sampling_ratio={self.sampling_ratio}")
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
+            f"sampling_ratio={self.sampling_ratio}"
+        )

@@ -1,5 +1,6 @@
 """``denet::ps_roi_pool``: registration with torch.library (fake kernel, autograd) and the public API."""
-from typing import Sequence, Union
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -11,10 +12,12 @@ from ..roi_align.op import Boxes, check_roi_args
 
 
 @torch.library.custom_op("denet::ps_roi_pool", mutates_args=())
-def _ps_roi_pool(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
-                 pooled_width: int) -> Tensor:
-    return implementation(__package__, input, rois).ps_roi_pool_forward(input, rois, spatial_scale, pooled_height,
-                                                               pooled_width)
+def _ps_roi_pool(
+    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
+) -> Tensor:
+    return implementation(__package__, input, rois).ps_roi_pool_forward(
+        input, rois, spatial_scale, pooled_height, pooled_width
+    )
 
 
 @_ps_roi_pool.register_fake
@@ -24,10 +27,20 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width):
 
 
 @torch.library.custom_op("denet::ps_roi_pool_backward", mutates_args=())
-def _ps_roi_pool_backward(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
-                          pooled_width: int, batch_size: int, channels: int, height: int, width: int) -> Tensor:
+def _ps_roi_pool_backward(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
     return implementation(__package__, grad, rois).ps_roi_pool_backward(
-        grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width)
+        grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels, height, width
+    )
 
 
 @_ps_roi_pool_backward.register_fake
@@ -67,8 +80,9 @@ _ps_roi_pool_backward.register_autograd(_backward_backward, setup_context=_setup
 
 
 @torch.fx.wrap
-def ps_roi_pool(input: Tensor, boxes: Boxes, output_size: Union[int, Sequence[int]],
-                spatial_scale: float = 1.0) -> Tensor:
+def ps_roi_pool(
+    input: Tensor, boxes: Boxes, output_size: int | Sequence[int], spatial_scale: float = 1.0
+) -> Tensor:
     """Position-sensitive RoI pooling (R-FCN) with ``torchvision.ops.ps_roi_pool``'s signature.
 
     Args:
@@ -87,13 +101,15 @@ def ps_roi_pool(input: Tensor, boxes: Boxes, output_size: Union[int, Sequence[in
     """
     rois, pooled_height, pooled_width = check_roi_args("ps_roi_pool", input, boxes, output_size)
     check_position_sensitive("ps_roi_pool", input, pooled_height, pooled_width)
-    return torch.ops.denet.ps_roi_pool(input, rois, float(spatial_scale), pooled_height, pooled_width)
+    return torch.ops.denet.ps_roi_pool(
+        input, rois, float(spatial_scale), pooled_height, pooled_width
+    )
 
 
 class PSRoIPool(nn.Module):
     """Module form of :func:`ps_roi_pool`."""
 
-    def __init__(self, output_size: Union[int, Sequence[int]], spatial_scale: float):
+    def __init__(self, output_size: int | Sequence[int], spatial_scale: float):
         super().__init__()
         pair(output_size, "output_size")
         self.output_size = output_size

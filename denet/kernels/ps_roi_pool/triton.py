@@ -7,6 +7,7 @@ channels; output channel ``c`` at bin ``p`` averages input channel ``c * PH * PW
 backward pass spreads ``g / area`` over the same windows with atomic adds into a float32
 (float64 for float64) buffer, so it is the exact gradient of this forward.
 """
+
 from contextlib import nullcontext
 
 import torch
@@ -23,8 +24,20 @@ _BLOCK_C = 16
 
 
 @triton.jit
-def _windows(rois_ptr, S_HI, S_MID, S_LO, C, H, W, PH, PW, ACC: tl.constexpr,
-             BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _windows(
+    rois_ptr,
+    S_HI,
+    S_MID,
+    S_LO,
+    C,
+    H,
+    W,
+    PH,
+    PW,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     k = tl.program_id(0).to(tl.int64)
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
@@ -41,10 +54,29 @@ def _windows(rois_ptr, S_HI, S_MID, S_LO, C, H, W, PH, PW, ACC: tl.constexpr,
 
 
 @triton.jit
-def _ps_roi_pool_fwd_kernel(x_ptr, rois_ptr, out_ptr, S_HI, S_MID, S_LO, C, H, W, s_n, s_c, s_h, s_w,
-                            PH, PW, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _ps_roi_pool_fwd_kernel(
+    x_ptr,
+    rois_ptr,
+    out_ptr,
+    S_HI,
+    S_MID,
+    S_LO,
+    C,
+    H,
+    W,
+    s_n,
+    s_c,
+    s_h,
+    s_w,
+    PH,
+    PW,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     hs, he, ws, we, b, chan, out_off, area, empty, rows, cols, pmask, mask = _windows(
-        rois_ptr, S_HI, S_MID, S_LO, C, H, W, PH, PW, ACC, BLOCK_P, BLOCK_C)
+        rois_ptr, S_HI, S_MID, S_LO, C, H, W, PH, PW, ACC, BLOCK_P, BLOCK_C
+    )
     base = x_ptr + b * s_n + chan * s_c
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC)
     for dh in range(0, rows):
@@ -52,17 +84,37 @@ def _ps_roi_pool_fwd_kernel(x_ptr, rois_ptr, out_ptr, S_HI, S_MID, S_LO, C, H, W
         for dw in range(0, cols):
             w = ws + dw
             m = ((h < he) & (w < we) & pmask)[:, None] & mask
-            acc += tl.load(base + (h.to(tl.int64) * s_h + w.to(tl.int64) * s_w)[:, None], mask=m,
-                           other=0.0).to(ACC)
+            acc += tl.load(
+                base + (h.to(tl.int64) * s_h + w.to(tl.int64) * s_w)[:, None], mask=m, other=0.0
+            ).to(ACC)
     out = tl.where(empty[:, None], 0.0, _div(acc, tl.maximum(area, 1)[:, None]))
     tl.store(out_ptr + out_off, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _ps_roi_pool_bwd_kernel(g_ptr, rois_ptr, gi_ptr, S_HI, S_MID, S_LO, C, H, W, s_n, s_c, s_h, s_w,
-                            PH, PW, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _ps_roi_pool_bwd_kernel(
+    g_ptr,
+    rois_ptr,
+    gi_ptr,
+    S_HI,
+    S_MID,
+    S_LO,
+    C,
+    H,
+    W,
+    s_n,
+    s_c,
+    s_h,
+    s_w,
+    PH,
+    PW,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     hs, he, ws, we, b, chan, out_off, area, empty, rows, cols, pmask, mask = _windows(
-        rois_ptr, S_HI, S_MID, S_LO, C, H, W, PH, PW, ACC, BLOCK_P, BLOCK_C)
+        rois_ptr, S_HI, S_MID, S_LO, C, H, W, PH, PW, ACC, BLOCK_P, BLOCK_C
+    )
     base = gi_ptr + b * s_n + chan * s_c
     g = _div(tl.load(g_ptr + out_off, mask=mask, other=0.0).to(ACC), tl.maximum(area, 1)[:, None])
     for dh in range(0, rows):
@@ -70,8 +122,12 @@ def _ps_roi_pool_bwd_kernel(g_ptr, rois_ptr, gi_ptr, S_HI, S_MID, S_LO, C, H, W,
         for dw in range(0, cols):
             w = ws + dw
             m = ((h < he) & (w < we) & pmask)[:, None] & mask
-            tl.atomic_add(base + (h.to(tl.int64) * s_h + w.to(tl.int64) * s_w)[:, None], g, mask=m,
-                          sem="relaxed")
+            tl.atomic_add(
+                base + (h.to(tl.int64) * s_h + w.to(tl.int64) * s_w)[:, None],
+                g,
+                mask=m,
+                sem="relaxed",
+            )
 
 
 def _tl_dtype(dtype: torch.dtype):
@@ -84,26 +140,52 @@ def _grid(k, bins, c_out):
     return (k, triton.cdiv(bins, block_p), triton.cdiv(c_out, block_c)), block_p, block_c
 
 
-def ps_roi_pool_forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
-                        pooled_width: int) -> Tensor:
+def ps_roi_pool_forward(
+    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
+) -> Tensor:
     n_img, channels, height, width = input.shape
     bins = pooled_height * pooled_width
     c_out = channels // bins
     k = rois.shape[0]
-    out = torch.empty((k, c_out, pooled_height, pooled_width), dtype=input.dtype, device=input.device)
+    out = torch.empty(
+        (k, c_out, pooled_height, pooled_width), dtype=input.dtype, device=input.device
+    )
     if out.numel() == 0 or height == 0 or width == 0:
         return out.zero_()
     x = input.contiguous()
     grid, block_p, block_c = _grid(k, bins, c_out)
     with torch.cuda.device(input.device) if input.is_cuda else nullcontext():
-        _ps_roi_pool_fwd_kernel[grid](x, rois.contiguous(), out, *scale_parts(spatial_scale), c_out, height, width,
-                                      *x.stride(), pooled_height, pooled_width, ACC=_tl_dtype(acc_dtype(input.dtype)),
-                                      BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4, enable_fp_fusion=False)
+        _ps_roi_pool_fwd_kernel[grid](
+            x,
+            rois.contiguous(),
+            out,
+            *scale_parts(spatial_scale),
+            c_out,
+            height,
+            width,
+            *x.stride(),
+            pooled_height,
+            pooled_width,
+            ACC=_tl_dtype(acc_dtype(input.dtype)),
+            BLOCK_P=block_p,
+            BLOCK_C=block_c,
+            num_warps=4,
+            enable_fp_fusion=False,
+        )
     return out
 
 
-def ps_roi_pool_backward(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
-                         pooled_width: int, batch_size: int, channels: int, height: int, width: int) -> Tensor:
+def ps_roi_pool_backward(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
     bins = pooled_height * pooled_width
     c_out = channels // bins
     k = rois.shape[0]
@@ -114,7 +196,21 @@ def ps_roi_pool_backward(grad: Tensor, rois: Tensor, spatial_scale: float, poole
     g = grad.contiguous()
     grid, block_p, block_c = _grid(k, bins, c_out)
     with torch.cuda.device(grad.device) if grad.is_cuda else nullcontext():
-        _ps_roi_pool_bwd_kernel[grid](g, rois.contiguous(), gi, *scale_parts(spatial_scale), c_out, height, width,
-                                      *gi.stride(), pooled_height, pooled_width, ACC=_tl_dtype(acc),
-                                      BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4, enable_fp_fusion=False)
+        _ps_roi_pool_bwd_kernel[grid](
+            g,
+            rois.contiguous(),
+            gi,
+            *scale_parts(spatial_scale),
+            c_out,
+            height,
+            width,
+            *gi.stride(),
+            pooled_height,
+            pooled_width,
+            ACC=_tl_dtype(acc),
+            BLOCK_P=block_p,
+            BLOCK_C=block_c,
+            num_warps=4,
+            enable_fp_fusion=False,
+        )
     return gi.to(grad.dtype)

@@ -24,8 +24,8 @@ the backward pass applies its transpose (entries re-sorted by pixel). Both are d
 The sample taps (``[K, bins, 2 * grid]``) are built in chunks of RoIs so that a few enormous
 RoIs with adaptive sampling cannot exhaust memory.
 """
+
 import warnings
-from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -39,8 +39,15 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def roi_geometry(rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int,
-                 sampling_ratio: int, aligned: bool, dtype: torch.dtype):
+def roi_geometry(
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    dtype: torch.dtype,
+):
     """Per-RoI ``batch [K] int64, start [K, 2] (y0, x0), bin [K, 2] (h, w), grid [K, 2] int64``
     in torchvision's arithmetic (``ps_roi_align`` is this with ``aligned=True``)."""
     batch = rois[:, 0].to(torch.int64)  # C's int(): truncation
@@ -64,8 +71,10 @@ def check_batch_index(batch: Tensor, n_img: int, op: str) -> None:
     """The sparse matrices index the map directly: an image index outside ``[0, N)`` must not
     reach them (torchvision reads out of bounds there)."""
     if batch.numel() and (int(batch.min()) < 0 or int(batch.max()) >= n_img):
-        raise ValueError(f"{op}: the image indices of the boxes (column 0) must lie in [0, {n_img}) for "
-                         f"a batch of {n_img}, got {int(batch.min())}..{int(batch.max())}")
+        raise ValueError(
+            f"{op}: the image indices of the boxes (column 0) must lie in [0, {n_img}) for "
+            f"a batch of {n_img}, got {int(batch.min())}..{int(batch.max())}"
+        )
 
 
 def sample_positions(start: Tensor, bin_size: Tensor, grid: Tensor, p: Tensor, num: int) -> Tensor:
@@ -77,7 +86,7 @@ def sample_positions(start: Tensor, bin_size: Tensor, grid: Tensor, p: Tensor, n
     return (start + p.to(dt) * bin_size)[..., None] + (i * bin_size[..., None]) / g[..., None]
 
 
-def corners(pos: Tensor, size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def corners(pos: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Bilinear neighbours of in-range positions: ``low, high`` (int64) and weights ``1 - f, f``.
     Positions below 0 are clamped to 0; the upper neighbour stops at ``size - 1``."""
     pos = pos.clamp(min=0.0, max=float(size))  # the upper clamp only keeps the int cast in range
@@ -89,7 +98,9 @@ def corners(pos: Tensor, size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     return low, high, 1.0 - frac, frac
 
 
-def axis_extent(start: Tensor, bin_size: Tensor, grid: Tensor, p: Tensor, size: int) -> Tuple[Tensor, Tensor]:
+def axis_extent(
+    start: Tensor, bin_size: Tensor, grid: Tensor, p: Tensor, size: int
+) -> tuple[Tensor, Tensor]:
     """Lowest and highest row (or column) that any sample of bin ``p`` can touch.
 
     Within a bin the positions are monotonic in ``i``, so the first and last sample bound them;
@@ -104,8 +115,9 @@ def axis_extent(start: Tensor, bin_size: Tensor, grid: Tensor, p: Tensor, size: 
     return corners(lo, size)[0], corners(hi, size)[1]
 
 
-def axis_weights(start: Tensor, bin_size: Tensor, grid: Tensor, p: Tensor, size: int,
-                 base: Tensor, span: int) -> Tensor:
+def axis_weights(
+    start: Tensor, bin_size: Tensor, grid: Tensor, p: Tensor, size: int, base: Tensor, span: int
+) -> Tensor:
     """Summed interpolation weights over a window of ``span`` rows from ``base``: ``[..., span]``.
 
     Entry ``[..., r]`` is ``sum_i w_i(base + r) / grid`` over the samples of bin ``p``; samples that
@@ -123,9 +135,10 @@ def axis_weights(start: Tensor, bin_size: Tensor, grid: Tensor, p: Tensor, size:
     g = grid.clamp(min=1).to(start.dtype)[..., None]
     b = base[..., None]
     index = torch.cat([torch.where(valid, low - b, 0), torch.where(valid, high - b, 0)], dim=-1)
-    weight = torch.cat([torch.where(valid, w_low, 0.0), torch.where(valid, w_high, 0.0)], dim=-1) / g
+    weight = (
+        torch.cat([torch.where(valid, w_low, 0.0), torch.where(valid, w_high, 0.0)], dim=-1) / g
+    )
     return out.scatter_add_(-1, index, weight)
-
 
 
 def bin_windows(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int):
@@ -139,14 +152,33 @@ def bin_windows(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size
     # The sample taps are [K, P, 2 * grid]; a few enormous RoIs must not blow up memory.
     taps = max(int(grid.max()), 1) * 2 * pooled
     step = max(1, CHUNK_ELEMENTS // taps)
-    table = torch.cat([axis_weights(start[i:i + step], bin_size[i:i + step], grid[i:i + step], p, size,
-                                    lo[i:i + step], span)
-                       for i in range(0, start.shape[0], step)])
+    table = torch.cat(
+        [
+            axis_weights(
+                start[i : i + step],
+                bin_size[i : i + step],
+                grid[i : i + step],
+                p,
+                size,
+                lo[i : i + step],
+                span,
+            )
+            for i in range(0, start.shape[0], step)
+        ]
+    )
     return lo, length, table
 
 
-def sampling_matrix(planes: Tensor, start: Tensor, bin_size: Tensor, grid: Tensor,
-                    pooled_height: int, pooled_width: int, height: int, width: int) -> Tuple[Tensor, Tensor, Tensor]:
+def sampling_matrix(
+    planes: Tensor,
+    start: Tensor,
+    bin_size: Tensor,
+    grid: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    height: int,
+    width: int,
+) -> tuple[Tensor, Tensor, Tensor]:
     """CSR arrays of RoIAlign's sampling matrix (see :func:`window_matrix`)."""
     ylo, ylen, ay = bin_windows(start[:, 0], bin_size[:, 0], grid[:, 0], pooled_height, height)
     xlo, xlen, ax = bin_windows(start[:, 1], bin_size[:, 1], grid[:, 1], pooled_width, width)
@@ -154,8 +186,13 @@ def sampling_matrix(planes: Tensor, start: Tensor, bin_size: Tensor, grid: Tenso
     return window_matrix(planes, (ylo, ylen, ay), (xlo, xlen, ax), height, width)
 
 
-def window_matrix(planes: Tensor, rows: Tuple[Tensor, Tensor, Tensor], cols: Tuple[Tensor, Tensor, Tensor],
-                  height: int, width: int) -> Tuple[Tensor, Tensor, Tensor]:
+def window_matrix(
+    planes: Tensor,
+    rows: tuple[Tensor, Tensor, Tensor],
+    cols: tuple[Tensor, Tensor, Tensor],
+    height: int,
+    width: int,
+) -> tuple[Tensor, Tensor, Tensor]:
     """CSR arrays ``(crow, col, val)`` of the matrix that maps a channels-last map ``[pixels, C]``
     to the bins ``[K * PH * PW, C]``.
 
@@ -175,17 +212,26 @@ def window_matrix(planes: Tensor, rows: Tuple[Tensor, Tensor, Tensor], cols: Tup
     crow = torch.zeros(counts.shape[0] + 1, dtype=torch.int64, device=device)
     torch.cumsum(counts, 0, out=crow[1:])
     row = torch.repeat_interleave(counts)  # the bin of every entry
-    j = torch.arange(row.shape[0], device=device) - crow.index_select(0, row)  # entry within its bin
+    j = torch.arange(row.shape[0], device=device) - crow.index_select(
+        0, row
+    )  # entry within its bin
     ph = torch.arange(pooled_height, device=device)[:, None]
     pw = torch.arange(pooled_width, device=device)[None, :]
     kk = torch.arange(k, device=device)[:, None, None]
     first = (planes.view(full) * height + ylo[:, :, None]) * width + xlo[:, None, :]
-    packed = torch.stack([
-        xlen[:, None, :].expand(full),
-        first,
-        ((kk * pooled_height + ph) * ay.shape[2]).expand(full),
-        ((kk * pooled_width + pw) * ax.shape[2]).expand(full),
-    ], dim=-1).view(-1, 4).index_select(0, row)
+    packed = (
+        torch.stack(
+            [
+                xlen[:, None, :].expand(full),
+                first,
+                ((kk * pooled_height + ph) * ay.shape[2]).expand(full),
+                ((kk * pooled_width + pw) * ax.shape[2]).expand(full),
+            ],
+            dim=-1,
+        )
+        .view(-1, 4)
+        .index_select(0, row)
+    )
     wlen, first, yoff, xoff = packed.unbind(1)
     s = torch.div(j, wlen, rounding_mode="floor")
     t = j - s * wlen
@@ -194,54 +240,83 @@ def window_matrix(planes: Tensor, rows: Tuple[Tensor, Tensor, Tensor], cols: Tup
     return crow, col, val
 
 
-def csr_matmul(crow: Tensor, col: Tensor, val: Tensor, rows: int, cols: int, dense: Tensor) -> Tensor:
+def csr_matmul(
+    crow: Tensor, col: Tensor, val: Tensor, rows: int, cols: int, dense: Tensor
+) -> Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
         m = torch.sparse_csr_tensor(crow, col, val, (rows, cols), check_invariants=False)
     return torch.sparse.mm(m, dense)
 
 
-def csr_transpose_matmul(crow: Tensor, col: Tensor, val: Tensor, rows: int, cols: int, dense: Tensor) -> Tensor:
+def csr_transpose_matmul(
+    crow: Tensor, col: Tensor, val: Tensor, rows: int, cols: int, dense: Tensor
+) -> Tensor:
     """``M^T @ dense`` for CSR ``M [rows, cols]``: the entries re-sorted by column form ``M^T``'s CSR."""
     # int32 keys sort faster; the stable order keeps every row's entries in a fixed order.
-    key = col.to(torch.int32) if cols < 2 ** 31 else col
+    key = col.to(torch.int32) if cols < 2**31 else col
     order = torch.argsort(key, stable=True)
     row = torch.repeat_interleave(crow.diff())
     crow_t = torch.zeros(cols + 1, dtype=torch.int64, device=col.device)
     torch.cumsum(torch.bincount(col, minlength=cols), 0, out=crow_t[1:])
-    return csr_matmul(crow_t, row.index_select(0, order), val.index_select(0, order), cols, rows, dense)
+    return csr_matmul(
+        crow_t, row.index_select(0, order), val.index_select(0, order), cols, rows, dense
+    )
 
 
-def roi_align_forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
-                      pooled_width: int, sampling_ratio: int, aligned: bool) -> Tensor:
+def roi_align_forward(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
     n_img, channels, height, width = input.shape
     k = rois.shape[0]
     acc = acc_dtype(input.dtype)
     if k == 0 or channels == 0 or height == 0 or width == 0:
         return input.new_zeros((k, channels, pooled_height, pooled_width))
-    batch, start, bin_size, grid = roi_geometry(rois, spatial_scale, pooled_height, pooled_width,
-                                                sampling_ratio, aligned, acc)
+    batch, start, bin_size, grid = roi_geometry(
+        rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, acc
+    )
     check_batch_index(batch, n_img, "roi_align")
     planes = batch[:, None].expand(k, pooled_height * pooled_width)
-    crow, col, val = sampling_matrix(planes, start, bin_size, grid, pooled_height, pooled_width, height, width)
+    crow, col, val = sampling_matrix(
+        planes, start, bin_size, grid, pooled_height, pooled_width, height, width
+    )
     flat = input.permute(0, 2, 3, 1).to(acc).reshape(n_img * height * width, channels)
     out = csr_matmul(crow, col, val, k * pooled_height * pooled_width, flat.shape[0], flat)
     out = out.view(k, pooled_height, pooled_width, channels).permute(0, 3, 1, 2)
     return out.to(input.dtype, memory_format=torch.contiguous_format)
 
 
-def roi_align_backward(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
-                       pooled_width: int, batch_size: int, channels: int, height: int, width: int,
-                       sampling_ratio: int, aligned: bool) -> Tensor:
+def roi_align_backward(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
     k = rois.shape[0]
     acc = acc_dtype(grad.dtype)
     if k == 0 or channels == 0 or height == 0 or width == 0 or batch_size == 0:
         return grad.new_zeros((batch_size, channels, height, width))
-    batch, start, bin_size, grid = roi_geometry(rois, spatial_scale, pooled_height, pooled_width,
-                                                sampling_ratio, aligned, acc)
+    batch, start, bin_size, grid = roi_geometry(
+        rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, acc
+    )
     check_batch_index(batch, batch_size, "roi_align")
     planes = batch[:, None].expand(k, pooled_height * pooled_width)
-    crow, col, val = sampling_matrix(planes, start, bin_size, grid, pooled_height, pooled_width, height, width)
+    crow, col, val = sampling_matrix(
+        planes, start, bin_size, grid, pooled_height, pooled_width, height, width
+    )
     g = grad.permute(0, 2, 3, 1).to(acc).reshape(k * pooled_height * pooled_width, channels)
     out = csr_transpose_matmul(crow, col, val, g.shape[0], batch_size * height * width, g)
     out = out.view(batch_size, height, width, channels).permute(0, 3, 1, 2)

@@ -11,6 +11,7 @@ ops on the host would cost more than the kernel). The backward pass adds into a 
 (float64 for float64) buffer with atomics, as torchvision's CUDA kernel does, so its summation
 order is not fixed.
 """
+
 from contextlib import nullcontext
 
 import numpy as np
@@ -39,7 +40,9 @@ def _div(a, b):
 def _corners(pos, size):
     """Bilinear neighbours along one axis and whether the sample counts (``reference.corners``)."""
     valid = (pos >= -1.0) & (pos <= size)
-    pos = tl.minimum(tl.maximum(pos, 0.0), size * 1.0)  # the upper clamp keeps the int cast in range
+    pos = tl.minimum(
+        tl.maximum(pos, 0.0), size * 1.0
+    )  # the upper clamp keeps the int cast in range
     low = pos.to(tl.int32)
     edge = low >= size - 1
     low = tl.where(edge, size - 1, low)
@@ -57,8 +60,21 @@ def scale_parts(spatial_scale: float):
 
 
 @triton.jit
-def _setup(rois_ptr, S_HI, S_MID, S_LO, sampling_ratio, C, PH, PW, ALIGNED: tl.constexpr,
-           PS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _setup(
+    rois_ptr,
+    S_HI,
+    S_MID,
+    S_LO,
+    sampling_ratio,
+    C,
+    PH,
+    PW,
+    ALIGNED: tl.constexpr,
+    PS: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     k = tl.program_id(0).to(tl.int64)
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
@@ -105,11 +121,32 @@ def _grid(bin_size, sampling_ratio):
 
 
 @triton.jit(do_not_specialize=["sampling_ratio"])
-def _roi_align_fwd_kernel(x_ptr, rois_ptr, out_ptr, S_HI, S_MID, S_LO, sampling_ratio, C, H, W,
-                          s_n, s_c, s_h, s_w, PH, PW, ALIGNED: tl.constexpr, PS: tl.constexpr,
-                          ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _roi_align_fwd_kernel(
+    x_ptr,
+    rois_ptr,
+    out_ptr,
+    S_HI,
+    S_MID,
+    S_LO,
+    sampling_ratio,
+    C,
+    H,
+    W,
+    s_n,
+    s_c,
+    s_h,
+    s_w,
+    PH,
+    PW,
+    ALIGNED: tl.constexpr,
+    PS: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     (b, grid_h, grid_w, bin_h, bin_w, ystart, xstart, pmask, mask, chan, out_off) = _setup(
-        rois_ptr, S_HI, S_MID, S_LO, sampling_ratio, C, PH, PW, ALIGNED, PS, ACC, BLOCK_P, BLOCK_C)
+        rois_ptr, S_HI, S_MID, S_LO, sampling_ratio, C, PH, PW, ALIGNED, PS, ACC, BLOCK_P, BLOCK_C
+    )
     base = x_ptr + b * s_n + chan * s_c
     gh = tl.maximum(grid_h, 1).to(ACC)
     gw = tl.maximum(grid_w, 1).to(ACC)
@@ -125,18 +162,43 @@ def _roi_align_fwd_kernel(x_ptr, rois_ptr, out_ptr, S_HI, S_MID, S_LO, sampling_
             v2 = tl.load(base + (yl * s_h + xh * s_w)[:, None], mask=m, other=0.0).to(ACC)
             v3 = tl.load(base + (yh * s_h + xl * s_w)[:, None], mask=m, other=0.0).to(ACC)
             v4 = tl.load(base + (yh * s_h + xh * s_w)[:, None], mask=m, other=0.0).to(ACC)
-            acc += ((hy * hx)[:, None] * v1 + (hy * lx)[:, None] * v2
-                    + (ly * hx)[:, None] * v3 + (ly * lx)[:, None] * v4)
+            acc += (
+                (hy * hx)[:, None] * v1
+                + (hy * lx)[:, None] * v2
+                + (ly * hx)[:, None] * v3
+                + (ly * lx)[:, None] * v4
+            )
     count = tl.maximum(grid_h * grid_w, 1).to(ACC)
     tl.store(out_ptr + out_off, _div(acc, count).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["sampling_ratio"])
-def _roi_align_bwd_kernel(g_ptr, rois_ptr, gi_ptr, S_HI, S_MID, S_LO, sampling_ratio, C, H, W,
-                          s_n, s_c, s_h, s_w, PH, PW, ALIGNED: tl.constexpr, PS: tl.constexpr,
-                          ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _roi_align_bwd_kernel(
+    g_ptr,
+    rois_ptr,
+    gi_ptr,
+    S_HI,
+    S_MID,
+    S_LO,
+    sampling_ratio,
+    C,
+    H,
+    W,
+    s_n,
+    s_c,
+    s_h,
+    s_w,
+    PH,
+    PW,
+    ALIGNED: tl.constexpr,
+    PS: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     (b, grid_h, grid_w, bin_h, bin_w, ystart, xstart, pmask, mask, chan, out_off) = _setup(
-        rois_ptr, S_HI, S_MID, S_LO, sampling_ratio, C, PH, PW, ALIGNED, PS, ACC, BLOCK_P, BLOCK_C)
+        rois_ptr, S_HI, S_MID, S_LO, sampling_ratio, C, PH, PW, ALIGNED, PS, ACC, BLOCK_P, BLOCK_C
+    )
     base = gi_ptr + b * s_n + chan * s_c
     gh = tl.maximum(grid_h, 1).to(ACC)
     gw = tl.maximum(grid_w, 1).to(ACC)
@@ -149,10 +211,18 @@ def _roi_align_bwd_kernel(g_ptr, rois_ptr, gi_ptr, S_HI, S_MID, S_LO, sampling_r
             x = xstart + _div((ix + 0.5) * bin_w, gw)
             xl, xh, hx, lx, vx = _corners(x, W)
             m = (vy & vx & pmask)[:, None] & mask
-            tl.atomic_add(base + (yl * s_h + xl * s_w)[:, None], (hy * hx)[:, None] * g, mask=m, sem="relaxed")
-            tl.atomic_add(base + (yl * s_h + xh * s_w)[:, None], (hy * lx)[:, None] * g, mask=m, sem="relaxed")
-            tl.atomic_add(base + (yh * s_h + xl * s_w)[:, None], (ly * hx)[:, None] * g, mask=m, sem="relaxed")
-            tl.atomic_add(base + (yh * s_h + xh * s_w)[:, None], (ly * lx)[:, None] * g, mask=m, sem="relaxed")
+            tl.atomic_add(
+                base + (yl * s_h + xl * s_w)[:, None], (hy * hx)[:, None] * g, mask=m, sem="relaxed"
+            )
+            tl.atomic_add(
+                base + (yl * s_h + xh * s_w)[:, None], (hy * lx)[:, None] * g, mask=m, sem="relaxed"
+            )
+            tl.atomic_add(
+                base + (yh * s_h + xl * s_w)[:, None], (ly * hx)[:, None] * g, mask=m, sem="relaxed"
+            )
+            tl.atomic_add(
+                base + (yh * s_h + xh * s_w)[:, None], (ly * lx)[:, None] * g, mask=m, sem="relaxed"
+            )
 
 
 def _tl_dtype(dtype: torch.dtype):
@@ -165,31 +235,72 @@ def _launch_grid(k: int, bins: int, channels: int):
     return (k, triton.cdiv(bins, block_p), triton.cdiv(channels, block_c)), block_p, block_c
 
 
-def sample_forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int,
-                   sampling_ratio: int, aligned: bool, position_sensitive: bool) -> Tensor:
+def sample_forward(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    position_sensitive: bool,
+) -> Tensor:
     """RoIAlign (``position_sensitive=False``) or PSRoIAlign (``True``, always aligned)."""
     n_img, channels, height, width = input.shape
     bins = pooled_height * pooled_width
     c_out = channels // bins if position_sensitive else channels
     k = rois.shape[0]
-    out = torch.empty((k, c_out, pooled_height, pooled_width), dtype=input.dtype, device=input.device)
+    out = torch.empty(
+        (k, c_out, pooled_height, pooled_width), dtype=input.dtype, device=input.device
+    )
     if out.numel() == 0 or height == 0 or width == 0:
         return out.zero_()
     # Channels-last for RoIAlign: the tile's channels of one neighbour are contiguous. The
     # position-sensitive bins of a tile read different channels, so NCHW serves as well there.
-    x = input.contiguous() if position_sensitive else input.contiguous(memory_format=torch.channels_last)
+    x = (
+        input.contiguous()
+        if position_sensitive
+        else input.contiguous(memory_format=torch.channels_last)
+    )
     grid, block_p, block_c = _launch_grid(k, bins, c_out)
     with torch.cuda.device(input.device) if input.is_cuda else nullcontext():
-        _roi_align_fwd_kernel[grid](x, rois.contiguous(), out, *scale_parts(spatial_scale), sampling_ratio,
-                                    c_out, height, width, *x.stride(), pooled_height, pooled_width,
-                                    ALIGNED=aligned, PS=position_sensitive, ACC=_tl_dtype(acc_dtype(input.dtype)),
-                                    BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4, enable_fp_fusion=False)
+        _roi_align_fwd_kernel[grid](
+            x,
+            rois.contiguous(),
+            out,
+            *scale_parts(spatial_scale),
+            sampling_ratio,
+            c_out,
+            height,
+            width,
+            *x.stride(),
+            pooled_height,
+            pooled_width,
+            ALIGNED=aligned,
+            PS=position_sensitive,
+            ACC=_tl_dtype(acc_dtype(input.dtype)),
+            BLOCK_P=block_p,
+            BLOCK_C=block_c,
+            num_warps=4,
+            enable_fp_fusion=False,
+        )
     return out
 
 
-def sample_backward(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int,
-                    batch_size: int, channels: int, height: int, width: int, sampling_ratio: int,
-                    aligned: bool, position_sensitive: bool) -> Tensor:
+def sample_backward(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+    sampling_ratio: int,
+    aligned: bool,
+    position_sensitive: bool,
+) -> Tensor:
     bins = pooled_height * pooled_width
     c_out = channels // bins if position_sensitive else channels
     k = rois.shape[0]
@@ -199,25 +310,73 @@ def sample_backward(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_hei
     if position_sensitive:
         gi = torch.zeros((batch_size, channels, height, width), dtype=acc, device=grad.device)
     else:  # channels-last, so the atomics of one neighbour's channels are contiguous
-        gi = torch.zeros((batch_size, height, width, channels), dtype=acc, device=grad.device).permute(0, 3, 1, 2)
+        gi = torch.zeros(
+            (batch_size, height, width, channels), dtype=acc, device=grad.device
+        ).permute(0, 3, 1, 2)
     g = grad.contiguous()
     grid, block_p, block_c = _launch_grid(k, bins, c_out)
     with torch.cuda.device(grad.device) if grad.is_cuda else nullcontext():
-        _roi_align_bwd_kernel[grid](g, rois.contiguous(), gi, *scale_parts(spatial_scale), sampling_ratio,
-                                    c_out, height, width, *gi.stride(), pooled_height, pooled_width,
-                                    ALIGNED=aligned, PS=position_sensitive, ACC=_tl_dtype(acc),
-                                    BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4, enable_fp_fusion=False)
+        _roi_align_bwd_kernel[grid](
+            g,
+            rois.contiguous(),
+            gi,
+            *scale_parts(spatial_scale),
+            sampling_ratio,
+            c_out,
+            height,
+            width,
+            *gi.stride(),
+            pooled_height,
+            pooled_width,
+            ALIGNED=aligned,
+            PS=position_sensitive,
+            ACC=_tl_dtype(acc),
+            BLOCK_P=block_p,
+            BLOCK_C=block_c,
+            num_warps=4,
+            enable_fp_fusion=False,
+        )
     return gi.to(grad.dtype, memory_format=torch.contiguous_format)
 
 
-def roi_align_forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
-                      pooled_width: int, sampling_ratio: int, aligned: bool) -> Tensor:
-    return sample_forward(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio,
-                          aligned, False)
+def roi_align_forward(
+    input: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    return sample_forward(
+        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, False
+    )
 
 
-def roi_align_backward(grad: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
-                       pooled_width: int, batch_size: int, channels: int, height: int, width: int,
-                       sampling_ratio: int, aligned: bool) -> Tensor:
-    return sample_backward(grad, rois, spatial_scale, pooled_height, pooled_width, batch_size, channels,
-                           height, width, sampling_ratio, aligned, False)
+def roi_align_backward(
+    grad: Tensor,
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    return sample_backward(
+        grad,
+        rois,
+        spatial_scale,
+        pooled_height,
+        pooled_width,
+        batch_size,
+        channels,
+        height,
+        width,
+        sampling_ratio,
+        aligned,
+        False,
+    )

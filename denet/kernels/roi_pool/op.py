@@ -1,5 +1,6 @@
 """``denet::roi_pool``: registration with torch.library (fake kernel, autograd) and the public API."""
-from typing import Sequence, Tuple, Union
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -10,11 +11,13 @@ from ..roi_align.op import Boxes, check_roi_args
 
 
 @torch.library.custom_op("denet::roi_pool", mutates_args=())
-def _roi_pool(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
-              pooled_width: int) -> Tuple[Tensor, Tensor]:
+def _roi_pool(
+    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
+) -> tuple[Tensor, Tensor]:
     """Returns the pooled maxima and their ``argmax`` (int32 ``h * W + w``, -1 for none)."""
-    return implementation(__package__, input, rois).roi_pool_forward(input, rois, spatial_scale, pooled_height,
-                                                                      pooled_width)
+    return implementation(__package__, input, rois).roi_pool_forward(
+        input, rois, spatial_scale, pooled_height, pooled_width
+    )
 
 
 @_roi_pool.register_fake
@@ -24,10 +27,18 @@ def _(input, rois, spatial_scale, pooled_height, pooled_width):
 
 
 @torch.library.custom_op("denet::roi_pool_backward", mutates_args=())
-def _roi_pool_backward(grad: Tensor, rois: Tensor, argmax: Tensor, batch_size: int, channels: int,
-                       height: int, width: int) -> Tensor:
-    return implementation(__package__, grad, rois).roi_pool_backward(grad, rois, argmax, batch_size, channels,
-                                                                      height, width)
+def _roi_pool_backward(
+    grad: Tensor,
+    rois: Tensor,
+    argmax: Tensor,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
+    return implementation(__package__, grad, rois).roi_pool_backward(
+        grad, rois, argmax, batch_size, channels, height, width
+    )
 
 
 @_roi_pool_backward.register_fake
@@ -71,8 +82,9 @@ _roi_pool_backward.register_autograd(_backward_backward, setup_context=_setup_ba
 
 
 @torch.fx.wrap
-def roi_pool(input: Tensor, boxes: Boxes, output_size: Union[int, Sequence[int]],
-             spatial_scale: float = 1.0) -> Tensor:
+def roi_pool(
+    input: Tensor, boxes: Boxes, output_size: int | Sequence[int], spatial_scale: float = 1.0
+) -> Tensor:
     """RoIPool (Fast R-CNN) with ``torchvision.ops.roi_pool``'s signature and results.
 
     Args:
@@ -87,13 +99,15 @@ def roi_pool(input: Tensor, boxes: Boxes, output_size: Union[int, Sequence[int]]
         The gradient goes to the first maximum of each window; none goes to the boxes.
     """
     rois, pooled_height, pooled_width = check_roi_args("roi_pool", input, boxes, output_size)
-    return torch.ops.denet.roi_pool(input, rois, float(spatial_scale), pooled_height, pooled_width)[0]
+    return torch.ops.denet.roi_pool(input, rois, float(spatial_scale), pooled_height, pooled_width)[
+        0
+    ]
 
 
 class RoIPool(nn.Module):
     """Module form of :func:`roi_pool`."""
 
-    def __init__(self, output_size: Union[int, Sequence[int]], spatial_scale: float):
+    def __init__(self, output_size: int | Sequence[int], spatial_scale: float):
         super().__init__()
         pair(output_size, "output_size")
         self.output_size = output_size

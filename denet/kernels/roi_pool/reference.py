@@ -16,8 +16,9 @@ whereas torchvision's scan and the Triton kernel skip them.
 Bins are gathered as crops of a channels-last copy of the map (one crop row is ``Sw * C``
 contiguous values), grouped by crop size so one group pads little, and reduced with ``max``.
 """
+
 import math
-from typing import Iterator, Tuple
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -33,16 +34,28 @@ def round_half_away(v: Tensor) -> Tensor:
     return t + torch.where((v - t).abs() >= 0.5, torch.sign(v), 0.0)
 
 
-def pool_windows(rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int,
-                 height: int, width: int, dtype: torch.dtype, plus_one: bool, clip_h: int, clip_w: int):
+def pool_windows(
+    rois: Tensor,
+    spatial_scale: float,
+    pooled_height: int,
+    pooled_width: int,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+    plus_one: bool,
+    clip_h: int,
+    clip_w: int,
+):
     """``batch [K]`` and integer bin windows ``hstart, hend [K, PH]``, ``wstart, wend [K, PW]``
     in torchvision's arithmetic (``dtype`` is the C ``T``)."""
     batch = rois[:, 0].to(torch.int64)
     corner = round_half_away(rois[:, 1:].to(dtype) * spatial_scale).to(torch.int64)
     extra = 1 if plus_one else 0
     out = [batch]
-    for lo, hi, pooled, clip in ((corner[:, 1], corner[:, 3], pooled_height, clip_h),
-                                 (corner[:, 0], corner[:, 2], pooled_width, clip_w)):
+    for lo, hi, pooled, clip in (
+        (corner[:, 1], corner[:, 3], pooled_height, clip_h),
+        (corner[:, 0], corner[:, 2], pooled_width, clip_w),
+    ):
         size = (hi - lo + extra).clamp(min=1)
         bin_size = size.to(dtype)[:, None] / pooled
         p = torch.arange(pooled, dtype=dtype, device=rois.device)
@@ -55,13 +68,15 @@ def pool_windows(rois: Tensor, spatial_scale: float, pooled_height: int, pooled_
 def padded_size(span: Tensor, limit: int) -> Tensor:
     """Round sizes up to 1, 2, 3, 4, 6, 8, 12, 16, ... (at most ``limit``) to group similar crops."""
     s = span.clamp(min=1)
-    p = torch.pow(2.0, torch.floor(torch.log2((s - 1).clamp(min=1).to(torch.float32)))).to(torch.int64)
+    p = torch.pow(2.0, torch.floor(torch.log2((s - 1).clamp(min=1).to(torch.float32)))).to(
+        torch.int64
+    )
     rounded = torch.where(s * 2 <= p * 3, (p * 3) // 2, p * 2)
     # maximum(): never below the span, whatever log2 rounds to
     return torch.where(s <= 2, s, torch.maximum(rounded, s)).clamp(max=max(limit, 1))
 
 
-def groups(size_h: Tensor, size_w: Tensor, per_pixel: int) -> Iterator[Tuple[Tensor, int, int]]:
+def groups(size_h: Tensor, size_w: Tensor, per_pixel: int) -> Iterator[tuple[Tensor, int, int]]:
     """Indices of the items with equal ``(size_h, size_w)``, in chunks of at most
     ``CHUNK_ELEMENTS`` crop values (``size_h * size_w * per_pixel`` per item)."""
     if size_h.numel() == 0:
@@ -72,11 +87,11 @@ def groups(size_h: Tensor, size_w: Tensor, per_pixel: int) -> Iterator[Tuple[Ten
     heads = order[torch.cumsum(counts, 0) - counts]
     offset = 0
     for n, sh, sw in zip(counts.tolist(), size_h[heads].tolist(), size_w[heads].tolist()):
-        members = order[offset:offset + n]
+        members = order[offset : offset + n]
         offset += n
         step = max(1, CHUNK_ELEMENTS // max(sh * sw * per_pixel, 1))
         for i in range(0, n, step):
-            yield members[i:i + step], sh, sw
+            yield members[i : i + step], sh, sw
 
 
 def crop_rows(flat: Tensor, width: int) -> Tensor:
@@ -86,16 +101,18 @@ def crop_rows(flat: Tensor, width: int) -> Tensor:
     return torch.as_strided(flat, (pixels - width + 1, width * channels), (channels, 1))
 
 
-def roi_pool_forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
-                     pooled_width: int) -> Tuple[Tensor, Tensor]:
+def roi_pool_forward(
+    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
+) -> tuple[Tensor, Tensor]:
     n_img, channels, height, width = input.shape
     k = rois.shape[0]
     shape = (k, channels, pooled_height, pooled_width)
     if k == 0 or channels == 0 or height == 0 or width == 0:
         return input.new_zeros(shape), torch.full(shape, -1, dtype=torch.int32, device=input.device)
     acc = acc_dtype(input.dtype)
-    batch, hs, he, ws, we = pool_windows(rois, spatial_scale, pooled_height, pooled_width, height, width,
-                                         acc, True, height, width)
+    batch, hs, he, ws, we = pool_windows(
+        rois, spatial_scale, pooled_height, pooled_width, height, width, acc, True, height, width
+    )
     check_batch_index(batch, n_img, "roi_pool")
     # One unit per bin (k, ph, pw); its crop is its window padded to a group size, inside the map.
     full = (k, pooled_height, pooled_width)
@@ -119,13 +136,22 @@ def roi_pool_forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_h
         f, f_plane, r0, r1, c0, c1 = packed.index_select(0, idx).unbind(1)
         s = torch.arange(sh, device=input.device)
         t = torch.arange(sw, device=input.device)
-        crop = crop_rows(flat, sw).index_select(0, (f[:, None] + s * width).view(-1)).view(n, sh * sw, channels)
-        inside = (((s >= r0[:, None]) & (s < r1[:, None]))[:, :, None]
-                  & ((t >= c0[:, None]) & (t < c1[:, None]))[:, None, :])
+        crop = (
+            crop_rows(flat, sw)
+            .index_select(0, (f[:, None] + s * width).view(-1))
+            .view(n, sh * sw, channels)
+        )
+        inside = ((s >= r0[:, None]) & (s < r1[:, None]))[:, :, None] & (
+            (t >= c0[:, None]) & (t < c1[:, None])
+        )[:, None, :]
         crop.masked_fill_(~inside.view(n, sh * sw, 1), -math.inf)
-        torch.max(crop, dim=1, out=(value[done:done + n], pixel[done:done + n]))  # ties: the first, row-major
-        offset = (s[:, None] * width + t).view(-1)  # crop position -> pixel offset from the crop's first
-        pixel[done:done + n] = f_plane[:, None] + offset[pixel[done:done + n]]
+        torch.max(
+            crop, dim=1, out=(value[done : done + n], pixel[done : done + n])
+        )  # ties: the first, row-major
+        offset = (s[:, None] * width + t).view(
+            -1
+        )  # crop position -> pixel offset from the crop's first
+        pixel[done : done + n] = f_plane[:, None] + offset[pixel[done : done + n]]
         order.append(idx)
         done += n
     inverse = torch.empty_like(sh_all)
@@ -141,8 +167,15 @@ def roi_pool_forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_h
     return out, arg
 
 
-def roi_pool_backward(grad: Tensor, rois: Tensor, argmax: Tensor, batch_size: int, channels: int,
-                      height: int, width: int) -> Tensor:
+def roi_pool_backward(
+    grad: Tensor,
+    rois: Tensor,
+    argmax: Tensor,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
     acc = acc_dtype(grad.dtype)
     plane = height * width
     total = batch_size * channels * plane

@@ -7,6 +7,7 @@ bins row by row with a strict ``>``, so ties keep the first position as torchvis
 The backward pass adds each output gradient at its argmax with an atomic add into a float32
 (float64 for float64) buffer. ``ps_roi_pool`` reuses :func:`pool_window`.
 """
+
 from contextlib import nullcontext
 
 import torch
@@ -40,8 +41,20 @@ def _corner(ptr, scale, ACC: tl.constexpr):
 
 
 @triton.jit
-def pool_window(rois_ptr, k, p, S_HI, S_MID, S_LO, PH, PW, CLIP_H, CLIP_W,
-                PLUS_ONE: tl.constexpr, ACC: tl.constexpr):
+def pool_window(
+    rois_ptr,
+    k,
+    p,
+    S_HI,
+    S_MID,
+    S_LO,
+    PH,
+    PW,
+    CLIP_H,
+    CLIP_W,
+    PLUS_ONE: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Batch index and the window ``[hs, he) x [ws, we)`` of bins ``p`` of RoI ``k``
     (``reference.pool_windows``)."""
     scale = (tl.cast(S_HI, ACC) + tl.cast(S_MID, ACC)) + tl.cast(S_LO, ACC)  # exact: float32 parts
@@ -63,9 +76,28 @@ def pool_window(rois_ptr, k, p, S_HI, S_MID, S_LO, PH, PW, CLIP_H, CLIP_W,
 
 
 @triton.jit
-def _roi_pool_fwd_kernel(x_ptr, rois_ptr, out_ptr, arg_ptr, S_HI, S_MID, S_LO, NEG_MAX,
-                         C, H, W, s_n, s_c, s_h, s_w, PH, PW, ACC: tl.constexpr,
-                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _roi_pool_fwd_kernel(
+    x_ptr,
+    rois_ptr,
+    out_ptr,
+    arg_ptr,
+    S_HI,
+    S_MID,
+    S_LO,
+    NEG_MAX,
+    C,
+    H,
+    W,
+    s_n,
+    s_c,
+    s_h,
+    s_w,
+    PH,
+    PW,
+    ACC: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     k = tl.program_id(0).to(tl.int64)
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     c = (tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
@@ -73,7 +105,9 @@ def _roi_pool_fwd_kernel(x_ptr, rois_ptr, out_ptr, arg_ptr, S_HI, S_MID, S_LO, N
     mask = pmask[:, None] & (c < C)[None, :]
     b, hs, he, ws, we = pool_window(rois_ptr, k, p, S_HI, S_MID, S_LO, PH, PW, H, W, 1, ACC)
     base = x_ptr + b * s_n + c[None, :] * s_c
-    empty = (he <= hs) | (we <= ws) | ~pmask  # padding lanes start at 0: their cast must not overflow
+    empty = (
+        (he <= hs) | (we <= ws) | ~pmask
+    )  # padding lanes start at 0: their cast must not overflow
     best = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC) + tl.where(empty, 0.0, NEG_MAX).to(ACC)[:, None]
     arg = tl.full([BLOCK_P, BLOCK_C], -1, dtype=tl.int32)
     rows = tl.max(tl.where(pmask, he - hs, 0), axis=0)
@@ -93,8 +127,19 @@ def _roi_pool_fwd_kernel(x_ptr, rois_ptr, out_ptr, arg_ptr, S_HI, S_MID, S_LO, N
 
 
 @triton.jit
-def _roi_pool_bwd_kernel(g_ptr, arg_ptr, rois_ptr, gi_ptr, total, C, HW, BINS,
-                         ACC: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
+def _roi_pool_bwd_kernel(
+    g_ptr,
+    arg_ptr,
+    rois_ptr,
+    gi_ptr,
+    total,
+    C,
+    HW,
+    BINS,
+    ACC: tl.constexpr,
+    WIDE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     # int32 index arithmetic unless the gradient has 2**31 elements: int64 division is slow
     if WIDE:
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -113,8 +158,9 @@ def _tl_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def roi_pool_forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int,
-                     pooled_width: int):
+def roi_pool_forward(
+    input: Tensor, rois: Tensor, spatial_scale: float, pooled_height: int, pooled_width: int
+):
     n_img, channels, height, width = input.shape
     k = rois.shape[0]
     shape = (k, channels, pooled_height, pooled_width)
@@ -128,15 +174,37 @@ def roi_pool_forward(input: Tensor, rois: Tensor, spatial_scale: float, pooled_h
     block_c = min(triton.next_power_of_2(channels), _BLOCK_C)
     grid = (k, triton.cdiv(bins, block_p), triton.cdiv(channels, block_c))
     with torch.cuda.device(input.device) if input.is_cuda else nullcontext():
-        _roi_pool_fwd_kernel[grid](x, rois.contiguous(), out, arg, *scale_parts(spatial_scale), -FLT_MAX,
-                                   channels, height, width, *x.stride(), pooled_height, pooled_width,
-                                   ACC=_tl_dtype(acc_dtype(input.dtype)), BLOCK_P=block_p, BLOCK_C=block_c,
-                                   num_warps=4, enable_fp_fusion=False)
+        _roi_pool_fwd_kernel[grid](
+            x,
+            rois.contiguous(),
+            out,
+            arg,
+            *scale_parts(spatial_scale),
+            -FLT_MAX,
+            channels,
+            height,
+            width,
+            *x.stride(),
+            pooled_height,
+            pooled_width,
+            ACC=_tl_dtype(acc_dtype(input.dtype)),
+            BLOCK_P=block_p,
+            BLOCK_C=block_c,
+            num_warps=4,
+            enable_fp_fusion=False,
+        )
     return out, arg
 
 
-def roi_pool_backward(grad: Tensor, rois: Tensor, argmax: Tensor, batch_size: int, channels: int,
-                      height: int, width: int) -> Tensor:
+def roi_pool_backward(
+    grad: Tensor,
+    rois: Tensor,
+    argmax: Tensor,
+    batch_size: int,
+    channels: int,
+    height: int,
+    width: int,
+) -> Tensor:
     acc = acc_dtype(grad.dtype)
     gi = torch.zeros((batch_size, channels, height, width), dtype=acc, device=grad.device)
     total = grad.numel()
@@ -145,6 +213,16 @@ def roi_pool_backward(grad: Tensor, rois: Tensor, argmax: Tensor, batch_size: in
     bins = grad.shape[2] * grad.shape[3]
     with torch.cuda.device(grad.device) if grad.is_cuda else nullcontext():
         _roi_pool_bwd_kernel[(triton.cdiv(total, _BLOCK),)](
-            grad.contiguous(), argmax.contiguous(), rois.contiguous(), gi, total, channels, height * width, bins,
-            ACC=_tl_dtype(acc), WIDE=total >= 2 ** 31, BLOCK=_BLOCK)
+            grad.contiguous(),
+            argmax.contiguous(),
+            rois.contiguous(),
+            gi,
+            total,
+            channels,
+            height * width,
+            bins,
+            ACC=_tl_dtype(acc),
+            WIDE=total >= 2**31,
+            BLOCK=_BLOCK,
+        )
     return gi.to(grad.dtype)

@@ -1,4 +1,5 @@
 """``denet::sparse_sample``: registration with torch.library (fake kernel, autograd) and the public API."""
+
 import torch
 from torch import Tensor, nn
 
@@ -9,7 +10,9 @@ MODES = ("nearest", "bilinear")
 
 @torch.library.custom_op("denet::sparse_sample", mutates_args=())
 def _sparse_sample(features: Tensor, boxes: Tensor, grid_size: int, mode: str) -> Tensor:
-    return implementation(__package__, features, boxes).sparse_sample_forward(features, boxes, grid_size, mode)
+    return implementation(__package__, features, boxes).sparse_sample_forward(
+        features, boxes, grid_size, mode
+    )
 
 
 @_sparse_sample.register_fake
@@ -19,15 +22,30 @@ def _(features: Tensor, boxes: Tensor, grid_size: int, mode: str) -> Tensor:
 
 
 @torch.library.custom_op("denet::sparse_sample_backward", mutates_args=())
-def _sparse_sample_backward(grad: Tensor, boxes: Tensor, num_features: int, height: int, width: int,
-                            grid_size: int, mode: str) -> Tensor:
+def _sparse_sample_backward(
+    grad: Tensor,
+    boxes: Tensor,
+    num_features: int,
+    height: int,
+    width: int,
+    grid_size: int,
+    mode: str,
+) -> Tensor:
     return implementation(__package__, grad, boxes).sparse_sample_backward(
-        grad, boxes, num_features, height, width, grid_size, mode)
+        grad, boxes, num_features, height, width, grid_size, mode
+    )
 
 
 @_sparse_sample_backward.register_fake
-def _(grad: Tensor, boxes: Tensor, num_features: int, height: int, width: int,
-      grid_size: int, mode: str) -> Tensor:
+def _(
+    grad: Tensor,
+    boxes: Tensor,
+    num_features: int,
+    height: int,
+    width: int,
+    grid_size: int,
+    mode: str,
+) -> Tensor:
     return grad.new_empty((grad.shape[0], num_features, height, width))
 
 
@@ -44,7 +62,9 @@ def _backward(ctx, grad):
     f, h, w = ctx.shape
     grad_features = None
     if ctx.needs_input_grad[0]:
-        grad_features = torch.ops.denet.sparse_sample_backward(grad, boxes, f, h, w, ctx.grid_size, ctx.mode)
+        grad_features = torch.ops.denet.sparse_sample_backward(
+            grad, boxes, f, h, w, ctx.grid_size, ctx.mode
+        )
     # No gradient to the boxes, as in DeNet: they come from a non-differentiable proposal step.
     return grad_features, None, None, None
 
@@ -58,18 +78,26 @@ def _check(features: Tensor, boxes: Tensor, grid_size: int, mode: str) -> None:
         raise ValueError(f"sparse_sample: features must be a Tensor[B, F, H, W], got shape {shape}")
     if not isinstance(boxes, Tensor) or boxes.dim() != 3 or boxes.shape[2] != 4:
         shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
-        raise ValueError(f"sparse_sample: boxes must be a Tensor[B, N, 4] of (x0, y0, x1, y1), got shape {shape}")
+        raise ValueError(
+            f"sparse_sample: boxes must be a Tensor[B, N, 4] of (x0, y0, x1, y1), got shape {shape}"
+        )
     if boxes.shape[0] != features.shape[0]:
         raise ValueError(
             f"sparse_sample: features {tuple(features.shape)} and boxes {tuple(boxes.shape)} "
-            "must have the same batch size")
+            "must have the same batch size"
+        )
     if features.shape[2] < 1 or features.shape[3] < 1:
-        raise ValueError(f"sparse_sample: the feature map must not be empty, got shape {tuple(features.shape)}")
+        raise ValueError(
+            f"sparse_sample: the feature map must not be empty, got shape {tuple(features.shape)}"
+        )
     if not features.is_floating_point() or not boxes.is_floating_point():
         raise ValueError(
-            f"sparse_sample: features and boxes must be floating point, got {features.dtype} and {boxes.dtype}")
+            f"sparse_sample: features and boxes must be floating point, got {features.dtype} and {boxes.dtype}"
+        )
     if features.device != boxes.device:
-        raise ValueError(f"sparse_sample: features on {features.device} but boxes on {boxes.device}")
+        raise ValueError(
+            f"sparse_sample: features on {features.device} but boxes on {boxes.device}"
+        )
     if isinstance(grid_size, bool) or not isinstance(grid_size, int) or grid_size < 1:
         raise ValueError(f"sparse_sample: grid_size must be a positive int, got {grid_size!r}")
     if mode not in MODES:

@@ -19,7 +19,6 @@ clamped at the border. Coordinates are computed in ``promote_types(boxes.dtype, 
 Neither mode passes a gradient to the boxes (DeNet declares it undefined; the boxes come from a
 non-differentiable proposal step).
 """
-from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -50,7 +49,7 @@ def _axis_points(lo: Tensor, hi: Tensor, grid_size: int, size: int) -> Tensor:
     return torch.clamp(p * size, 0, size - 1)
 
 
-def _points(boxes: Tensor, grid_size: int, h: int, w: int) -> Tuple[Tensor, Tensor]:
+def _points(boxes: Tensor, grid_size: int, h: int, w: int) -> tuple[Tensor, Tensor]:
     b = boxes.to(coord_dtype(boxes))
     x0, y0, x1, y1 = b.unbind(-1)
     return _axis_points(y0, y1, grid_size, h), _axis_points(x0, x1, grid_size, w)
@@ -96,26 +95,30 @@ def sparse_sample_forward(features: Tensor, boxes: Tensor, grid_size: int, mode:
     # [B, H*W, F]: one advanced-indexing gather per tap reads whole feature vectors.
     table = features.reshape(bsz, f, h * w).transpose(1, 2)
     batch = torch.arange(bsz, device=features.device)[:, None]
-    vals = None
+    vals: Tensor | None = None
     for lin, weight in _taps(boxes, grid_size, h, w, mode, acc):
         v = table[batch, lin]  # [B, N*G*G, F]
         if weight is not None:
             v = v.to(acc) * weight[..., None]
         vals = v if vals is None else vals + v
+    assert vals is not None  # _taps gives one tap (nearest) or four (bilinear)
     vals = vals.to(features.dtype).reshape(bsz, n, g2 * f).transpose(1, 2)
     b = boxes.to(coord_dtype(boxes))
     hw = torch.stack((b[..., 3] - b[..., 1], b[..., 2] - b[..., 0]), dim=1).to(features.dtype)
     return torch.cat((vals, hw), dim=1)
 
 
-def sparse_sample_backward(grad: Tensor, boxes: Tensor, num_features: int, h: int, w: int,
-                           grid_size: int, mode: str) -> Tensor:
+def sparse_sample_backward(
+    grad: Tensor, boxes: Tensor, num_features: int, h: int, w: int, grid_size: int, mode: str
+) -> Tensor:
     bsz, _, n = grad.shape
     f = num_features
     g2 = grid_size * grid_size
     acc = acc_dtype(grad)
     # [B, N*G*G, F] in the order of the taps.
-    src = grad[:, : g2 * f].to(acc).reshape(bsz, g2, f, n).permute(0, 3, 1, 2).reshape(bsz, n * g2, f)
+    src = (
+        grad[:, : g2 * f].to(acc).reshape(bsz, g2, f, n).permute(0, 3, 1, 2).reshape(bsz, n * g2, f)
+    )
     out = torch.zeros(bsz * h * w, f, dtype=acc, device=grad.device)
     offset = (torch.arange(bsz, device=grad.device) * (h * w))[:, None]
     for lin, weight in _taps(boxes, grid_size, h, w, mode, acc):

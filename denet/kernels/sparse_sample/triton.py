@@ -7,6 +7,7 @@ The backward pass scatters with atomic adds into a float32 (float64 for float64 
 as DeNet's ``atomicAdd`` kernel does, so its summation order is not deterministic.
 FMA contraction is disabled so that sample coordinates round exactly as in the reference.
 """
+
 import torch
 import triton
 import triton.language as tl
@@ -47,9 +48,21 @@ def _load_boxes(box_ptr, b, n, N, nmask):
 
 
 @triton.jit
-def _sparse_sample_fwd_kernel(feat_ptr, box_ptr, out_ptr, N, F, H, W,
-                              G: tl.constexpr, K: tl.constexpr, BILINEAR: tl.constexpr,
-                              ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):
+def _sparse_sample_fwd_kernel(
+    feat_ptr,
+    box_ptr,
+    out_ptr,
+    N,
+    F,
+    H,
+    W,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BILINEAR: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+):
     pid_n = tl.program_id(0)
     pid_f = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -85,8 +98,12 @@ def _sparse_sample_fwd_kernel(feat_ptr, box_ptr, out_ptr, N, F, H, W,
                 v11 = tl.load(feat_rows + (yhi * W + xhi)[None, :], mask=mask, other=0.0).to(ACC)
                 hy = 1.0 - ly
                 hx = 1.0 - lx
-                v = (v00 * (hy * hx)[None, :] + v01 * (hy * lx)[None, :]
-                     + v10 * (ly * hx)[None, :] + v11 * (ly * lx)[None, :])
+                v = (
+                    v00 * (hy * hx)[None, :]
+                    + v01 * (hy * lx)[None, :]
+                    + v10 * (ly * hx)[None, :]
+                    + v11 * (ly * lx)[None, :]
+                )
             else:
                 xs = _lround(px, W)
                 v = tl.load(feat_rows + (ys * W + xs)[None, :], mask=mask, other=0.0)
@@ -99,9 +116,21 @@ def _sparse_sample_fwd_kernel(feat_ptr, box_ptr, out_ptr, N, F, H, W,
 
 
 @triton.jit
-def _sparse_sample_bwd_kernel(grad_ptr, box_ptr, acc_ptr, N, F, H, W,
-                              G: tl.constexpr, K: tl.constexpr, BILINEAR: tl.constexpr,
-                              ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_F: tl.constexpr):
+def _sparse_sample_bwd_kernel(
+    grad_ptr,
+    box_ptr,
+    acc_ptr,
+    N,
+    F,
+    H,
+    W,
+    G: tl.constexpr,
+    K: tl.constexpr,
+    BILINEAR: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+):
     pid_n = tl.program_id(0)
     pid_f = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -134,10 +163,18 @@ def _sparse_sample_bwd_kernel(grad_ptr, box_ptr, acc_ptr, N, F, H, W,
                 xhi = tl.minimum(xlo + 1, W - 1)
                 hy = 1.0 - ly
                 hx = 1.0 - lx
-                tl.atomic_add(acc_rows + (ylo * W + xlo)[None, :], g * (hy * hx)[None, :], mask=mask)
-                tl.atomic_add(acc_rows + (ylo * W + xhi)[None, :], g * (hy * lx)[None, :], mask=mask)
-                tl.atomic_add(acc_rows + (yhi * W + xlo)[None, :], g * (ly * hx)[None, :], mask=mask)
-                tl.atomic_add(acc_rows + (yhi * W + xhi)[None, :], g * (ly * lx)[None, :], mask=mask)
+                tl.atomic_add(
+                    acc_rows + (ylo * W + xlo)[None, :], g * (hy * hx)[None, :], mask=mask
+                )
+                tl.atomic_add(
+                    acc_rows + (ylo * W + xhi)[None, :], g * (hy * lx)[None, :], mask=mask
+                )
+                tl.atomic_add(
+                    acc_rows + (yhi * W + xlo)[None, :], g * (ly * hx)[None, :], mask=mask
+                )
+                tl.atomic_add(
+                    acc_rows + (yhi * W + xhi)[None, :], g * (ly * lx)[None, :], mask=mask
+                )
             else:
                 xs = _lround(px, W)
                 tl.atomic_add(acc_rows + (ys * W + xs)[None, :], g, mask=mask)
@@ -156,26 +193,53 @@ def sparse_sample_forward(features: Tensor, boxes: Tensor, grid_size: int, mode:
     boxes = boxes.to(coord_dtype(boxes)).contiguous()
     bsz, f, h, w = features.shape
     n = boxes.shape[1]
-    out = torch.empty((bsz, grid_size * grid_size * f + 2, n), dtype=features.dtype, device=features.device)
+    out = torch.empty(
+        (bsz, grid_size * grid_size * f + 2, n), dtype=features.dtype, device=features.device
+    )
     if out.numel() == 0:
         return out
     # At least one feature block, so that the height/width channels are written when F = 0.
     _sparse_sample_fwd_kernel[_grid(bsz, n, max(f, 1))](
-        features, boxes, out, n, f, h, w,
-        G=grid_size, K=grid_step(grid_size), BILINEAR=(mode == "bilinear"), ACC=_tl_acc(acc_dtype(features)),
-        BLOCK_N=_BLOCK_N, BLOCK_F=_BLOCK_F, enable_fp_fusion=False)
+        features,
+        boxes,
+        out,
+        n,
+        f,
+        h,
+        w,
+        G=grid_size,
+        K=grid_step(grid_size),
+        BILINEAR=(mode == "bilinear"),
+        ACC=_tl_acc(acc_dtype(features)),
+        BLOCK_N=_BLOCK_N,
+        BLOCK_F=_BLOCK_F,
+        enable_fp_fusion=False,
+    )
     return out
 
 
-def sparse_sample_backward(grad: Tensor, boxes: Tensor, num_features: int, h: int, w: int,
-                           grid_size: int, mode: str) -> Tensor:
+def sparse_sample_backward(
+    grad: Tensor, boxes: Tensor, num_features: int, h: int, w: int, grid_size: int, mode: str
+) -> Tensor:
     grad = grad.contiguous()
     boxes = boxes.to(coord_dtype(boxes)).contiguous()
     bsz, _, n = grad.shape
     acc = torch.zeros((bsz, num_features, h, w), dtype=acc_dtype(grad), device=grad.device)
     if n and acc.numel():
         _sparse_sample_bwd_kernel[_grid(bsz, n, num_features)](
-            grad, boxes, acc, n, num_features, h, w,
-            G=grid_size, K=grid_step(grid_size), BILINEAR=(mode == "bilinear"), ACC=_tl_acc(acc.dtype),
-            BLOCK_N=_BLOCK_N, BLOCK_F=_BLOCK_F, enable_fp_fusion=False)
+            grad,
+            boxes,
+            acc,
+            n,
+            num_features,
+            h,
+            w,
+            G=grid_size,
+            K=grid_step(grid_size),
+            BILINEAR=(mode == "bilinear"),
+            ACC=_tl_acc(acc.dtype),
+            BLOCK_N=_BLOCK_N,
+            BLOCK_F=_BLOCK_F,
+            enable_fp_fusion=False,
+        )
     return acc.to(grad.dtype)
