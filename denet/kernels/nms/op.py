@@ -210,6 +210,13 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         raise ValueError(
             f"batched_nms: idxs must be a Tensor[N] matching boxes {tuple(boxes.shape)}, got shape {shape}"
         )
+    if torch.compiler.is_compiling():
+        # Under torch.compile the number of boxes is often data-dependent (after a score
+        # threshold): one NMS over offset boxes, with no branch on the size. max() of an empty
+        # tensor fails, so a zero joins the coordinates.
+        max_coordinate = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()
+        offsets = idxs.to(boxes) * (max_coordinate + 1)
+        return nms(boxes + offsets[:, None], scores, iou_threshold)
     if boxes.numel() > (4000 if boxes.device.type == "cpu" else 100_000):
         keep_mask = torch.zeros_like(scores, dtype=torch.bool)
         for class_id in torch.unique(idxs):  # a loop over categories, as torchvision's
