@@ -7,14 +7,15 @@ from ..errors import DenetError
 
 
 def tool_main(fn):
-    """Wrap ``main(argv=None) -> int``: a ``DenetError`` prints ``<tool>: error: <message>`` and
-    returns 2 instead of showing a traceback. Argparse already exits 2 on bad options."""
+    """Wrap ``main(argv=None, **hooks) -> int``: a ``DenetError`` prints ``<tool>: error:
+    <message>`` and returns 2 instead of showing a traceback. Argparse already exits 2 on bad
+    options. Keyword arguments (hooks such as model-train's ``on_step``) pass through."""
 
     @functools.wraps(fn)
-    def wrapper(argv=None):
+    def wrapper(argv=None, **kwargs):
         prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else fn.__module__
         try:
-            return fn(argv) or 0
+            return fn(argv, **kwargs) or 0
         except DenetError as err:
             print(f"{prog}: error: {err}", file=sys.stderr)
             return err.exit_status

@@ -1,14 +1,21 @@
-"""model-predict: classify images with a trained model file.
+"""model-predict: run a trained model file on images: classify, detect or segment.
 
     model-predict --model digits_final.pt --input digits/test --output predictions.json
+    model-predict --model coco_final.pt --input COCO --extension mscoco,2017-val
+    model-predict --model seg_final.pt --input SEG --extension seglist,val --output labels/
+
+The mode follows the model's task (its head): ``classify`` for a classifier (R), ``detect`` for
+a detector, ``segment`` for a segmentation network (SEG); ``--predict-mode`` may name it.
 
 ``--input`` is one image, a folder of images, or a Basic Dir tree ``DIR/<class>/*.EXT``; folders
-are searched recursively for ``*.EXT`` (``--extension``, default png), in sorted order. Images
-are not resized: each must have the model's input size (an image of another size is an error
-naming the file; ``model-modify --image-size`` changes a model's input size). Pixels become
-RGB/255 (or grey/255 for 1-channel models) as in training.
+are searched recursively for ``*.EXT`` (``--extension``, default png), in sorted order. Pixels
+become RGB/255 (or grey/255 for 1-channel models) as in training. ``classify`` does not resize:
+each image must have the model's input size (an image of another size is an error naming the
+file; ``model-modify --image-size`` changes a model's input size). ``detect`` and ``segment``
+run each image at its own size, or read a dataset (``--extension mscoco,...``, ``voc,...``,
+``seglist,...``; docs/datasets.md) with its loader keys.
 
-The output is a JSON list, one entry per image::
+classify writes a JSON list, one entry per image::
 
     {"path": "digits/test/3/0042.png", "top5": [["3", 0.998], ["8", 0.001], ...],
      "label": "3"}
@@ -16,6 +23,16 @@ The output is a JSON list, one entry per image::
 ``top5`` holds the min(5, classes) most probable classes, best first. ``label`` is present when
 the image lies in ``DIR/<class>/`` of a tree and ``<class>`` is one of the model's classes; the
 tool then prints the top-1 and top-5 accuracy over those images.
+
+detect writes a JSON list, one entry per image, boxes in the original image's pixels::
+
+    {"path": "COCO/val2017/000000000139.jpg", "boxes": [[x1, y1, x2, y2], ...],
+     "scores": [0.98, ...], "labels": [0, ...], "classes": ["person", ...]}
+
+and, for an annotated mscoco or voc set, prints the evaluator's summary (COCO AP, VOC mAP).
+segment writes one PNG label map per image (class indices, 255 where the model did not see the
+original pixel) under the ``--output`` folder, named after the image, and prints the mIoU when
+the dataset has label maps.
 """
 from __future__ import annotations
 
@@ -25,14 +42,19 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import DataError, DenetError
 from ._common import tool_main
 
-PREDICT_MODES = ("classify", "single")
-DENET_MODES = {"multicrop": "10-crop testing", "segment": "segmentation",
-               "detect": "detection"}
+MODES = {"classify": "classification", "single": "classification", "detect": "detection",
+         "segment": "segmentation"}
+TASK_MODES = {"classification": "classify", "detection": "detect",
+              "segmentation": "segment"}
+DENET_MODES = {"multicrop": "10-crop testing (use --extension imagenet,multicrop with "
+                            "model-train --skip-train)"}
+DATASET_FORMATS = ("mscoco", "voc", "seglist")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -42,24 +64,32 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="model-predict", formatter_class=_Formatter,
-        description="Classify images with a model file; write each image's top-5 classes and "
-                    "probabilities to a JSON file.",
+        description="Run a model file on images: classify (top-5 classes per image, JSON), "
+                    "detect (boxes per image, JSON) or segment (a PNG label map per image), "
+                    "as the model's task says.",
         epilog="See docs/model-predict.md.")
     a = p.add_argument
     a("--model", required=True, metavar="FILE", help="model file (P_final.pt, P_epochNNN.pt)")
     a("--input", required=True, metavar="PATH",
-      help="an image, a folder of images or a Basic Dir tree DIR/<class>/*.EXT")
-    a("--output", "--results", dest="output", default="results.json", metavar="OUT.json",
-      help="where to write the predictions")
-    a("--extension", default="png", help="image file extension searched for in folders")
-    a("--predict-mode", default="classify",
-      help="classify (DeNet's 'single' is accepted as a synonym)")
+      help="an image, a folder of images, a Basic Dir tree DIR/<class>/*.EXT, or (detect, "
+           "segment) a dataset root read with --extension")
+    a("--output", "--results", dest="output", default=None, metavar="OUT",
+      help="where to write the predictions: a JSON file (classify, detect; default "
+           "results.json) or a folder of PNG label maps (segment; default results)")
+    a("--extension", default="png",
+      help="image file extension searched for in folders; detect and segment also take a "
+           "dataset format with loader keys (mscoco,2017-val / voc,2007-test / seglist,val)")
+    a("--predict-mode", default=None,
+      help="classify (DeNet's 'single' is a synonym), detect or segment (default: the "
+           "model's task)")
     a("--batch-size", type=int, default=100, help="images per forward pass")
     a("--thread-num", type=int, default=1,
       help="background image-loading worker processes (0: load in this process)")
     a("--device", default=None,
       help="cpu, cuda or cuda:N (default: GPU=N, else cuda:0 if present, else cpu)")
-    a("--params", default="", help="DeNet's detection parameters; not used by classify")
+    a("--params", default="",
+      help="DeNet's detection parameters; here they are arguments of the network's "
+           "detection head, so a non-empty value is an error")
     return p
 
 
@@ -91,11 +121,13 @@ def tree_label(image: str, root: str, class_names) -> str | None:
 
 
 class ImageFiles(Dataset):
-    """Images as the model sees them: float32 ``[C,H,W]`` in [0, 1], size checked."""
+    """Images as the model sees them: float32 ``[C,H,W]`` in [0, 1]. With ``check_size`` each
+    must have the model's input size; targets carry the index and the (identity) geometry."""
 
-    def __init__(self, paths, input_shape):
+    def __init__(self, paths, input_shape, check_size: bool = True):
         self.paths = list(paths)
         self.channels, self.height, self.width = input_shape
+        self.check_size = check_size
 
     def __len__(self):
         return len(self.paths)
@@ -105,66 +137,159 @@ class ImageFiles(Dataset):
 
         path = self.paths[i]
         img = load_image(path, self.channels)
-        if img.size != (self.width, self.height):
+        if self.check_size and img.size != (self.width, self.height):
             raise DataError(f"{path}: image is {img.size[0]}x{img.size[1]} (WxH) but the model "
                             f"takes {self.width}x{self.height}; resize the image or change the "
                             "model's input with model-modify --image-size")
         arr = np.asarray(img, dtype=np.float32) / 255.0
         x = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
-        return x, {"index": i}
+        size = torch.tensor([img.size[1], img.size[0]], dtype=torch.int64)
+        return x, {"index": i, "image_id": i, "size": size, "orig_size": size.clone(),
+                   "scale": torch.ones(2, dtype=torch.float64),
+                   "offset": torch.zeros(2, dtype=torch.float64)}
+
+
+def _loader(dataset, batch_size, workers):
+    from ..data import make_loader
+
+    loader = make_loader(dataset, batch_size, shuffle=False, workers=workers, seed=0)
+    loader.generator = torch.Generator().manual_seed(0)
+    return loader
 
 
 @torch.no_grad()
 def classify(model, paths, batch_size: int, workers: int, device) -> torch.Tensor:
     """Probabilities ``[N, classes]`` for the images at ``paths`` (in order)."""
-    from ..data import make_loader
-
     ds = ImageFiles(paths, model.input_shape)
-    loader = make_loader(ds, batch_size, shuffle=False, workers=workers, seed=0)
-    loader.generator = torch.Generator().manual_seed(0)
     model.eval()
     out = torch.empty(len(ds), model.classes, dtype=torch.float32)
-    for images, targets in loader:
+    for images, targets in _loader(ds, batch_size, workers):
         probs = model(images.to(device))
-        out[targets["index"]] = probs.float().cpu()
+        out[[t["index"] for t in targets]] = probs.float().cpu()
     return out
 
 
-def _check_mode(mode: str) -> None:
-    head = mode.split(",")[0].strip().lower()
-    if head in PREDICT_MODES:
-        return
+@torch.no_grad()
+def predict_batches(model, dataset, batch_size: int, workers: int, device):
+    """``(outputs, targets)`` of every batch of ``dataset`` in order, the model in evaluation
+    mode."""
+    model.eval()
+    for images, targets in _loader(dataset, batch_size, workers):
+        yield model(images.to(device)), targets
+
+
+def to_original(boxes: torch.Tensor, target: dict) -> torch.Tensor:
+    """xyxy boxes in the pixels of the image the model saw -> the original image's pixels,
+    ``(v - offset) / scale`` with the target's geometry (unchanged without a finite one)."""
+    from ..eval.base import finite_geometry
+
+    boxes = boxes.detach().double().cpu().reshape(-1, 4)
+    geom = finite_geometry(target)
+    if geom is None:
+        return boxes
+    scale, offset = geom
+    return (boxes - offset.repeat(2)) / scale.repeat(2)
+
+
+def detection_entry(path, output: dict, target: dict, names) -> dict:
+    boxes = to_original(output["boxes"], target)
+    labels = [int(v) for v in output["labels"].reshape(-1).tolist()]
+    return {"path": path,
+            "boxes": [[round(float(v), 3) for v in b] for b in boxes.tolist()],
+            "scores": [round(float(v), 6) for v in output["scores"].reshape(-1).tolist()],
+            "labels": labels,
+            "classes": [names[k] if 0 <= k < len(names) else str(k) for k in labels]}
+
+
+def label_maps(logits: torch.Tensor, targets: list[dict]) -> list[np.ndarray]:
+    """Per image, the argmax class at the original image's size: the logits are resized
+    (bilinearly) to the padded batch, cropped to the image the model saw (its ``size``) and
+    sampled at the centre of every original pixel, ``x * scale + offset``. Original pixels that
+    fall outside the image the model saw (cropped away) get 255."""
+    from ..eval.base import finite_geometry
+
+    logits = logits.detach().float()
+    padded = (max(int(t["size"][0]) for t in targets), max(int(t["size"][1]) for t in targets))
+    if tuple(logits.shape[-2:]) != padded:
+        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+    maps = []
+    for i, t in enumerate(targets):
+        h, w = int(t["size"][0]), int(t["size"][1])
+        x = logits[i:i + 1, :, :h, :w]
+        H, W = (int(v) for v in t.get("orig_size", t["size"]))
+        geom = finite_geometry(t)
+        (sx, sy), (ox, oy) = geom if geom is not None else ((1.0, 1.0), (0.0, 0.0))
+        sx, sy, ox, oy = (float(v) for v in (sx, sy, ox, oy))
+        if (sx, sy, ox, oy) == (1.0, 1.0, 0.0, 0.0) and (H, W) == (h, w):
+            maps.append(x[0].argmax(0).cpu().numpy())
+            continue
+        xs = (torch.arange(W, dtype=torch.float64) + 0.5) * sx + ox
+        ys = (torch.arange(H, dtype=torch.float64) + 0.5) * sy + oy
+        grid = torch.stack(torch.meshgrid(xs * (2.0 / w) - 1, ys * (2.0 / h) - 1,
+                                          indexing="xy"), dim=-1)
+        sampled = F.grid_sample(x, grid[None].to(x.device, torch.float32), mode="bilinear",
+                                padding_mode="border", align_corners=False)
+        label = sampled[0].argmax(0).cpu().numpy()
+        inside = ((xs >= 0) & (xs <= w))[None, :] & ((ys >= 0) & (ys <= h))[:, None]
+        label[~inside.numpy()] = 255
+        maps.append(label)
+    return maps
+
+
+def write_label_map(label: np.ndarray, path: str, classes: int) -> None:
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    dtype = np.uint8 if classes <= 255 else np.uint16
+    Image.fromarray(label.astype(dtype)).save(path)
+
+
+def _check_mode(mode, model, path) -> str:
+    """The mode to run: ``--predict-mode`` or the model's task; it must fit the model."""
+    task = model.task
+    if mode is None:
+        if task not in TASK_MODES:
+            raise DenetError(f"{path}: the network has no task head (R, SEG, DET ...), so "
+                             "model-predict cannot read its output")
+        return TASK_MODES[task]
+    head, _, rest = mode.partition(",")
+    head = head.strip().lower()
     if head in DENET_MODES:
-        raise DenetError(f"--predict-mode {mode}: DeNet's {DENET_MODES[head]} mode is not "
-                         "supported by model-predict; use --predict-mode classify")
-    raise DenetError(f"--predict-mode: unknown mode {mode!r}; expected classify")
+        raise DenetError(f"--predict-mode {mode}: DeNet's {DENET_MODES[head]} is not a mode "
+                         "of model-predict")
+    if head not in MODES:
+        raise DenetError(f"--predict-mode: unknown mode {mode!r}; expected classify, detect "
+                         "or segment")
+    if rest.strip():
+        raise DenetError(f"--predict-mode {mode}: takes no options after the mode (the data "
+                         "format goes in --extension)")
+    if MODES[head] != task:
+        raise DenetError(f"--predict-mode {mode}: {path} is a {task or 'task-less'} network; "
+                         f"it cannot {head}")
+    return TASK_MODES[task]
 
 
-@tool_main
-def main(argv=None) -> int:
-    ns = build_parser().parse_args(argv)
-    _check_mode(ns.predict_mode)
-    if ns.params.strip():
-        raise DenetError("--params holds DeNet's detection thresholds; classify takes none")
-    if ns.batch_size < 1:
-        raise DenetError(f"--batch-size must be >= 1, not {ns.batch_size}")
-    if ns.thread_num < 0:
-        raise DenetError(f"--thread-num must be >= 0, not {ns.thread_num}")
-    import denet
-    from ..train.distributed import DistInfo, select_device
-    from ..train.trainer import classifier_check
-
-    model = denet.load(ns.model)
+def _write_json(results, output) -> None:
+    out_dir = os.path.dirname(os.path.abspath(output))
     try:
-        classifier_check(model)
-    except DenetError as err:
-        raise DenetError(f"{ns.model}: {err}") from None
-    device = select_device(ns.device, DistInfo())
-    model.to(device)
+        os.makedirs(out_dir, exist_ok=True)
+        tmp = f"{output}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("[\n" + ",\n".join(json.dumps(r) for r in results) + "\n]\n")
+        os.replace(tmp, output)
+    except OSError as err:
+        raise DenetError(f"{output}: cannot write ({err.strerror or err})") from None
+
+
+def _class_names(model, path) -> list[str]:
     names = [str(c) for c in (model.class_names or range(model.classes))]
     if len(names) != model.classes:
-        raise DenetError(f"{ns.model}: {len(names)} class names for {model.classes} classes")
+        raise DenetError(f"{path}: {len(names)} class names for {model.classes} classes")
+    return names
 
+
+# ----------------------------------------------------------------------------- classify
+def run_classify(ns, model, names, device) -> None:
     paths = find_images(ns.input, ns.extension)
     probs = classify(model, paths, ns.batch_size, ns.thread_num, device)
     k = min(5, model.classes)
@@ -182,17 +307,126 @@ def main(argv=None) -> int:
             hits1 += ranked[0] == label
             hits5 += label in ranked
         results.append(entry)
-    out_dir = os.path.dirname(os.path.abspath(ns.output))
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = f"{ns.output}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write("[\n" + ",\n".join(json.dumps(r) for r in results) + "\n]\n")
-        os.replace(tmp, ns.output)
-    except OSError as err:
-        raise DenetError(f"{ns.output}: cannot write ({err.strerror or err})") from None
-    print(f"classified {len(paths)} image(s) with {ns.model}: wrote {ns.output}")
+    output = ns.output or "results.json"
+    _write_json(results, output)
+    print(f"classified {len(paths)} image(s) with {ns.model}: wrote {output}")
     if labelled:
         print(f"top-1 accuracy {100 * hits1 / labelled:.2f}%  top-5 accuracy "
               f"{100 * hits5 / labelled:.2f}%  ({labelled} labelled images)")
+
+
+# ----------------------------------------------------------------------------- detect, segment
+def open_inputs(ns, model, task):
+    """(dataset, image path per item, folder the paths are relative to, is it a dataset)."""
+    from ..data import open_dataset
+    from ..data.extension import parse_extension
+
+    ext = parse_extension(ns.extension)
+    if ext.format == "dir":
+        if "," in ns.extension:
+            raise DenetError(f"--extension {ns.extension}: loader keys need a dataset format "
+                             f"({', '.join(DATASET_FORMATS)}); plain images run at their size")
+        paths = find_images(ns.input, ext.image_ext)
+        root = ns.input if os.path.isdir(ns.input) else os.path.dirname(ns.input)
+        return ImageFiles(paths, model.input_shape, check_size=False), paths, root, False
+    if ext.format not in DATASET_FORMATS:
+        raise DenetError(f"--extension {ns.extension}: {ext.format} holds classification "
+                         f"data; {task} reads images or {', '.join(DATASET_FORMATS)}")
+    ds = open_dataset(ns.input, ns.extension, train=False)
+    if ds.task != task:
+        raise DataError(f"{ns.input}: a {ds.task} set, but {ns.model} is a {task} network")
+    if list(map(str, ds.classes)) and len(ds.classes) != model.classes:
+        raise DataError(f"{ns.input}: {len(ds.classes)} classes, but {ns.model} has "
+                        f"{model.classes}")
+    return ds, ds._paths(), ds.root, True
+
+
+def detection_evaluator(ds):
+    """The evaluator of an annotated mscoco/voc set (COCO's own annotations for one mscoco
+    subset), or None for a set without boxes."""
+    from ..eval import make_evaluator
+    from ..train.trainer import detection_metric
+
+    if not any(len(r.boxes) for r in ds.records):
+        return None
+    metric = detection_metric(ds)
+    kwargs = {"classes": [str(c) for c in ds.classes]}
+    if metric == "coco" and len(getattr(ds, "cocos", ())) == 1:
+        kwargs.update(coco_gt=ds.cocos[0], category_ids=ds.cat_ids)
+    return make_evaluator("detection", metric=metric, **kwargs)
+
+
+def run_detect(ns, model, names, device) -> None:
+    ds, paths, _, is_dataset = open_inputs(ns, model, "detection")
+    evaluator = detection_evaluator(ds) if is_dataset else None
+    results = []
+    for outputs, targets in predict_batches(model, ds, ns.batch_size, ns.thread_num, device):
+        for out, tgt in zip(outputs, targets):
+            results.append(detection_entry(paths[len(results)], out, tgt, names))
+        if evaluator is not None:
+            evaluator.update(outputs, targets)
+    output = ns.output or "results.json"
+    _write_json(results, output)
+    n = sum(len(r["boxes"]) for r in results)
+    print(f"detected {n} object(s) in {len(results)} image(s) with {ns.model}: wrote {output}")
+    if evaluator is not None:
+        print(evaluator.summary())
+
+
+def run_segment(ns, model, names, device) -> None:
+    from ..eval import make_evaluator
+
+    ds, paths, root, is_dataset = open_inputs(ns, model, "segmentation")
+    out_dir = ns.output or "results"
+    if os.path.isfile(out_dir):
+        raise DenetError(f"--output {out_dir}: segment writes a folder of PNG label maps; "
+                         "this is a file")
+    evaluator = None
+    done = 0
+    written = set()
+    for outputs, targets in predict_batches(model, ds, ns.batch_size, ns.thread_num, device):
+        logits = outputs["out"] if isinstance(outputs, dict) else outputs
+        for label in label_maps(logits, targets):
+            rel = os.path.splitext(os.path.relpath(paths[done], root))[0] + ".png"
+            target = os.path.join(out_dir, rel)
+            if target in written:
+                raise DenetError(f"{paths[done]}: its label map {target} was already written "
+                                 "for another image of the same name")
+            written.add(target)
+            try:
+                write_label_map(label, target, model.classes)
+            except OSError as err:
+                raise DenetError(f"{target}: cannot write ({err.strerror or err})") from None
+            done += 1
+        if is_dataset and all("mask" in t for t in targets):
+            if evaluator is None:
+                evaluator = make_evaluator("segmentation", classes=names)
+            evaluator.update(outputs, targets)
+    print(f"segmented {done} image(s) with {ns.model}: wrote {done} label map(s) under "
+          f"{out_dir}")
+    if evaluator is not None:
+        print(evaluator.summary())
+
+
+@tool_main
+def main(argv=None) -> int:
+    ns = build_parser().parse_args(argv)
+    if ns.params.strip():
+        raise DenetError("--params holds DeNet's detection thresholds; here they are "
+                         "arguments of the network's detection head")
+    if ns.batch_size < 1:
+        raise DenetError(f"--batch-size must be >= 1, not {ns.batch_size}")
+    if ns.thread_num < 0:
+        raise DenetError(f"--thread-num must be >= 0, not {ns.thread_num}")
+    import denet
+
+    from ..train.distributed import DistInfo, select_device
+
+    model = denet.load(ns.model)
+    mode = _check_mode(ns.predict_mode, model, ns.model)
+    device = select_device(ns.device, DistInfo())
+    model.to(device)
+    names = _class_names(model, ns.model)
+    {"classify": run_classify, "detect": run_detect, "segment": run_segment}[mode](
+        ns, model, names, device)
     return 0

@@ -1,12 +1,16 @@
-"""model-train: train a classifier written as a description string.
+"""model-train: train a network written as a description string (a classifier, a detector or a
+segmentation network: the head decides, see docs/language.md, Tasks).
 
     GPU=0 model-train --border-mode half --model-desc "C[128,3] BN A P[2] C[256,3] BN A P.A R" \\
         --learn-rate 0.1 --solver sgd --epochs 30 --train TRAIN --test TEST --extension png
 
 Options keep DeNet's names and defaults (see docs/model-train.md). Writes ``P_epochNNN.pt`` after
 each epoch, ``P_final.pt`` and ``P_log.jsonl`` for ``--output-prefix P``. ``--resume
-P_epochNNN.pt`` continues that run exactly; ``--model FILE`` starts a new run from a model's
-weights. Under torchrun every process runs this same program (``--batch-size`` per process).
+P_epochNNN.pt`` appended to the original command line (or alone) continues that run exactly;
+``--model FILE`` starts a new run from a model's weights. Under torchrun every process runs this
+same program (``--batch-size`` per process).
+
+``main(argv, on_step=f)`` calls ``f(epoch, step)`` after every optimizer step (a hook for tests).
 """
 from __future__ import annotations
 
@@ -14,11 +18,9 @@ import argparse
 
 from ..errors import DenetError
 from ..train.solvers import SOLVERS
-from ..train.trainer import DEFAULT_MODEL_DESC, LOG_LEVELS, TrainOptions, run
+from ..train.trainer import DEFAULT_MODEL_DESC, LOG_LEVELS, TrainOptions, option_flag, run
 from ._common import tool_main
 
-# With --resume the checkpoint's options apply; only these may be given again.
-RESUME_OVERRIDES = ("epochs", "device", "thread_num", "output_prefix", "log_level")
 # With --model the model file fixes the network; these would be silently ignored.
 MODEL_FIXES = ("model_desc", "border_mode", "activation", "weight_init")
 
@@ -31,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="model-train", formatter_class=_Formatter,
         description="Train a convolutional network written as a DeNet description string on "
-                    "labelled images. Writes P_epochNNN.pt after every epoch (0-based), "
+                    "labelled images (classification, detection or segmentation: the network's "
+                    "head decides). Writes P_epochNNN.pt after every epoch (0-based), "
                     "P_final.pt and the JSON-lines log P_log.jsonl for --output-prefix P.",
         epilog="Devices: --device, else GPU=N from the environment (as in DeNet), else the "
                "first GPU, else the CPU. Under torchrun (torchrun --nproc-per-node K "
@@ -45,14 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
            "schedule)")
     a("--resume", default=None, metavar="FILE",
       help="continue the run saved in this checkpoint (P_epochNNN.pt) exactly: its options, "
-           "epoch, optimizer, random state and log; only --epochs, --device, --thread-num, "
-           "--output-prefix and --log-level may be given with it")
+           "epoch, optimizer, random state and log. Append it to the original command line "
+           "or give it alone; of the other options only --epochs, --device, --thread-num, "
+           "--output-prefix and --log-level may differ from the saved run")
     a("--train", default=None, metavar="PATH", help="training set (required)")
     a("--test", default=None, metavar="PATH", help="test set, evaluated every --test-epochs")
     a("--extension", default="ppm",
       help="dataset format: an image extension (Basic Dir PATH/<class>/*.EXT), npy "
-           "(PATH_data.npy + PATH_labels.npy) or imagenet, with ,key=value loader options "
-           "(docs/datasets.md)")
+           "(PATH_data.npy + PATH_labels.npy), imagenet, mscoco, voc or seglist, with "
+           ",key=value loader options (docs/datasets.md)")
+    a("--test-extension", default=None, metavar="EXTENSION",
+      help="dataset format of --test when it differs from --extension (another subset: "
+           "mscoco,2017-val; other loader keys)")
     a("--epochs", type=int, default=30, help="training epochs")
     a("--batch-size", type=int, default=32, help="images per step (per process under torchrun)")
     a("--learn-rate", type=float, default=0.1, help="learning rate")
@@ -95,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="only evaluate the model (--model, or the new network) on --test")
     a("--skip-layer-updates", type=int, nargs="+", default=[], metavar="INDEX",
       help="freeze the parameters of the layers at these token indices")
-    a("--cost-factors", type=float, nargs="+", default=[], metavar="F",
-      help="multiply the classifier's cost by this factor")
+    a("--cost-factors", nargs="+", default=[], metavar="F|LOSS=F",
+      help="multiply losses by factors: LOSS=F by name (loss_cls=1 loss_box=2), or bare "
+           "numbers for the model's losses in order (DeNet's way)")
     a("--log-level", default="verbose", choices=list(LOG_LEVELS), help="how much to print")
     return p
 
@@ -120,27 +128,24 @@ def options_from_args(ns) -> TrainOptions:
 
 
 @tool_main
-def main(argv=None) -> int:
+def main(argv=None, on_step=None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     given = _given(argv)
+    opts = options_from_args(ns)
     if ns.resume:
-        extra = sorted(given - set(RESUME_OVERRIDES) - {"resume"})
-        if extra:
-            names = ", ".join("--" + k.replace("_", "-") for k in extra)
-            raise DenetError(f"--resume continues {ns.resume} with the options saved in it; "
-                             f"{names} cannot be changed (allowed: --epochs, --device, "
-                             "--thread-num, --output-prefix, --log-level)")
-        overrides = {k: getattr(ns, k) for k in RESUME_OVERRIDES if k in given}
-        run(TrainOptions(), resume=ns.resume, overrides=overrides)
+        # the saved options apply; options given again must agree with them (the trainer checks)
+        names = {f for f in opts.as_dict() if f in given}
+        run(resume=ns.resume, overrides={k: getattr(opts, k) for k in sorted(names)},
+            on_step=on_step)
         return 0
     if ns.model:
         clash = sorted(given & set(MODEL_FIXES))
         if clash:
-            names = ", ".join("--" + k.replace("_", "-") for k in clash)
+            names = ", ".join(option_flag(k) for k in clash)
             raise DenetError(f"--model {ns.model} fixes the network; {names} cannot be given "
                              "with it (model-modify changes a model file)")
     if not ns.train:
         parser.error("--train is required")
-    run(options_from_args(ns))
+    run(opts, on_step=on_step)
     return 0

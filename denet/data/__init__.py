@@ -11,7 +11,7 @@ API (stable; full reference in docs/datasets.md)::
     loader = make_loader(ds, batch_size=32, shuffle=True, workers=2, seed=23455)
     for epoch in range(start_epoch, epochs):
         loader.set_epoch(epoch)                     # BEFORE iterating: reseeds augmentation
-        for images, targets in loader:              # images [B,C,H,W]; targets["label"] [B]
+        for images, targets in loader:              # images [B,C,H,W]; targets: B dicts
             ...
 
 ``open_dataset(path, extension, train=False, **overrides)``
@@ -23,7 +23,8 @@ API (stable; full reference in docs/datasets.md)::
     ``--distort-mode o4 m50`` -> ``distort="o4 m50"`` (or the argparse list; ``[]``/None = off),
     ``--augment-mirror`` -> ``mirror=True if args.augment_mirror else None`` (None keeps the
     format's default: imagenet/mscoco/voc/seglist mirror in training as DeNet's loader did);
-    ``seed=N`` sets ``ds.seed`` (``make_loader`` also sets it from its ``seed``). ``train=True`` enables the random steps.
+    ``seed=N`` sets ``ds.seed`` (``make_loader`` also sets it from its ``seed``).
+    ``train=True`` enables the random steps.
     Mirroring flips each item with p = 0.5 on the fly (DeNet duplicated the set instead).
     Channels (Basic Dir): 1 when every image is greyscale, else RGB.
 
@@ -36,8 +37,8 @@ file; with ``skip_broken`` an unreadable item is replaced by the next readable o
 in ``ds.broken_count``.
 
 ``collate``, ``AspectRatioBatchSampler``, ``EpochShuffleSampler`` and ``Loader`` are in
-``denet.data.loader``; targets of detection and segmentation items are described in
-docs/datasets.md.
+``denet.data.loader``, ``SubsetDataset`` and ``StridedSampler`` in ``denet.data.samplers``;
+targets of detection and segmentation items are described in docs/datasets.md.
 """
 from __future__ import annotations
 
@@ -47,11 +48,12 @@ from ..errors import DataError
 from .base import ImageDataset
 from .extension import Extension, parse_extension
 from .loader import AspectRatioBatchSampler, EpochShuffleSampler, Loader, collate, make_loader
+from .samplers import StridedSampler, SubsetDataset
 from .transforms import Distort
 
 __all__ = ["open_dataset", "make_loader", "collate", "AspectRatioBatchSampler",
-           "EpochShuffleSampler", "Loader", "Distort", "ImageDataset", "Extension",
-           "parse_extension", "DataError"]
+           "EpochShuffleSampler", "Loader", "StridedSampler", "SubsetDataset", "Distort",
+           "ImageDataset", "Extension", "parse_extension", "DataError"]
 
 
 def _dataset_class(fmt):

@@ -1,5 +1,6 @@
-"""Batching: a collate for any of the three tasks, an epoch-seeded shuffle, Detectron's
-aspect-ratio grouping, and ``make_loader`` (workers, pinned memory, persistent workers)."""
+"""Batching: a collate for any of the three tasks (images padded to one size, a list of
+per-image targets), an epoch-seeded shuffle, Detectron's aspect-ratio grouping, and
+``make_loader`` (workers, pinned memory, persistent workers)."""
 from __future__ import annotations
 
 import math
@@ -11,9 +12,6 @@ import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, Sampler, get_worker_info
 
 from ..errors import DataError
-
-# Keys with one entry per box: their lengths differ between images, so they stay lists.
-PER_BOX_KEYS = ("boxes", "labels", "iscrowd", "difficult")
 
 
 def _new_batch(like, shape):
@@ -39,25 +37,15 @@ def _pad_stack(tensors, value):
 
 
 def collate(batch):
-    """``[(image, target), ...] -> (images, targets)``.
+    """``[(image, target), ...] -> (images, targets)``, torchvision's convention.
 
     ``images`` is ``[B,C,H,W]``; images of different sizes are zero-padded at the bottom and right
-    (each target's ``size`` keeps the real one). ``targets`` is a dict: per-box keys (``boxes``,
-    ``labels``, ``iscrowd``, ``difficult``) are lists of tensors, ``mask`` is stacked with 255
-    padding, every other key is stacked (ints become a tensor)."""
+    (each target's ``size`` keeps the real one). ``targets`` is the list of the items' target
+    dicts, one per image, as the dataset yields them (``{"label": 3}``; ``boxes`` ``[N,4]`` with
+    N per image; ``mask`` ``[H,W]`` at the image's own size ...). This is what a model's
+    ``forward(images, targets)`` and the evaluators read."""
     images = _pad_stack([item[0] for item in batch], 0.0)
-    targets = {}
-    for key in batch[0][1]:
-        values = [item[1][key] for item in batch]
-        if key in PER_BOX_KEYS:
-            targets[key] = values
-        elif key == "mask":
-            targets[key] = _pad_stack(values, 255)
-        elif isinstance(values[0], torch.Tensor):
-            targets[key] = torch.stack(values)
-        else:
-            targets[key] = torch.as_tensor(values)
-    return images, targets
+    return images, [dict(item[1]) for item in batch]
 
 
 class EpochShuffleSampler(Sampler):
@@ -101,10 +89,11 @@ class AspectRatioBatchSampler(Sampler):
         self.ratios = np.asarray(ratios, dtype=np.float64)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        initialised = dist.is_available() and dist.is_initialized()
         if num_replicas is None:
-            num_replicas = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+            num_replicas = dist.get_world_size() if initialised else 1
         if rank is None:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            rank = dist.get_rank() if initialised else 0
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, int(seed)

@@ -2,6 +2,6 @@
 trainer behind ``model-train`` (one process or torch.distributed). See docs/model-train.md."""
 from .schedule import AnnealSchedule
 from .solvers import DenetSGD, make_optimizer
-from .trainer import TrainOptions, run
+from .trainer import Trainer, TrainOptions, run
 
-__all__ = ["AnnealSchedule", "DenetSGD", "TrainOptions", "make_optimizer", "run"]
+__all__ = ["AnnealSchedule", "DenetSGD", "TrainOptions", "Trainer", "make_optimizer", "run"]

@@ -48,5 +48,5 @@ class AnnealSchedule:
                 "anneal_epochs": list(self.anneal_epochs)}
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "AnnealSchedule":
+    def from_state_dict(cls, state: dict) -> AnnealSchedule:
         return cls(state["base_lr"], state["anneal"], state["anneal_epochs"])

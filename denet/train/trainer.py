@@ -1,10 +1,19 @@
 """The training loop behind ``model-train``, in one process or under ``torch.distributed``.
 
-One code path for both: when torchrun launched the process (``RANK``/``WORLD_SIZE``/
-``LOCAL_RANK`` in the environment) the model is wrapped in ``DistributedDataParallel``, the
-training set is split by a ``DistributedSampler`` (``--batch-size`` is per process), the test
-set by a strided sampler, losses and accuracies are summed over ranks, and only rank 0 prints,
-shows the progress bar, writes the log and the checkpoints.
+The trainer knows no task. A model follows the task contract (docs/language.md, Tasks): in
+training mode ``model(images, targets)`` returns a dict of named 0-d tensors; the keys that begin
+with ``loss`` are optimised (their sum, each times its ``--cost-factors`` factor), the others
+(``top1``) are statistics. Evaluation goes through ``denet.eval.make_evaluator(model.task)``.
+
+Read :class:`Trainer` top to bottom: ``setup`` (data, model, optimizer, resumed state, loaders),
+``train_one_epoch``, ``evaluate``, ``save_checkpoint`` and ``fit``, the loop over epochs.
+
+One code path for one process and many: when torchrun launched the process (``RANK``/
+``WORLD_SIZE``/``LOCAL_RANK`` in the environment) the model is wrapped in
+``DistributedDataParallel``, the training set is split by a ``DistributedSampler``
+(``--batch-size`` is per process), the test set by a ``StridedSampler``, the epoch's sums are
+added over ranks and the evaluators gathered and merged; only rank 0 prints, shows the progress
+bar, writes the log and the checkpoints.
 
 Determinism: the weights are initialised from ``--seed``; epoch ``e`` visits the training set
 in an order that depends on (seed, e) only and item ``i`` draws its augmentation from
@@ -16,38 +25,47 @@ machine does.
 
 Files, for ``--output-prefix P``: ``P_epochNNN.pt`` after epoch NNN (0-based, DeNet's
 numbering), ``P_final.pt`` at the end (both carry the training state), and ``P_log.jsonl``:
-one JSON object per epoch with ``epoch``, ``lr``, ``train_loss``, ``train_top1``,
-``train_samples``, ``test_loss``, ``test_top1``, ``test_top5``, ``test_samples`` (accuracies
-are fractions in [0, 1]; test values are null in epochs without a test) and ``seconds``.
+one JSON object per epoch with ``epoch``, ``lr``, ``train_loss`` (the mean over the epoch's
+images of the sum of the losses, without cost factors), ``train_<key>`` for every key the model
+returns (``train_loss_cls``, ``train_top1``), ``train_samples``, ``test_<metric>`` for every
+metric of the task's evaluator (classification: ``test_top1``, ``test_top5``, ``test_loss``,
+``test_samples``; detection ``test_AP``...; segmentation ``test_mIoU``...; null in epochs
+without a test and where undefined) and ``seconds``.
 """
 from __future__ import annotations
 
 import math
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler
 
 from ..errors import DataError, DenetError, ModelFileError
-from ..eval.topk import topk_correct
 from . import checkpoint as ckpt
-from .distributed import (DistInfo, all_sum, barrier, env_dist_info, init_distributed,
-                          select_device, shutdown)
+from .distributed import (
+    DistInfo,
+    all_sum,
+    barrier,
+    env_dist_info,
+    init_distributed,
+    select_device,
+    shutdown,
+)
 from .schedule import AnnealSchedule
 from .solvers import check_solver_args, make_optimizer
 
 DEFAULT_MODEL_DESC = "C[100,7] P[2] C[150,4] P[2] C[250,4] P[2] C[300,1] R"
 LOG_LEVELS = {"debug": 10, "verbose": 15, "info": 20, "warning": 30, "error": 40}
-# Kill switch for tests of --resume: "E:B" sends SIGKILL to this process after B optimizer steps
-# of epoch E, like a crash (no clean-up, no final files).
-KILL_ENV = "DENET_TRAIN_KILL_AT"
+# With --resume every other option must equal the saved one; these may change.
+RESUMABLE = ("epochs", "device", "thread_num", "output_prefix", "log_level")
+
+
+def option_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
@@ -57,6 +75,7 @@ class TrainOptions:
     train: str | None = None
     test: str | None = None
     extension: str = "ppm"
+    test_extension: str | None = None  # None: the same as extension
     model_desc: str = DEFAULT_MODEL_DESC
     model: str | None = None
     epochs: int = 30
@@ -80,7 +99,7 @@ class TrainOptions:
     disable_intermediate: bool = False
     skip_train: bool = False
     skip_layer_updates: list = field(default_factory=list)
-    cost_factors: list = field(default_factory=list)
+    cost_factors: list = field(default_factory=list)  # numbers and NAME=NUMBER strings
     device: str | None = None
     log_level: str = "verbose"
 
@@ -89,7 +108,7 @@ class TrainOptions:
                 for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainOptions":
+    def from_dict(cls, values: dict) -> TrainOptions:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in names})
 
@@ -119,15 +138,111 @@ class TrainOptions:
             except ValueError as err:
                 raise DenetError(str(err)) from None
             parse(self.model_desc)
-        if len(self.cost_factors) > 1:
-            raise DenetError(f"--cost-factors: a classifier has one cost (R), but "
-                             f"{len(self.cost_factors)} factors were given")
+        parse_cost_factors(self.cost_factors)  # the names are checked against the model later
         if self.skip_train and not self.test:
             raise DenetError("--skip-train only evaluates: it needs --test")
         if self.log_level not in LOG_LEVELS:
             raise DenetError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
 
 
+# ----------------------------------------------------------------------------- --resume
+def _normal(name: str, value):
+    """An option's value in a form that compares equal however it was written."""
+    if value is None or isinstance(value, bool):
+        return value
+    if name == "model_desc":
+        text = " ".join(value) if isinstance(value, (list, tuple)) else str(value)
+        return " ".join(text.split())
+    if name == "cost_factors":
+        positional, named = parse_cost_factors(value)
+        return positional, sorted(named.items())
+    if name in ("train", "test", "model"):
+        return os.path.normpath(str(value))
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_normal(name, v) for v in value]
+    return str(value).strip()
+
+
+def _shown(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value)) if value else "(none)"
+    return repr(value) if isinstance(value, str) and " " in value else str(value)
+
+
+def resume_options(saved: TrainOptions, given: dict, path) -> TrainOptions:
+    """The options of a resumed run: the saved ones, with the ``RESUMABLE`` ones of ``given``
+    (option name -> value, what the user wrote on the command line) applied. Any other given
+    option must equal the saved value (after normalisation), so the original command line can
+    be repeated with ``--resume`` appended."""
+    opts = TrainOptions.from_dict(saved.as_dict())
+    for name, value in given.items():
+        if name in RESUMABLE:
+            setattr(opts, name, value)
+            continue
+        before = getattr(saved, name)
+        if _normal(name, before) != _normal(name, value):
+            raise DenetError(f"--resume {path}: {option_flag(name)} was {_shown(before)} in the "
+                             f"saved run, not {_shown(value)} (only "
+                             f"{', '.join(option_flag(n) for n in RESUMABLE)} may change)")
+    return opts
+
+
+# ----------------------------------------------------------------------------- cost factors
+def parse_cost_factors(tokens) -> tuple[list[float], dict[str, float]]:
+    """``--cost-factors`` tokens -> (bare numbers in order, {loss name: number})."""
+    positional: list[float] = []
+    named: dict[str, float] = {}
+    for token in tokens:
+        text = str(token).strip()
+        name, sep, value = text.partition("=")
+        try:
+            factor = float(value if sep else text)
+        except ValueError:
+            raise DenetError(f"--cost-factors: {text!r} is neither a number nor "
+                             "LOSS_NAME=NUMBER") from None
+        if not math.isfinite(factor):
+            raise DenetError(f"--cost-factors: {text!r} is not a finite number")
+        if not sep:
+            positional.append(factor)
+            continue
+        name = name.strip()
+        if name in named:
+            raise DenetError(f"--cost-factors: {name} is given twice")
+        named[name] = factor
+    return positional, named
+
+
+def loss_factors(tokens, loss_names) -> dict[str, float]:
+    """The factor of every loss the model adds (1 where ``--cost-factors`` says nothing). Bare
+    numbers apply to the names that begin with ``loss`` in ``model.loss_names`` order, DeNet's
+    way; ``NAME=NUMBER`` sets one by name."""
+    losses = [n for n in loss_names if n.startswith("loss")]
+    positional, named = parse_cost_factors(tokens)
+    has = f"the model's losses are {', '.join(losses)}"
+    if len(positional) > len(losses):
+        raise DenetError(f"--cost-factors: {len(positional)} factors for {len(losses)} "
+                         f"loss(es); {has}")
+    factors = {n: 1.0 for n in losses}
+    factors.update(zip(losses, positional))
+    for name, factor in named.items():
+        if name not in factors:
+            raise DenetError(f"--cost-factors: the model has no loss {name!r}; {has}")
+        if name in losses[:len(positional)]:
+            raise DenetError(f"--cost-factors: {name} is given twice (by position and by name)")
+        factors[name] = factor
+    return factors
+
+
+def total_loss(losses: dict, factors: dict):
+    """What is optimised: the sum of the ``loss*`` entries, each times its factor."""
+    terms = [v if factors.get(k, 1.0) == 1.0 else factors[k] * v
+             for k, v in losses.items() if k.startswith("loss")]
+    return sum(terms[1:], terms[0])
+
+
+# ----------------------------------------------------------------------------- console
 class Console:
     """Rank-0 messages at DeNet's log levels (stdout; warnings and errors on stderr)."""
 
@@ -154,103 +269,64 @@ class Console:
 
 
 # ----------------------------------------------------------------------------- data
-class SubsetDataset(Dataset):
-    """``--max-samples``: a fixed subset of a denet dataset that keeps ``set_epoch``/``seed``
-    (so augmentation stays a function of (seed, epoch, original index))."""
-
-    def __init__(self, dataset, indices):
-        self.dataset = dataset
-        self.indices = [int(i) for i in indices]
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.dataset[self.indices[i]]
-
-    def set_epoch(self, epoch):
-        self.dataset.set_epoch(epoch)
-
-    @property
-    def seed(self):
-        return self.dataset.seed
-
-    @seed.setter
-    def seed(self, value):
-        self.dataset.seed = value
-
-    @property
-    def classes(self):
-        return self.dataset.classes
-
-
-class StridedSampler(Sampler):
-    """Rank ``r`` of ``R`` evaluates items r, r + R, ...: every item exactly once overall."""
-
-    def __init__(self, n: int, rank: int, world_size: int):
-        self.n, self.rank, self.world_size = n, rank, world_size
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.world_size))
-
-    def __len__(self):
-        return len(range(self.rank, self.n, self.world_size))
+def _fmt_shape(shape):
+    return "x".join(map(str, shape)) if shape else "of mixed sizes"
 
 
 def open_sets(opts: TrainOptions, console: Console):
-    """(train set, test set or None, label map test -> train or None)."""
-    from ..data import open_dataset
+    """(train set, its input shape, test set or None, label map test -> train or None). The
+    label map is for classification sets whose test classes are a subset of the training
+    classes; other tasks need the same classes in both."""
+    from ..data import SubsetDataset, open_dataset
 
     distort = list(opts.distort_mode) or None
     train_set = open_dataset(opts.train, opts.extension, train=True, distort=distort,
                              mirror=True if opts.augment_mirror else None, seed=opts.seed)
-    if train_set.task != "classification":
-        raise DataError(f"{opts.train}: model-train trains classifiers; --extension "
-                        f"{opts.extension} gives a {train_set.task} set")
     shape = train_set.input_shape
     if shape is None:
         raise DataError(f"{opts.train}: images of different sizes; make them one size or add "
                         "crop=N (or scale=N,scale_mode=warp) to --extension")
+    if not train_set.num_classes:
+        raise DataError(f"{opts.train}: the dataset names no classes")
+    classification = train_set.task == "classification"
     test_set, label_map = None, None
     if opts.test:
-        test_set = open_dataset(opts.test, opts.extension, train=False)
-        if test_set.input_shape != shape:
-            raise DataError(f"{opts.test}: test images are {_fmt_shape(test_set.input_shape)}"
+        test_set = open_dataset(opts.test, opts.test_extension or opts.extension, train=False)
+        test_shape = test_set.input_shape
+        # a classifier takes one input size; other heads take any size of the same channels
+        if (test_shape != shape if classification else
+                getattr(test_set, "channels", shape[0]) != shape[0]):
+            raise DataError(f"{opts.test}: test images are {_fmt_shape(test_shape)}"
                             f" but training images are {_fmt_shape(shape)}")
         if list(test_set.classes) != list(train_set.classes):
             index = {str(c): i for i, c in enumerate(train_set.classes)}
             missing = [c for c in test_set.classes if str(c) not in index]
-            if missing:
-                raise DataError(f"{opts.test}: class {missing[0]!r} does not occur in the "
-                                f"training set {opts.train}")
+            if missing or not classification:
+                what = (f"class {missing[0]!r} does not occur in" if missing else
+                        "the classes differ from those of")
+                raise DataError(f"{opts.test}: {what} the training set {opts.train}")
             label_map = torch.tensor([index[str(c)] for c in test_set.classes])
     if opts.max_samples is not None and opts.max_samples < len(train_set):
         rng = np.random.default_rng([opts.seed, 0x6d6178])
         keep = np.sort(rng.choice(len(train_set), opts.max_samples, replace=False))
         console.verbose(f"--max-samples: training on {opts.max_samples} of {len(train_set)} "
                         "images")
-        full = train_set
-        train_set = SubsetDataset(full, keep)
-        train_set.input_shape = shape
-        train_set.num_classes = full.num_classes
-    return train_set, test_set, label_map
+        train_set = SubsetDataset(train_set, keep)
+    return train_set, tuple(shape), test_set, label_map
 
 
-def _fmt_shape(shape):
-    return "x".join(map(str, shape)) if shape else "of mixed sizes"
+def targets_to(targets: list[dict], device) -> list[dict]:
+    """Each target dict with its tensors moved to ``device`` (other values as they are)."""
+    return [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+             for k, v in t.items()} for t in targets]
 
 
 # ----------------------------------------------------------------------------- model
-def classifier_check(model) -> None:
-    graph = model.graph
-    try:
-        out = graph.node(graph.output)
-    except KeyError:
-        out = None
-    if out is None or out.type != "R":
-        what = "the input" if out is None else out.type
-        raise DenetError(f"model-train trains classifiers: the description must end in R "
-                         f"(its output is {what}): {model.desc}")
+def check_trainable(model) -> None:
+    """The model must add losses (a head such as R, SEG or DET)."""
+    if not any(n.startswith("loss") for n in model.loss_names):
+        raise DenetError(f"the network adds no losses, so it cannot be trained: end it with a "
+                         f"head that has a loss (R, SEG, ...): {model.desc}")
 
 
 def build_model(opts: TrainOptions, input_shape, num_classes: int, console: Console):
@@ -273,8 +349,14 @@ def build_model(opts: TrainOptions, input_shape, num_classes: int, console: Cons
         model = denet.compile(opts.model_desc, input_shape, num_classes,
                               border_mode=opts.border_mode, activation=opts.activation,
                               weight_init=list(opts.weight_init))
-    classifier_check(model)
+    check_trainable(model)
     return model
+
+
+def check_task(model, dataset, path) -> None:
+    if model.task is not None and model.task != dataset.task:
+        raise DataError(f"{path}: a {dataset.task} set, but the network is a {model.task} "
+                        f"network (its head decides: {model.desc})")
 
 
 def freeze_layers(model, indices) -> None:
@@ -293,25 +375,59 @@ def freeze_layers(model, indices) -> None:
 
 
 # ----------------------------------------------------------------------------- evaluation
+def detection_metric(dataset) -> str:
+    """VOC's mAP for a VOC set (the 11-point form for VOC2007 alone), COCO's AP otherwise."""
+    if getattr(dataset, "format", None) == "voc":
+        subsets = dataset.extension.subsets
+        return "voc07" if subsets and all(s.startswith("2007-") for s in subsets) else "voc12"
+    return "coco"
+
+
+def task_evaluator(task, dataset, label_map=None):
+    """``denet.eval``'s evaluator of ``task`` for ``dataset``; a DenetError when there is
+    none."""
+    try:
+        from ..eval import make_evaluator
+    except ImportError as err:
+        raise DenetError(f"cannot evaluate a {task} model: denet.eval is not available "
+                         f"({err})") from None
+    classes = [str(c) for c in dataset.classes]
+    try:
+        if task == "classification":
+            return make_evaluator(task, label_map=label_map)
+        if task == "detection":
+            return make_evaluator(task, metric=detection_metric(dataset), classes=classes)
+        return make_evaluator(task, classes=classes)
+    except (ValueError, TypeError) as err:
+        raise DenetError(f"cannot evaluate a {task} model: {err}") from None
+
+
+def metrics_record(metrics: dict, prefix: str) -> dict:
+    """``{prefix + key: value}`` for the log: nan (undefined) becomes null, counts ints."""
+    out = {}
+    for key, value in metrics.items():
+        value = float(value)
+        if math.isnan(value):
+            out[prefix + key] = None
+        elif key == "samples":
+            out[prefix + key] = int(value)
+        else:
+            out[prefix + key] = value
+    return out
+
+
 @torch.no_grad()
-def evaluate(model, loader, device, info: DistInfo, label_map=None):
-    """(mean loss, top-1, top-5, samples) over the whole test set (all ranks together)."""
+def evaluate(model, loader, device, evaluator):
+    """Run ``model`` in evaluation mode over ``loader`` into ``evaluator`` (reset first), then
+    fold in the other ranks' evaluators; returns it."""
+    from ..eval import merge_across_ranks
+
     model.eval()
-    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    evaluator.reset()
     for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        labels = targets["label"]
-        if label_map is not None:
-            labels = label_map[labels]
-        labels = labels.to(device)
-        probs = model(images)
-        loss_sum += float(-torch.log(probs.gather(1, labels[:, None]).clamp_min(1e-30)).sum())
-        c1, c5 = topk_correct(probs, labels, (1, 5))
-        top1, top5, n = top1 + c1, top5 + c5, n + len(labels)
-    loss_sum, top1, top5, n = all_sum([loss_sum, top1, top5, n], device, info)
-    if n == 0:
-        return None, None, None, 0
-    return loss_sum / n, top1 / n, top5 / n, int(n)
+        outputs = model(images.to(device, non_blocking=True))
+        evaluator.update(outputs, targets)
+    return merge_across_ranks(evaluator)
 
 
 def deterministic_cuda() -> None:
@@ -324,37 +440,303 @@ def deterministic_cuda() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _kill_point():
-    text = os.environ.get(KILL_ENV)
-    if not text:
-        return None
-    try:
-        e, b = text.split(":")
-        return int(e), int(b)
-    except ValueError:
-        raise DenetError(f"{KILL_ENV}={text!r}: expected EPOCH:BATCH") from None
-
-
-# ----------------------------------------------------------------------------- the run
 def checkpoint_path(prefix: str, epoch: int) -> str:
     return f"{prefix}_epoch{epoch:03d}.pt"
 
 
-def run(opts: TrainOptions, resume: str | None = None, overrides: dict | None = None) -> dict:
-    """Train as ``model-train`` does. With ``resume`` (a checkpoint path) the run's options come
-    from the checkpoint, updated by ``overrides`` (only ``epochs``, ``device``, ``thread_num``,
-    ``output_prefix`` and ``log_level`` may change). Returns the last log record."""
+# ----------------------------------------------------------------------------- the trainer
+class Trainer:
+    """One training run. ``setup`` builds everything, ``fit`` runs the epochs::
+
+        trainer = Trainer(opts, info, device, console)
+        trainer.setup()                      # or setup(resume=path, model=m, state=s)
+        last_record = trainer.fit(on_step=lambda epoch, step: ...)
+
+    ``on_step(epoch, step)`` is called after each optimizer step (``step`` counts from 1 in
+    each epoch); tests use it to kill a run at a chosen point.
+    """
+
+    def __init__(self, opts: TrainOptions, info: DistInfo, device, console: Console):
+        self.opts, self.info, self.device, self.console = opts, info, device, console
+        self.log_path = f"{opts.output_prefix}_log.jsonl"
+        self.records: list[dict] = []
+        self.iteration = 0
+        self.start_epoch = 0
+        self.resume = None
+        self.rng_state = None
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self, resume: str | None = None, model=None, state: dict | None = None) -> None:
+        """Data, model, optimizer and (with ``resume``) the saved state, then the loaders.
+        Nothing after this draws from the global random generators before training."""
+        opts = self.opts
+        random.seed(opts.seed)
+        np.random.seed(opts.seed)
+        torch.manual_seed(opts.seed)
+        self.train_set, shape, self.test_set, label_map = open_sets(opts, self.console)
+        classes = list(self.train_set.classes)
+        if model is None:
+            model = build_model(opts, shape, len(classes), self.console)
+        elif tuple(model.input_shape) != shape or model.classes != len(classes):
+            raise ModelFileError(f"{resume}: the checkpoint's model does not fit {opts.train} "
+                                 "any more (input size or classes changed)")
+        check_task(model, self.train_set, opts.train)
+        self.task = model.task or self.train_set.task
+        self.factors = loss_factors(opts.cost_factors, model.loss_names)
+        model.class_names = [str(c) for c in classes]
+        if opts.skip_layer_updates:
+            freeze_layers(model, opts.skip_layer_updates)
+        self.model = model.to(self.device)
+        self.schedule = AnnealSchedule(opts.learn_rate, opts.learn_anneal,
+                                       opts.learn_anneal_epochs)
+        self.optimizer = make_optimizer(opts.solver,
+                                        model.param_groups(opts.learn_rate, opts.learn_decay),
+                                        opts.learn_rate, opts.learn_momentum, opts.learn_decay)
+        if state is not None:
+            self._restore(resume, state)
+        self._prepare_output()
+        self._make_loaders(label_map)
+        self._describe(shape, classes)
+
+    def _restore(self, resume, state) -> None:
+        self.start_epoch = int(state["epoch"]) + 1
+        if self.start_epoch >= self.opts.epochs:
+            raise DenetError(f"{resume}: the run already finished epoch {self.start_epoch - 1} "
+                             f"of {self.opts.epochs}; give --epochs N with N > "
+                             f"{self.start_epoch} to train further")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise ModelFileError(f"{resume}: the optimizer state does not fit the model "
+                                 f"({err})") from None
+        self.iteration = int(state["iteration"])
+        self.records = [dict(r) for r in state["log"]["records"]]
+        self.resume = resume
+        self.rng_state = state["rng"]  # restored by fit, after everything else is set up
+
+    def _prepare_output(self) -> None:
+        out_dir = os.path.dirname(os.path.abspath(self.log_path))
+        if not self.info.is_main:
+            return
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as err:
+            raise DenetError(f"--output-prefix: cannot create {out_dir} ({err})") from None
+        if not self.opts.skip_train:
+            ckpt.rewrite_log(self.log_path, self.records)  # a fresh run starts an empty log
+
+    def _make_loaders(self, label_map) -> None:
+        from ..data import StridedSampler, make_loader
+
+        opts, info = self.opts, self.info
+        if info.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+            from torch.utils.data.distributed import DistributedSampler
+            sampler = DistributedSampler(self.train_set, num_replicas=info.world_size,
+                                         rank=info.rank, shuffle=True, seed=opts.seed)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        else:
+            sampler = None
+            self.net = self.model
+        self.train_loader = make_loader(self.train_set, opts.batch_size, shuffle=True,
+                                        workers=opts.thread_num, seed=opts.seed,
+                                        sampler=sampler)
+        self.test_loader = self.evaluator = None
+        if self.test_set is not None:
+            self.test_loader = make_loader(
+                self.test_set, opts.batch_size, shuffle=False, workers=opts.thread_num,
+                seed=opts.seed, sampler=StridedSampler(len(self.test_set), info.rank,
+                                                       info.world_size))
+            self.evaluator = task_evaluator(self.task, self.test_set, label_map)
+
+    def _describe(self, shape, classes) -> None:
+        opts, console = self.opts, self.console
+        nparams = sum(p.numel() for p in self.model.parameters())
+        console.info(f"model: {self.model.desc}  ({nparams:,} parameters, input "
+                     f"{_fmt_shape(shape)}, {len(classes)} classes)")
+        console.info(f"train: {opts.train} ({len(self.train_set)} images)" +
+                     (f"; test: {opts.test} ({len(self.test_set)} images)"
+                      if self.test_set is not None else ""))
+        procs = f" x {self.info.world_size} processes" if self.info.distributed else ""
+        console.verbose(f"solver {opts.solver}, learning rate {opts.learn_rate}, momentum "
+                        f"{list(opts.learn_momentum)}, decay {opts.learn_decay}, batch "
+                        f"{opts.batch_size}{procs}, device {self.device}, {opts.thread_num} "
+                        "loader worker(s)")
+        factors = {k: f for k, f in self.factors.items() if f != 1.0}
+        if factors:
+            console.verbose("cost factors: " + ", ".join(f"{k} x {f:g}"
+                                                         for k, f in factors.items()))
+        if self.resume:
+            console.info(f"resuming {self.resume} at epoch {self.start_epoch} of "
+                         f"{opts.epochs}")
+
+    # ------------------------------------------------------------------ one epoch
+    def train_one_epoch(self, epoch: int, on_step=None) -> dict:
+        """One pass over the training set; returns the epoch's ``train_*`` log entries: the
+        batch-size weighted mean of every key the model returns, and ``train_loss``, the mean
+        of the sum of the losses without cost factors."""
+        from tqdm import tqdm
+
+        opts, device = self.opts, self.device
+        self.train_loader.set_epoch(epoch)
+        self.net.train()
+        sums: dict[str, torch.Tensor] = {}
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        seen = 0
+        show_bar = self.info.is_main and sys.stderr.isatty()
+        bar = tqdm(total=len(self.train_loader), desc=f"epoch {epoch}/{opts.epochs}",
+                   unit="batch", disable=not show_bar, leave=False, dynamic_ncols=True,
+                   file=sys.stderr)
+        debug = LOG_LEVELS[opts.log_level] <= LOG_LEVELS["debug"]
+        for step, (images, targets) in enumerate(self.train_loader):
+            images = images.to(device, non_blocking=True)
+            losses = self.net(images, targets_to(targets, device))
+            loss = total_loss(losses, self.factors)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.iteration += 1
+            n = images.shape[0]
+            seen += n
+            for name, value in losses.items():
+                value = value.detach().double() * n
+                sums[name] = sums[name] + value if name in sums else value
+            loss_sum += sum(v.detach().double() for k, v in losses.items()
+                            if k.startswith("loss")) * n
+            if show_bar:
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+            if debug:
+                self.console.debug(f"batch {epoch}.{step}: iteration {self.iteration}, cost "
+                                   f"{float(loss):.5f}")
+            if on_step is not None:
+                on_step(epoch, step + 1)
+        bar.close()
+        names = list(sums)
+        totals = all_sum([float(loss_sum), *(float(sums[k]) for k in names), float(seen)],
+                         device, self.info)
+        samples = totals[-1]
+        if samples == 0:
+            raise DataError(f"{opts.train}: no training images in epoch {epoch}")
+        train_loss = totals[0] / samples
+        if not math.isfinite(train_loss):
+            raise DenetError(f"training diverged: the loss is {train_loss} in epoch {epoch}; "
+                             "lower --learn-rate")
+        record = {"train_loss": train_loss}
+        record.update({f"train_{k}": v / samples for k, v in zip(names, totals[1:-1])})
+        record["train_samples"] = int(samples)
+        return record
+
+    def evaluate(self) -> dict:
+        """The test set through the task's evaluator: ``test_*`` log entries."""
+        evaluate(self.model, self.test_loader, self.device, self.evaluator)
+        return metrics_record(self.evaluator.compute(), "test_")
+
+    def untested(self) -> dict:
+        """The ``test_*`` entries of an epoch without a test (null, 0 samples)."""
+        if self.evaluator is None:
+            return {}
+        self.evaluator.reset()
+        return metrics_record(self.evaluator.compute(), "test_")
+
+    def test_summary(self) -> str:
+        """One line for the epoch message (the evaluator's, or its headline metric)."""
+        text = self.evaluator.summary()
+        if "\n" in text:
+            primary = self.evaluator.primary
+            text = f"{primary} {self.evaluator.compute()[primary]:.4f}"
+        return text
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, epoch: int) -> None:
+        """Rank 0: ``P_epochNNN.pt`` (unless ``--disable-intermediate``) and, after the last
+        epoch, ``P_final.pt``; each carries the state ``--resume`` needs."""
+        import denet
+
+        opts = self.opts
+        last = epoch == opts.epochs - 1
+        if not self.info.is_main or (opts.disable_intermediate and not last):
+            return
+        state = ckpt.make_train_state(
+            epoch=epoch, iteration=self.iteration, args=opts.as_dict(),
+            optimizer=self.optimizer, schedule=self.schedule, log_path=self.log_path,
+            log_records=self.records, cuda=self.device.type == "cuda")
+        if not opts.disable_intermediate:
+            denet.save(self.model, checkpoint_path(opts.output_prefix, epoch), state)
+        if last:
+            denet.save(self.model, f"{opts.output_prefix}_final.pt", state)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, on_step=None) -> dict:
+        """Train from the start (or resumed) epoch to ``--epochs``; returns the last record.
+        With ``--skip-train`` only evaluates."""
+        opts = self.opts
+        if opts.skip_train:
+            result = self.evaluate()
+            self.console.info(f"test: {self.test_summary()}")
+            return {"epoch": self.start_epoch - 1, **result}
+        if self.rng_state is not None:
+            ckpt.restore_rng_state(self.rng_state)  # last: nothing before training draws
+        record: dict = {}
+        for epoch in range(self.start_epoch, opts.epochs):
+            t0 = time.perf_counter()
+            lr = self.schedule.apply(self.optimizer, epoch)
+            train = self.train_one_epoch(epoch, on_step)
+            tested = self.test_loader is not None and (epoch % opts.test_epochs == 0
+                                                       or epoch == opts.epochs - 1)
+            test = self.evaluate() if tested else self.untested()
+            record = {"epoch": epoch, "lr": lr, **train, **test,
+                      "seconds": round(time.perf_counter() - t0, 3)}
+            self.records.append(record)
+            self._report(record, tested)
+            if self.info.is_main:
+                ckpt.append_log(self.log_path, record)
+            self.save_checkpoint(epoch)
+            barrier(self.info)
+        self.console.info(f"wrote {opts.output_prefix}_final.pt and {self.log_path}")
+        return record
+
+    def _report(self, record: dict, tested: bool) -> None:
+        stats = [f"{k[len('train_'):]} {v:.4g}" for k, v in record.items()
+                 if k.startswith("train_") and k not in ("train_loss", "train_samples")]
+        msg = (f"epoch {record['epoch']}/{self.opts.epochs}  lr {record['lr']:.6g}  "
+               f"train loss {record['train_loss']:.4f}")
+        if stats:
+            msg += f" ({', '.join(stats)})"
+        if tested:
+            msg += f"  |  test {self.test_summary()}"
+        self.console.info(msg + f"  ({record['seconds']:.1f} s)")
+
+
+# ----------------------------------------------------------------------------- the run
+def load_checkpoint(path, given: dict | None):
+    """(model, train_state, options) of the checkpoint at ``path``; see
+    :func:`resume_options` for ``given``."""
     import denet
 
+    model = denet.load(path)
+    state = ckpt.check_train_state(model.train_state, path)
+    saved = TrainOptions.from_dict(state["args"])
+    return model, state, resume_options(saved, dict(given or {}), path)
+
+
+def run(opts: TrainOptions | None = None, resume: str | None = None,
+        overrides: dict | None = None, on_step=None) -> dict:
+    """Train as ``model-train`` does; returns the last log record.
+
+    With ``resume`` (a checkpoint path) the options come from the checkpoint and ``opts`` is
+    not used; ``overrides`` are the options the user gave again (name -> value): ``epochs``,
+    ``device``, ``thread_num``, ``output_prefix`` and ``log_level`` replace the saved values,
+    any other must equal its saved value. ``on_step(epoch, step)`` runs after every optimizer
+    step."""
     info = env_dist_info()
-    state = None
+    model = state = None
     if resume:
-        model = denet.load(resume)
-        state = ckpt.check_train_state(model.train_state, resume)
-        saved = TrainOptions.from_dict(state["args"])
-        for key, value in (overrides or {}).items():
-            setattr(saved, key, value)
-        opts = saved
+        model, state, opts = load_checkpoint(resume, overrides)
+    if opts is None:
+        raise DenetError("run() needs options or a checkpoint to resume")
     opts.check()
     console = Console(opts.log_level, info.is_main)
     device = select_device(opts.device, info, warn=console.warning)
@@ -362,182 +744,8 @@ def run(opts: TrainOptions, resume: str | None = None, overrides: dict | None = 
         deterministic_cuda()
     init_distributed(device, info)
     try:
-        return _run(opts, info, device, console, resume, state,
-                    model if resume else None)
+        trainer = Trainer(opts, info, device, console)
+        trainer.setup(resume, model, state)
+        return trainer.fit(on_step)
     finally:
         shutdown(info)
-
-
-def _run(opts, info, device, console, resume, state, resumed_model):
-    import denet
-    from ..data import make_loader
-
-    random.seed(opts.seed)
-    np.random.seed(opts.seed)
-    torch.manual_seed(opts.seed)
-
-    train_set, test_set, label_map = open_sets(opts, console)
-    shape = tuple(train_set.input_shape)
-    classes = list(train_set.classes)
-
-    if resumed_model is not None:
-        model = resumed_model
-        if tuple(model.input_shape) != shape or model.classes != len(classes):
-            raise ModelFileError(f"{resume}: the checkpoint's model does not fit {opts.train} "
-                                 "any more (input size or classes changed)")
-        start_epoch = int(state["epoch"]) + 1
-        if start_epoch >= opts.epochs:
-            raise DenetError(f"{resume}: the run already finished epoch {start_epoch - 1} of "
-                             f"{opts.epochs}; give --epochs N with N > {start_epoch} to train "
-                             "further")
-    else:
-        model = build_model(opts, shape, len(classes), console)
-        start_epoch = 0
-    model.class_names = [str(c) for c in classes]
-    if opts.skip_layer_updates:
-        freeze_layers(model, opts.skip_layer_updates)
-    model.to(device)
-
-    schedule = AnnealSchedule(opts.learn_rate, opts.learn_anneal, opts.learn_anneal_epochs)
-    optimizer = make_optimizer(opts.solver, model.param_groups(opts.learn_rate, opts.learn_decay),
-                               opts.learn_rate, opts.learn_momentum, opts.learn_decay)
-    iteration = 0
-    log_path = f"{opts.output_prefix}_log.jsonl"
-    records = []
-    if state is not None:
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as err:
-            raise ModelFileError(f"{resume}: the optimizer state does not fit the model "
-                                 f"({err})") from None
-        iteration = int(state["iteration"])
-        records = [dict(r) for r in state["log"]["records"]]
-
-    out_dir = os.path.dirname(os.path.abspath(log_path))
-    if info.is_main:
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as err:
-            raise DenetError(f"--output-prefix: cannot create {out_dir} ({err})") from None
-        if not opts.skip_train:
-            ckpt.rewrite_log(log_path, records)  # a fresh run starts an empty log
-
-    if info.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-        from torch.utils.data.distributed import DistributedSampler
-        train_sampler = DistributedSampler(train_set, num_replicas=info.world_size,
-                                           rank=info.rank, shuffle=True, seed=opts.seed)
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                      else None)
-    else:
-        train_sampler = None
-        net = model
-    train_loader = make_loader(train_set, opts.batch_size, shuffle=True,
-                               workers=opts.thread_num, seed=opts.seed, sampler=train_sampler)
-    test_loader = None
-    if test_set is not None:
-        test_sampler = StridedSampler(len(test_set), info.rank, info.world_size)
-        test_loader = make_loader(test_set, opts.batch_size, shuffle=False,
-                                  workers=opts.thread_num, seed=opts.seed, sampler=test_sampler)
-    if label_map is not None:
-        label_map = label_map.to(device)
-
-    nparams = sum(p.numel() for p in model.parameters())
-    console.info(f"model: {model.desc}  ({nparams:,} parameters, input "
-                 f"{_fmt_shape(shape)}, {len(classes)} classes)")
-    console.info(f"train: {opts.train} ({len(train_set)} images)" +
-                 (f"; test: {opts.test} ({len(test_set)} images)" if test_set is not None else ""))
-    console.verbose(f"solver {opts.solver}, learning rate {opts.learn_rate}, momentum "
-                    f"{list(opts.learn_momentum)}, decay {opts.learn_decay}, batch "
-                    f"{opts.batch_size}" + (f" x {info.world_size} processes"
-                                            if info.distributed else "") +
-                    f", device {device}, {opts.thread_num} loader worker(s)")
-    if resume:
-        console.info(f"resuming {resume} at epoch {start_epoch} of {opts.epochs}")
-
-    if opts.skip_train:
-        loss, top1, top5, n = evaluate(model, test_loader, device, info, label_map)
-        console.info(f"test: loss {loss:.4f}  top-1 {100 * top1:.2f}%  top-5 {100 * top5:.2f}%  "
-                     f"({n} images)")
-        return {"epoch": start_epoch - 1, "test_loss": loss, "test_top1": top1,
-                "test_top5": top5, "test_samples": n}
-
-    cost_factor = float(opts.cost_factors[0]) if opts.cost_factors else 1.0
-    kill_at = _kill_point()
-    show_bar = info.is_main and sys.stderr.isatty()
-    if state is not None:
-        ckpt.restore_rng_state(state["rng"])  # last: nothing below draws from them before training
-
-    from tqdm import tqdm
-
-    record = {}
-    for epoch in range(start_epoch, opts.epochs):
-        t0 = time.perf_counter()
-        lr = schedule.apply(optimizer, epoch)
-        train_loader.set_epoch(epoch)
-        net.train()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{opts.epochs}", unit="batch",
-                   disable=not show_bar, leave=False, dynamic_ncols=True, file=sys.stderr)
-        for step, (images, targets) in enumerate(train_loader):
-            images = images.to(device, non_blocking=True)
-            labels = targets["label"].to(device, non_blocking=True)
-            logp = net(images)
-            nll = F.nll_loss(logp, labels)
-            loss = nll * cost_factor if cost_factor != 1.0 else nll
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            iteration += 1
-            n = labels.shape[0]
-            seen += n
-            loss_sum += nll.detach().double() * n
-            correct += (logp.detach().argmax(1) == labels).sum()
-            if show_bar:
-                bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
-            if LOG_LEVELS[opts.log_level] <= LOG_LEVELS["debug"]:
-                console.debug(f"batch {epoch}.{step}: iteration {iteration}, cost "
-                              f"{float(nll):.5f}")
-            if kill_at is not None and kill_at == (epoch, step + 1):
-                os.kill(os.getpid(), signal.SIGKILL)
-        bar.close()
-        loss_total, correct_total, seen_total = all_sum(
-            [float(loss_sum), float(correct), float(seen)], device, info)
-        train_loss = loss_total / seen_total
-        if not math.isfinite(train_loss):
-            raise DenetError(f"training diverged: the loss is {train_loss} in epoch {epoch}; "
-                             "lower --learn-rate")
-        test = (None, None, None, 0)
-        if test_loader is not None and (epoch % opts.test_epochs == 0
-                                        or epoch == opts.epochs - 1):
-            test = evaluate(model, test_loader, device, info, label_map)
-        record = {"epoch": epoch, "lr": lr, "train_loss": train_loss,
-                  "train_top1": correct_total / seen_total, "train_samples": int(seen_total),
-                  "test_loss": test[0], "test_top1": test[1], "test_top5": test[2],
-                  "test_samples": test[3], "seconds": round(time.perf_counter() - t0, 3)}
-        records.append(record)
-        msg = (f"epoch {epoch}/{opts.epochs}  lr {lr:.6g}  train loss {train_loss:.4f}  "
-               f"top-1 {100 * record['train_top1']:.2f}%")
-        if test[0] is not None:
-            msg += (f"  |  test loss {test[0]:.4f}  top-1 {100 * test[1]:.2f}%  "
-                    f"top-5 {100 * test[2]:.2f}%")
-        console.info(msg + f"  ({record['seconds']:.1f} s)")
-        if info.is_main:
-            ckpt.append_log(log_path, record)
-            last = epoch == opts.epochs - 1
-            if not opts.disable_intermediate or last:
-                train_state = ckpt.make_train_state(
-                    epoch=epoch, iteration=iteration, args=opts.as_dict(), optimizer=optimizer,
-                    schedule=schedule, log_path=log_path, log_records=records,
-                    cuda=device.type == "cuda")
-                if not opts.disable_intermediate:
-                    denet.save(model, checkpoint_path(opts.output_prefix, epoch), train_state)
-                if last:
-                    denet.save(model, f"{opts.output_prefix}_final.pt", train_state)
-        barrier(info)
-    console.info(f"wrote {opts.output_prefix}_final.pt and {log_path}")
-    return record

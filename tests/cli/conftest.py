@@ -1,5 +1,7 @@
 """Fixtures for the model-train / model-predict tests: scikit-learn's real handwritten digits
-(8x8, 1797 images) written as a Basic Dir PNG tree, and a runner for the bin/ tools."""
+(8x8, 1797 images) written as a Basic Dir PNG tree, a small segmentation set in DRN's list
+format, and a runner for the bin/ tools."""
+import json
 import os
 import subprocess
 import sys
@@ -49,3 +51,46 @@ def run_tool(tool, *args, env=None, timeout=300):
 @pytest.fixture
 def tool():
     return run_tool
+
+
+SEG_CLASSES = ["background", "red", "green"]
+SEG_COLOURS = {1: (220, 40, 40), 2: (40, 200, 60)}
+
+
+def write_seglist(root, split, n, size=24, seed=0):
+    """DRN's lists under ``root`` for ``split``: ``n`` RGB PNGs of ``size`` x ``size``, black
+    with one red and one green rectangle at random places (seeded), and their label maps
+    (0 background, 1 red, 2 green, the red drawn last; a 2-pixel frame of 255 = ignore).
+    ``info.json`` names the classes. Returns the image paths."""
+    from PIL import Image
+
+    rng = np.random.default_rng([seed, len(split)])
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    os.makedirs(os.path.join(root, "labels"), exist_ok=True)
+    images, labels = [], []
+    for k in range(n):
+        arr = np.zeros((size, size, 3), np.uint8)
+        lab = np.zeros((size, size), np.uint8)
+        for cls in (2, 1):
+            x0, y0 = rng.integers(0, size - 8, 2)
+            w, h = rng.integers(5, 12, 2)
+            arr[y0:y0 + h, x0:x0 + w] = SEG_COLOURS[cls]
+            lab[y0:y0 + h, x0:x0 + w] = cls
+        lab[:2], lab[-2:], lab[:, :2], lab[:, -2:] = 255, 255, 255, 255
+        images.append(f"images/{split}{k:03d}.png")
+        labels.append(f"labels/{split}{k:03d}.png")
+        Image.fromarray(arr).save(os.path.join(root, images[-1]))
+        Image.fromarray(lab).save(os.path.join(root, labels[-1]))
+    for name, lines in (("images", images), ("labels", labels)):
+        with open(os.path.join(root, f"{split}_{name}.txt"), "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+    with open(os.path.join(root, "info.json"), "w") as fh:
+        json.dump({"classes": SEG_CLASSES}, fh)
+    return [os.path.join(root, p) for p in images]
+
+
+@pytest.fixture(scope="session")
+def seg_tree(tmp_path_factory):
+    """(root, train image paths, val image paths) of a small seglist set."""
+    root = str(tmp_path_factory.mktemp("seglist"))
+    return root, write_seglist(root, "train", 48), write_seglist(root, "val", 12, seed=1)

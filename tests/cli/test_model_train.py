@@ -1,12 +1,19 @@
-"""model-train end to end on scikit-learn's real handwritten digits, and its user errors."""
+"""model-train end to end on scikit-learn's real handwritten digits and on a small segmentation
+set, the log against the one written before the task contract, cost factors, and user errors."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import denet
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 DESC = "C[32,3] BN A C[32,3] BN A P[2] C[64,3] BN A P.A R.B"
 RECIPE = ("--border-mode", "half", "--solver", "nesterov", "--learn-rate", "0.02",
@@ -29,6 +36,7 @@ def one_line_error(res, *needles):
     return res.stderr
 
 
+@pytest.mark.slow
 def test_digits_reach_97_percent(tool, digits_tree, tmp_path):
     train, test, n_train, n_test = digits_tree
     prefix = tmp_path / "out" / "digits"
@@ -54,8 +62,6 @@ def test_digits_reach_97_percent(tool, digits_tree, tmp_path):
     assert final.class_names == [str(d) for d in range(10)]
     assert final.train_state["epoch"] == epochs - 1
     # the logged accuracy is the model's: recompute it from the final file on the test tree
-    from PIL import Image
-    import numpy as np
     correct = total = 0
     final.eval()
     for label in range(10):
@@ -122,13 +128,14 @@ def test_option_errors(tool, digits_tree, tmp_path):
     one_line_error(tool("model-train", "--model-desc", DESC, *base, "--solver", "adam",
                         "--learn-momentum", "0.9"), "adam needs two values")
     one_line_error(tool("model-train", "--model-desc", "C[8,3] BN A", *base),
-                   "must end in R")
+                   "adds no losses", "C[8,3] BN A")
     one_line_error(tool("model-train", "--model-desc", DESC, "--train", train,
                         "--extension", "png", "--border-mode", "odd"), "odd")
     res = tool("model-train", "--model-desc", DESC, "--extension", "png")
     assert res.returncode == 2 and "--train" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_fine_tune_from_model_file(tool, digits_tree, tmp_path):
     """--model starts from the file's weights: epoch 0's loss is far below a fresh network's."""
     train, test, _, _ = digits_tree
@@ -172,3 +179,115 @@ def test_help_documents_denet_options():
     for option in [*expected, "--resume", "--device", "--train"]:
         assert option in text
     assert "(default: valid)" in text and "(default: 23455)" in text
+
+
+GOLDEN = os.path.join(ROOT, "tests", "train", "golden", "digits_log_before_task_contract.jsonl")
+# the command that wrote GOLDEN, run in a folder holding DIGITS (write_digits_tree's tree)
+GOLDEN_COMMAND = ("--model-desc", DESC, "--border-mode", "half", "--solver", "nesterov",
+                  "--learn-rate", "0.02", "--learn-momentum", "0.9", "--learn-anneal", "0.75",
+                  "--learn-decay", "0.0005", "--batch-size", "32", "--extension", "png",
+                  "--epochs", "4", "--train", "DIGITS/train", "--test", "DIGITS/test",
+                  "--thread-num", "0", "--output-prefix", "OUT/digits")
+
+
+@pytest.mark.slow
+def test_log_equals_the_log_written_before_the_task_contract(digits_tree, tmp_path):
+    """The trainer that reads losses from the model logs what the classifier-only trainer
+    logged: every key of its records (new keys may be added), seconds apart."""
+    train, _, _, _ = digits_tree
+    os.symlink(os.path.dirname(train), tmp_path / "DIGITS")
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "bin", "model-train"),
+                          *GOLDEN_COMMAND], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr
+    golden, log = read_log(GOLDEN), read_log(tmp_path / "OUT" / "digits_log.jsonl")
+    assert len(log) == len(golden) == 4
+    for old, new in zip(golden, log):
+        for key, value in old.items():
+            if key == "seconds":
+                continue
+            if isinstance(value, float):
+                assert new[key] == pytest.approx(value, rel=1e-6), (key, old, new)
+            else:
+                assert new[key] == value, (key, old, new)
+        # the classifier's loss and statistic under their own names
+        assert new["train_loss_cls"] == new["train_loss"]
+        assert 0 < new["train_top1"] <= 1
+
+
+@pytest.mark.slow
+def test_cost_factors_scale_the_gradient_not_the_logged_loss(tool, digits_tree, tmp_path):
+    """Plain SGD (no momentum, no decay): a loss times 2 at half the rate takes the same steps
+    as the plain loss, so the runs log the same losses and accuracies."""
+    train, test, _, _ = digits_tree
+    base = ("--model-desc", DESC, "--border-mode", "half", "--extension", "png", "--epochs", 2,
+            "--max-samples", 300, "--train", train, "--test", test, "--thread-num", 0)
+    runs = {"plain": ("--learn-rate", "0.02"),
+            "named": ("--learn-rate", "0.01", "--cost-factors", "loss_cls=2"),
+            "bare": ("--learn-rate", "0.01", "--cost-factors", "2")}
+    logs = {}
+    for name, extra in runs.items():
+        res = tool("model-train", *base, *extra, "--output-prefix", tmp_path / name)
+        assert res.returncode == 0, res.stderr
+        logs[name] = read_log(tmp_path / f"{name}_log.jsonl")
+    assert "loss_cls x 2" in res.stdout
+    for name in ("named", "bare"):
+        for a, b in zip(logs["plain"], logs[name]):
+            assert b["lr"] == a["lr"] / 2
+            for key in a:
+                if key not in ("seconds", "lr"):
+                    assert b[key] == pytest.approx(a[key], rel=1e-7), (name, key)
+
+
+def test_cost_factor_errors_name_the_losses(tool, digits_tree, tmp_path):
+    train, _, _, _ = digits_tree
+    base = ("--model-desc", DESC, "--train", train, "--extension", "png", "--border-mode",
+            "half", "--output-prefix", tmp_path / "m")
+    one_line_error(tool("model-train", *base, "--cost-factors", "loss_box=2"),
+                   "loss_box", "loss_cls")
+    one_line_error(tool("model-train", *base, "--cost-factors", "1", "2"), "2 factors",
+                   "loss_cls")
+    one_line_error(tool("model-train", *base, "--cost-factors", "loss_cls=x"), "loss_cls=x")
+    assert not os.path.exists(tmp_path / "m_log.jsonl")
+
+
+def _miou(model, images, labels, k):
+    """mIoU from scratch: the model's argmax per pixel against the label maps, numpy."""
+    confusion = np.zeros((k, k), np.int64)
+    model.eval()
+    for image, label in zip(images, labels):
+        x = torch.from_numpy(np.asarray(Image.open(image), np.float32) / 255).permute(2, 0, 1)
+        with torch.no_grad():
+            pred = model(x[None])["out"][0].argmax(0).numpy()
+        gt = np.asarray(Image.open(label)).astype(np.int64)
+        valid = gt != 255
+        confusion += np.bincount(gt[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
+    tp = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - tp
+    return float(np.mean(tp[union > 0] / union[union > 0]))
+
+
+@pytest.mark.slow
+def test_segmentation_network_trains_and_logs_miou(tool, seg_tree, tmp_path):
+    root, _, val = seg_tree
+    prefix = tmp_path / "seg"
+    res = tool("model-train", "--model-desc", "C[16,3] BN A C[16,3] BN A C[3,1] SEG",
+               "--border-mode", "half", "--extension", "seglist", "--train", root, "--test",
+               root, "--epochs", 4, "--learn-rate", "0.1", "--learn-momentum", "0.9",
+               "--batch-size", 8, "--thread-num", 0, "--output-prefix", prefix)
+    assert res.returncode == 0, res.stderr
+    log = read_log(f"{prefix}_log.jsonl")
+    assert [r["epoch"] for r in log] == [0, 1, 2, 3]
+    last = log[-1]
+    assert last["train_loss"] == last["train_loss_seg"] < log[0]["train_loss"]
+    assert last["train_samples"] == 48
+    for key in ("mIoU", "pixel_acc", "mean_acc", "fwIoU", "IoU_0", "IoU_1", "IoU_2"):
+        assert 0 <= last[f"test_{key}"] <= 1, key
+    assert last["test_mIoU"] > 0.9, last
+    assert "test mIoU" in res.stdout
+    final = denet.load(f"{prefix}_final.pt")
+    with open(os.path.join(root, "info.json"), encoding="utf-8") as fh:
+        classes = json.load(fh)["classes"]
+    assert final.task == "segmentation" and final.class_names == classes
+    labels = [p.replace("images", "labels") for p in val]
+    assert last["test_mIoU"] == pytest.approx(_miou(final, val, labels, 3), abs=1e-12)

@@ -1,11 +1,10 @@
 """Batching: collate with varying box counts and sizes, aspect-ratio grouping, distributed use."""
 import pytest
 import torch
+from data_builders import SCENES, make_coco, make_seglist
 from torch.utils.data import DistributedSampler
 
 from denet.data import AspectRatioBatchSampler, collate, make_loader, open_dataset
-
-from data_builders import SCENES, make_coco, make_seglist
 
 
 @pytest.fixture(scope="module")
@@ -15,29 +14,41 @@ def coco_root(tmp_path_factory):
     return str(root)
 
 
-def test_collate_pads_images_and_keeps_boxes_per_image(coco_root):
+def test_collate_pads_images_and_keeps_one_target_per_image(coco_root):
     ds = open_dataset(coco_root, "mscoco,2017-val,crop=0")
     batch = [ds[i] for i in range(len(ds))]
     images, targets = collate(batch)
     H = max(s[1] for s in SCENES)
     W = max(s[0] for s in SCENES)
     assert images.shape == (len(SCENES), 3, H, W)
+    assert isinstance(targets, list) and len(targets) == len(SCENES)
     for k, (w, h, objects) in enumerate(SCENES):
         assert torch.equal(images[k, :, :h, :w], batch[k][0])
         assert images[k, :, h:, :].abs().sum() == 0 and images[k, :, :, w:].abs().sum() == 0
-        assert targets["boxes"][k].shape == (len(objects), 4)
-        assert targets["size"][k].tolist() == [h, w]
-    assert isinstance(targets["labels"], list) and targets["image_id"].shape == (len(SCENES),)
+        assert targets[k].keys() == batch[k][1].keys()
+        assert targets[k]["boxes"].shape == (len(objects), 4)
+        assert torch.equal(targets[k]["boxes"], batch[k][1]["boxes"])
+        assert targets[k]["labels"].tolist() == [o[4] for o in objects]
+        assert targets[k]["size"].tolist() == [h, w]
+        assert targets[k]["image_id"] == ds.records[k].image_id
 
 
-def test_collate_pads_masks_with_255(tmp_path):
+def test_collate_keeps_masks_at_their_own_size(tmp_path):
     make_seglist(str(tmp_path), "val")
     ds = open_dataset(str(tmp_path), "seglist,val")
     images, targets = collate([ds[0], ds[1]])
     (w0, h0, _), (w1, h1, _) = SCENES[:2]
-    mask = targets["mask"]
-    assert mask.shape == (2, max(h0, h1), max(w0, w1))
-    assert (mask[0, h0:] == 255).all() and (mask[1, :, w1:] == 255).all()
+    assert images.shape == (2, 3, max(h0, h1), max(w0, w1))
+    assert targets[0]["mask"].shape == (h0, w0) and targets[1]["mask"].shape == (h1, w1)
+    assert torch.equal(targets[1]["mask"], ds[1][1]["mask"])
+
+
+def test_collate_of_classification_items():
+    batch = [(torch.full((1, 2, 2), float(i)), {"label": i}) for i in (3, 1, 4)]
+    images, targets = collate(batch)
+    assert images.shape == (3, 1, 2, 2) and images[2, 0, 0, 0] == 4
+    assert targets == [{"label": 3}, {"label": 1}, {"label": 4}]
+    assert targets[0] is not batch[0][1]  # a copy: a model may not change the dataset's dicts
 
 
 def test_aspect_ratio_batches_group_similar_shapes():
@@ -64,7 +75,7 @@ def test_aspect_ratio_batches_split_across_ranks(coco_root):
     flat = [i for g in got for b in g for i in b]
     assert set(flat) == set(range(len(ds)))  # five images, three batches padded to four
     loader = make_loader(ds, 2, True, 0, seed=0, sampler=ranks[1])
-    assert [t["image_id"].tolist() for _, t in loader] == \
+    assert [[d["image_id"] for d in t] for _, t in loader] == \
         [[ds.records[i].image_id for i in b] for b in got[1]]
 
 
@@ -78,6 +89,6 @@ def test_make_loader_with_distributed_sampler_and_workers(coco_root):
         assert sampler.epoch == 1 and ds.epoch == 1
         for images, targets in loader:
             assert images.shape[1:] == (3, 32, 32)
-            seen += targets["image_id"].tolist()
+            seen += [t["image_id"] for t in targets]
     assert sorted(set(seen)) == sorted(r.image_id for r in ds.records)
     assert loader.pin_memory == torch.cuda.is_available() and loader.persistent_workers

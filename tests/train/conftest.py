@@ -32,12 +32,14 @@ def digits_npy(tmp_path_factory):
     return prefixes[0], prefixes[1], len(train), len(test)
 
 
-def model_train(*args, env=None, timeout=300, launcher=None):
-    """Run bin/model-train (or ``launcher + [bin/model-train]``) with one intra-op thread."""
+def model_train(*args, env=None, timeout=300, launcher=None, program=None):
+    """Run bin/model-train (or ``launcher + [bin/model-train]``) with one intra-op thread;
+    ``program`` (a list: a script and its first arguments) replaces bin/model-train."""
     full_env = dict(os.environ, OMP_NUM_THREADS="1")
     full_env.update(env or {})
-    cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, "bin", "model-train"),
-                                            *map(str, args)]
+    program = [str(p) for p in program] if program else [os.path.join(ROOT, "bin",
+                                                                       "model-train")]
+    cmd = (launcher or [sys.executable]) + program + [*map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 

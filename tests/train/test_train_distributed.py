@@ -4,11 +4,14 @@ the whole training and test sets."""
 import json
 import sys
 
+import pytest
+
 import denet
 
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_model(train_tool, digits_npy, tmp_path):
     train, test, n_train, n_test = digits_npy
     prefix = tmp_path / "ddp"
@@ -24,7 +27,8 @@ def test_two_processes_train_one_model(train_tool, digits_npy, tmp_path):
     assert [r["epoch"] for r in log] == [0, 1, 2]
     # DistributedSampler pads to an even split; the test set is split without padding
     assert log[0]["train_samples"] == n_train + n_train % 2
-    assert log[0]["test_samples"] == n_test
+    assert log[0]["test_samples"] == n_test  # the evaluators of both ranks, merged
+    assert log[0]["train_loss_cls"] == log[0]["train_loss"] and 0 < log[0]["train_top1"] <= 1
     assert log[2]["train_loss"] < log[1]["train_loss"] < log[0]["train_loss"]
     assert log[2]["test_top1"] > 0.8
     assert res.stdout.count("epoch 2/3") == 1  # rank 0 prints, rank 1 is quiet

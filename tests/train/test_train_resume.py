@@ -1,14 +1,17 @@
-"""--resume: a run killed (SIGKILL) in the middle of epoch 2 and resumed from P_epoch001.pt logs
-exactly the per-epoch losses of an uninterrupted run with the same seed and thread count, and
-ends with the same weights."""
+"""--resume: a run killed (SIGKILL) in the middle of epoch 2 and resumed from P_epoch001.pt, by
+repeating its command line with --resume appended, logs exactly the per-epoch losses of an
+uninterrupted run with the same seed and thread count, and ends with the same weights. The kill
+comes from the test: a launcher installs model-train's on_step hook."""
 import json
 import os
 import signal
 
+import pytest
 import torch
 
 import denet
-from denet.train.trainer import KILL_ENV
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 # dropout (global torch RNG), augmentation (per-item RNG), DeNet's EMA sgd (optimizer state),
 # an annealed rate (schedule) and two loader workers: everything --resume has to restore.
@@ -16,6 +19,24 @@ ARGS = ("--model-desc", "C[16,3] BN A D[0.2] P[2] C[32,3] BN A P.A R.B", "--bord
         "--extension", "npy", "--solver", "sgd", "--learn-rate", "0.1", "--learn-momentum",
         "0.9", "--learn-anneal", "0.8", "--learn-decay", "0.0001", "--distort-mode", "o1",
         "--batch-size", "64", "--thread-num", "2", "--seed", "7")
+
+# model-train with a hook that kills the process (like a crash: no clean-up, no final files)
+# after optimizer step STEP (counted from 1) of epoch EPOCH: kill_at.py EPOCH STEP ARGS...
+KILLER = f"""
+import os, signal, sys
+sys.path.insert(0, {ROOT!r})
+from denet.cli import train
+
+EPOCH, STEP = int(sys.argv[1]), int(sys.argv[2])
+
+
+def kill(epoch, step):
+    if (epoch, step) == (EPOCH, STEP):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+sys.exit(train.main(sys.argv[3:], on_step=kill))
+"""
 
 
 def read_log(prefix):
@@ -28,23 +49,27 @@ def same_weights(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_equals_uninterrupted(train_tool, digits_npy, tmp_path):
     train, test, _, _ = digits_npy
     data = ("--train", train, "--test", test)
     full, killed = tmp_path / "full" / "run", tmp_path / "killed" / "run"
+    killer = tmp_path / "kill_at.py"
+    killer.write_text(KILLER)
 
     res = train_tool(*ARGS, *data, "--epochs", 3, "--output-prefix", full)
     assert res.returncode == 0, res.stderr
 
-    res = train_tool(*ARGS, *data, "--epochs", 3, "--output-prefix", killed,
-                     env={KILL_ENV: "2:5"})
+    command = (*ARGS, *data, "--epochs", 3, "--output-prefix", killed)
+    res = train_tool(*command, program=[killer, 2, 5])
     assert res.returncode == -signal.SIGKILL, (res.returncode, res.stderr)
     assert os.path.isfile(f"{killed}_epoch001.pt")
     assert not os.path.exists(f"{killed}_epoch002.pt")
     assert not os.path.exists(f"{killed}_final.pt")
     assert len(read_log(killed)) == 2
 
-    res = train_tool("--resume", f"{killed}_epoch001.pt")
+    # the user repeats the command line with --resume appended
+    res = train_tool(*command, "--resume", f"{killed}_epoch001.pt")
     assert res.returncode == 0, res.stderr
     assert "resuming" in res.stdout
 
@@ -66,16 +91,32 @@ def test_killed_and_resumed_equals_uninterrupted(train_tool, digits_npy, tmp_pat
     assert c[3]["lr"] == 0.1 * 0.8 * 0.8 * 0.8
 
 
-def test_resume_errors(train_tool, digits_npy, tmp_path):
+@pytest.mark.slow
+def test_resume_accepts_the_command_line_and_names_a_changed_option(train_tool, digits_npy,
+                                                                     tmp_path):
     train, _, _, _ = digits_npy
     prefix = tmp_path / "run"
-    res = train_tool(*ARGS, "--train", train, "--epochs", 1, "--max-samples", 128,
-                     "--output-prefix", prefix)
+    first = (*ARGS, "--train", train, "--max-samples", 128, "--output-prefix", prefix)
+    res = train_tool(*first, "--epochs", 1)
     assert res.returncode == 0, res.stderr
     res = train_tool("--resume", f"{prefix}_epoch000.pt")
     assert res.returncode == 2 and "--epochs N" in res.stderr and "Traceback" not in res.stderr
-    res = train_tool("--resume", f"{prefix}_epoch000.pt", "--learn-rate", "0.5")
-    assert res.returncode == 2 and "--learn-rate" in res.stderr.splitlines()[0]
+
+    res = train_tool(*first, "--epochs", 2, "--resume", f"{prefix}_epoch000.pt",
+                     "--learn-rate", "0.5")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    line = res.stderr.splitlines()[0]
+    assert "--learn-rate" in line and "0.1" in line and "0.5" in line
+
+    # the same options written differently: the description as tokens, 0.10 for 0.1
+    tokens = ("--model-desc", *ARGS[1].split())
+    assert ARGS[8:10] == ("--learn-rate", "0.1")
+    res = train_tool(*tokens, *ARGS[2:8], "--learn-rate", "0.10", *ARGS[10:], "--train", train,
+                     "--max-samples", 128, "--output-prefix", prefix, "--epochs", 2,
+                     "--resume", f"{prefix}_epoch000.pt", "--thread-num", 0)
+    assert res.returncode == 0, res.stderr
+    assert [r["epoch"] for r in read_log(prefix)] == [0, 1]
+
     plain = tmp_path / "plain.pt"
     denet.save(denet.compile("C[4,3] BN A P.A R", (1, 8, 8), 10), plain)
     res = train_tool("--resume", plain, "--epochs", 2)
