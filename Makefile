@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # from the local wheel cache where one exists.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv clean bench gpu-check
+.PHONY: demo test venv lint typecheck clean bench gpu-check
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: venv
+# The whole check CI runs: lint, format, types, then every test (`-m 'not slow'` for a quick loop).
+test: lint typecheck
 	$(PY) -m pytest -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy denet/dsl denet/layers denet/kernels
 
 demo: venv
 	$(PY) examples/digits_demo.py --output demo-out

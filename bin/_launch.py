@@ -2,6 +2,7 @@
 
 Run as ``bin/model-train`` with a python that lacks torch (a fresh shell after ``make demo``),
 a wrapper re-runs itself with the checkout's ``.venv`` instead of failing with a traceback."""
+
 import importlib
 import importlib.util
 import os
@@ -18,8 +19,11 @@ def run(module: str) -> None:
         if os.path.exists(VENV_PYTHON) and os.path.realpath(sys.prefix) != os.path.realpath(VENV):
             os.execv(VENV_PYTHON, [VENV_PYTHON, *sys.argv])
         tool = os.path.basename(sys.argv[0])
-        print(f"{tool}: error: PyTorch is not installed for {sys.executable}; run `make venv` in "
-              f"{ROOT} or install denet with pip", file=sys.stderr)
+        print(
+            f"{tool}: error: PyTorch is not installed for {sys.executable}; run `make venv` in "
+            f"{ROOT} or install denet with pip",
+            file=sys.stderr,
+        )
         sys.exit(2)
     sys.path.insert(0, ROOT)
     sys.exit(importlib.import_module(module).main())

@@ -6,6 +6,7 @@
 The public API is imported lazily so that ``import denet.kernels`` needs neither Lark nor the
 compiler (the kernels sit at the bottom of the dependency order, see DESIGN.md).
 """
+
 from importlib import import_module
 
 from .errors import DataError, DenetError, DescError, ModelFileError

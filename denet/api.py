@@ -1,4 +1,5 @@
 """The public API: compile a description string into a :class:`Model`, summarise, save, load."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -46,8 +47,9 @@ class Model(nn.Module):
         object.__setattr__(self, "_graph_module", gm)
         object.__setattr__(self, "_training_graph_module", train_gm)
         object.__setattr__(self, "_forward_code", type(gm).forward)
-        object.__setattr__(self, "_training_code",
-                           type(train_gm).forward if train_gm is not None else None)
+        object.__setattr__(
+            self, "_training_code", type(train_gm).forward if train_gm is not None else None
+        )
 
     @property
     def graph_module(self):
@@ -63,8 +65,10 @@ class Model(nn.Module):
         if targets is None or not self.training:
             return self._forward_code(self, images)
         if self._training_code is None:
-            raise DenetError("this network adds no losses, so it cannot be trained: end it with "
-                             "a head that has a loss (docs/language.md, Tasks)")
+            raise DenetError(
+                "this network adds no losses, so it cannot be trained: end it with "
+                "a head that has a loss (docs/language.md, Tasks)"
+            )
         return self._training_code(self, images, targets)
 
     def extra_repr(self) -> str:
@@ -83,20 +87,34 @@ class Model(nn.Module):
         groups: dict[tuple, list] = {}
         seen = set()
         for node, module in self.layer_modules():
-            for pname, p in module.named_parameters():
+            for p in module.parameters():
                 if not p.requires_grad or id(p) in seen:
                     continue
                 seen.add(id(p))
                 decay = p.dim() > 1
                 key = (node.lr, decay)
                 groups.setdefault(key, []).append(p)
-        return [{"params": params, "lr": lr * mult, "lr_mult": mult,
-                 "weight_decay": weight_decay if decay else 0.0}
-                for (mult, decay), params in groups.items()]
+        return [
+            {
+                "params": params,
+                "lr": lr * mult,
+                "lr_mult": mult,
+                "weight_decay": weight_decay if decay else 0.0,
+            }
+            for (mult, decay), params in groups.items()
+        ]
 
 
-def compile(desc: str, input_shape, classes: int | None = None, *, border_mode="valid",
-            activation="relu", weight_init="he-backward", registry=None) -> Model:
+def compile(
+    desc: str,
+    input_shape,
+    classes: int | None = None,
+    *,
+    border_mode="valid",
+    activation="relu",
+    weight_init="he-backward",
+    registry=None,
+) -> Model:
     """Compile a description string for inputs of ``input_shape`` = (C, H, W).
 
     ``classes`` is needed by ``R``. ``border_mode``, ``activation`` and ``weight_init`` are
@@ -134,8 +152,10 @@ def summary(model: Model) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = []
     for k, r in enumerate(rows):
-        lines.append(f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  "
-                     f"{r[3]:>{widths[3]}}".rstrip())
+        lines.append(
+            f"{r[0]:>{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  "
+            f"{r[3]:>{widths[3]}}".rstrip()
+        )
         if k == 0:
             lines.append("-" * len(lines[0]))
     lines.append(f"total parameters: {total:,} (trainable {trainable:,})")

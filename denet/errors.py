@@ -14,8 +14,13 @@ class DescError(DenetError, ValueError):
     and a caret under the offending token.
     """
 
-    def __init__(self, message: str, desc: str | None = None, column: int | None = None,
-                 line: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        desc: str | None = None,
+        column: int | None = None,
+        line: int | None = None,
+    ):
         self.message = message
         self.desc = desc
         self.column = column  # 1-based, as Lark reports it

@@ -9,6 +9,7 @@ command-line tools, then classify test images with the trained model.
 
     python examples/digits_demo.py --output demo-out
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,26 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DESC = "C[32,3] BN A C[32,3] BN A P[2] C[64,3] BN A P.A R.B"
-TRAIN_OPTIONS = ["--border-mode", "half", "--solver", "nesterov", "--learn-rate", "0.02",
-                 "--learn-momentum", "0.9", "--learn-anneal", "0.75", "--learn-decay", "0.0005",
-                 "--batch-size", "32", "--epochs", "8", "--extension", "png"]
+TRAIN_OPTIONS = [
+    "--border-mode",
+    "half",
+    "--solver",
+    "nesterov",
+    "--learn-rate",
+    "0.02",
+    "--learn-momentum",
+    "0.9",
+    "--learn-anneal",
+    "0.75",
+    "--learn-decay",
+    "0.0005",
+    "--batch-size",
+    "32",
+    "--epochs",
+    "8",
+    "--extension",
+    "png",
+]
 
 
 def write_digits(root: str) -> tuple[int, int]:
@@ -65,22 +83,43 @@ def main() -> int:
     print(f"== 1. writing scikit-learn's handwritten digits to {data}", flush=True)
     if os.path.isdir(data):
         import shutil
+
         shutil.rmtree(data)
     n_train, n_test = write_digits(data)
     print(f"   {n_train} training and {n_test} test images, 8x8 greyscale PNG, 10 classes")
 
     print(f"\n== 2. training {DESC!r}", flush=True)
     prefix = os.path.join(out, "digits-cnn")
-    run_tool("model-train", "--model-desc", DESC, *TRAIN_OPTIONS,
-             "--train", os.path.join(data, "train"), "--test", os.path.join(data, "test"),
-             "--output-prefix", prefix, "--thread-num", "1")
+    run_tool(
+        "model-train",
+        "--model-desc",
+        DESC,
+        *TRAIN_OPTIONS,
+        "--train",
+        os.path.join(data, "train"),
+        "--test",
+        os.path.join(data, "test"),
+        "--output-prefix",
+        prefix,
+        "--thread-num",
+        "1",
+    )
     with open(prefix + "_log.jsonl", encoding="utf-8") as fh:
         log = [json.loads(line) for line in fh]
 
     print("\n== 3. classifying the test images with the trained model", flush=True)
     predictions = os.path.join(out, "predictions.json")
-    run_tool("model-predict", "--model", prefix + "_final.pt", "--input",
-             os.path.join(data, "test"), "--predict-mode", "classify", "--output", predictions)
+    run_tool(
+        "model-predict",
+        "--model",
+        prefix + "_final.pt",
+        "--input",
+        os.path.join(data, "test"),
+        "--predict-mode",
+        "classify",
+        "--output",
+        predictions,
+    )
     with open(predictions, encoding="utf-8") as fh:
         results = json.load(fh)
     print("\n   a few of them (image: true class -> top predictions):")
@@ -90,8 +129,10 @@ def main() -> int:
     correct = sum(r["top5"][0][0] == r["label"] for r in results)
     accuracy = correct / len(results)
     print(f"\nmodel-predict test accuracy: {100 * accuracy:.2f}% ({correct}/{len(results)})")
-    print(f"model-train final test top-1 (log): {100 * log[-1]['test_top1']:.2f}%, "
-          f"top-5 {100 * log[-1]['test_top5']:.2f}%")
+    print(
+        f"model-train final test top-1 (log): {100 * log[-1]['test_top1']:.2f}%, "
+        f"top-5 {100 * log[-1]['test_top5']:.2f}%"
+    )
     print(f"files in {out}; {time.time() - t0:.0f} s in all")
     if accuracy < 0.97:
         print("digits_demo: accuracy below the expected 97%", file=sys.stderr)

@@ -1,4 +1,5 @@
 """Test-wide set-up. Runs before any test module imports torch or triton."""
+
 import os
 import shutil
 

@@ -1,4 +1,5 @@
 """Public API: compile, summary, save/load (safe model files), parameter counts."""
+
 import os
 import pickle
 
@@ -28,9 +29,17 @@ def test_cifar_strings_give_one_probability_vector_per_image(name, border):
     assert torch.allclose(lp.exp().sum(1), torch.ones(3), atol=1e-5)
 
 
-@pytest.mark.parametrize("name, count", [
-    ("resnet34-imagenet", 21_797_736), ("resnet18", 11_689_512), ("resnet34", 21_797_672),
-    ("resnet50", 25_557_032), ("resnet101", 44_549_160), ("resnet152", 60_192_808)])
+@pytest.mark.parametrize(
+    "name, count",
+    [
+        ("resnet34-imagenet", 21_797_736),
+        ("resnet18", 11_689_512),
+        ("resnet34", 21_797_672),
+        ("resnet50", 25_557_032),
+        ("resnet101", 44_549_160),
+        ("resnet152", 60_192_808),
+    ],
+)
 def test_exact_parameter_counts(name, count):
     with torch.device("meta"):
         m = denet.compile(example(name), (3, 224, 224), 1000, border_mode="half")
@@ -40,28 +49,43 @@ def test_exact_parameter_counts(name, count):
 
 def test_torchvision_parameter_counts_agree():
     import torchvision
+
     with torch.device("meta"):
         for arch in ("resnet18", "resnet50"):
             tv = getattr(torchvision.models, arch)()
             m = denet.compile(example(arch), (3, 224, 224), 1000, border_mode="half")
-            assert sum(p.numel() for p in m.parameters()) == \
-                sum(p.numel() for p in tv.parameters())
+            assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in tv.parameters())
 
 
 def test_model_contract_attributes():
-    m = denet.compile("C[8,3]  BN A P.A R", input_shape=(3, 8, 8), classes=4,
-                      border_mode="half", activation="elu", weight_init="xavier-forward")
+    m = denet.compile(
+        "C[8,3]  BN A P.A R",
+        input_shape=(3, 8, 8),
+        classes=4,
+        border_mode="half",
+        activation="elu",
+        weight_init="xavier-forward",
+    )
     assert m.desc == "C[8,3] BN A P.A R"
     assert m.input_shape == (3, 8, 8) and m.classes == 4 and m.class_names is None
-    assert m.options == {"border_mode": "half", "activation": "elu",
-                         "weight_init": "xavier-forward"}
+    assert m.options == {
+        "border_mode": "half",
+        "activation": "elu",
+        "weight_init": "xavier-forward",
+    }
     assert m.graph.output_shape.channels == 4
     assert isinstance(m.l2_A, torch.nn.ELU)
 
 
 def test_bad_strings_raise_desc_error_with_caret():
-    for desc in ("C[8,3", "C[8,3] XX", "C[8,3,1,1]", "C[8,x]", "SKIP[0]",
-                 "C[8,3] SUM(C[4,1] | C[8,1])"):
+    for desc in (
+        "C[8,3",
+        "C[8,3] XX",
+        "C[8,3,1,1]",
+        "C[8,x]",
+        "SKIP[0]",
+        "C[8,3] SUM(C[4,1] | C[8,1])",
+    ):
         with pytest.raises(DescError) as e:
             denet.compile(desc, (3, 8, 8), 2)
         lines = str(e.value).split("\n")
@@ -81,15 +105,21 @@ def test_summary_table():
 
 def test_save_load_round_trip(tmp_path):
     torch.manual_seed(0)
-    m = denet.compile("C[8,3] BN A P.A R", (3, 8, 8), 3, border_mode="half",
-                      weight_init=["he-forward", 0.1])
+    m = denet.compile(
+        "C[8,3] BN A P.A R", (3, 8, 8), 3, border_mode="half", weight_init=["he-forward", 0.1]
+    )
     m.class_names = ["a", "b", "c"]
     opt = torch.optim.SGD(m.param_groups(0.1, 1e-4), lr=0.1, momentum=0.9)
     m.train()
     torch.nn.functional.nll_loss(m(torch.randn(4, 3, 8, 8)), torch.tensor([0, 1, 2, 0])).backward()
     opt.step()
-    state = {"epoch": 3, "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-             "name": "run", "losses": [1.0, 0.5]}
+    state = {
+        "epoch": 3,
+        "optimizer": opt.state_dict(),
+        "rng": torch.get_rng_state(),
+        "name": "run",
+        "losses": [1.0, 0.5],
+    }
     path = tmp_path / "m.pt"
     denet.save(m, path, train_state=state)
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
@@ -119,9 +149,16 @@ def test_pickled_payload_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     m = denet.compile("C[4,3] P.A R", (3, 8, 8), 2)
     path = tmp_path / "evil.pt"
-    payload = {"format_version": 1, "desc": m.desc, "input_shape": [3, 8, 8], "classes": 2,
-               "class_names": None, "options": m.options, "state_dict": m.state_dict(),
-               "train_state": {"x": _Marker(str(marker))}}
+    payload = {
+        "format_version": 1,
+        "desc": m.desc,
+        "input_shape": [3, 8, 8],
+        "classes": 2,
+        "class_names": None,
+        "options": m.options,
+        "state_dict": m.state_dict(),
+        "train_state": {"x": _Marker(str(marker))},
+    }
     torch.save(payload, path)
     with pytest.raises(ModelFileError, match="refused"):
         denet.load(path)

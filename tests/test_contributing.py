@@ -37,8 +37,9 @@ def registry_with_example(tmp_path, monkeypatch):
 
 def test_the_example_layer_is_one_file_and_computes_squeeze_excitation(registry_with_example):
     torch.manual_seed(0)
-    m = denet.compile("C[32,3] SE[8] P.A R", (3, 8, 8), 5, border_mode="half",
-                      registry=registry_with_example).eval()
+    m = denet.compile(
+        "C[32,3] SE[8] P.A R", (3, 8, 8), 5, border_mode="half", registry=registry_with_example
+    ).eval()
     se = m.l1_SE
     x = torch.randn(2, 3, 8, 8)
     f = m.l0_C(x)
@@ -54,7 +55,8 @@ def test_the_example_layer_is_one_file_and_computes_squeeze_excitation(registry_
 
 def test_the_example_layer_reports_a_bad_ratio(registry_with_example):
     with pytest.raises(denet.DescError) as err:
-        denet.compile("C[8,3] SE[16]", (3, 8, 8), border_mode="half",
-                      registry=registry_with_example)
+        denet.compile(
+            "C[8,3] SE[16]", (3, 8, 8), border_mode="half", registry=registry_with_example
+        )
     assert str(err.value).startswith("SE[16]: ratio 16 leaves no hidden unit for 8 channels")
     assert str(err.value).endswith("\n  C[8,3] SE[16]\n            ^")

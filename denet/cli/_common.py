@@ -1,4 +1,5 @@
 """What every command-line tool shares: user errors become one line on stderr and exit status 2."""
+
 import functools
 import os
 import sys
@@ -24,4 +25,3 @@ def tool_main(fn):
             return 130
 
     return wrapper
-

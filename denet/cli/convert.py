@@ -7,6 +7,7 @@ string (compiled with border mode half): ``conv1`` -> the first ``C``, ``bn1`` -
 ``BN``, ``layerN`` -> the N-th ``nRSN`` stage (block modules carry torchvision's names), ``fc`` ->
 ``R`` (its weight reshaped to a 1x1 conv).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,9 @@ from ..errors import DenetError, ModelFileError
 from ._common import tool_main
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-_EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "examples")
+_EXAMPLES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples"
+)
 
 
 def example_desc(name: str) -> str:
@@ -37,14 +39,15 @@ def read_state_dict(path: str) -> dict:
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such file")
     import pickle
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise ModelFileError(f"{path}: refused: the file holds pickled objects that are not "
-                             f"weights") from None
+        raise ModelFileError(
+            f"{path}: refused: the file holds pickled objects that are not weights"
+        ) from None
     except Exception as err:  # noqa: BLE001 - any unreadable file is a user error here
-        raise ModelFileError(f"{path}: not a readable checkpoint ({type(err).__name__})") \
-            from None
+        raise ModelFileError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -56,6 +59,7 @@ def read_state_dict(path: str) -> dict:
 def torchvision_resnet(arch: str, state: dict, image_size=(224, 224), class_names=None):
     """Build the denet model for a torchvision ResNet state dict."""
     import denet
+
     if "fc.weight" not in state:
         raise ModelFileError("the checkpoint has no fc.weight: not a torchvision ResNet")
     classes = state["fc.weight"].shape[0]
@@ -63,8 +67,12 @@ def torchvision_resnet(arch: str, state: dict, image_size=(224, 224), class_name
     names = [n for n in model.graph.nodes if n.name in model._modules]
     first = {t: next(n.name for n in names if n.type == t) for t in ("C", "BN", "R")}
     stages = [n.name for n in names if n.type == "nRSN"]
-    prefix = {"conv1": first["C"], "bn1": first["BN"], "fc": first["R"],
-              **{f"layer{i + 1}": s for i, s in enumerate(stages)}}
+    prefix = {
+        "conv1": first["C"],
+        "bn1": first["BN"],
+        "fc": first["R"],
+        **{f"layer{i + 1}": s for i, s in enumerate(stages)},
+    }
     target = model.state_dict()
     converted, unknown = {}, []
     for key, value in state.items():
@@ -77,15 +85,19 @@ def torchvision_resnet(arch: str, state: dict, image_size=(224, 224), class_name
             unknown.append(key)
             continue
         if value.numel() != target[new].numel():
-            raise ModelFileError(f"{key}: shape {tuple(value.shape)} does not fit {arch} "
-                                 f"({tuple(target[new].shape)}); is --arch right?")
+            raise ModelFileError(
+                f"{key}: shape {tuple(value.shape)} does not fit {arch} "
+                f"({tuple(target[new].shape)}); is --arch right?"
+            )
         converted[new] = value.reshape(target[new].shape).to(target[new].dtype)
     missing = sorted(set(target) - set(converted))
     if unknown or missing:
         what = unknown[:3] if unknown else missing[:3]
-        raise ModelFileError(f"the checkpoint does not match torchvision's {arch}: "
-                             f"{'unexpected' if unknown else 'missing'} keys "
-                             f"{', '.join(what)}{' ...' if len(unknown or missing) > 3 else ''}")
+        raise ModelFileError(
+            f"the checkpoint does not match torchvision's {arch}: "
+            f"{'unexpected' if unknown else 'missing'} keys "
+            f"{', '.join(what)}{' ...' if len(unknown or missing) > 3 else ''}"
+        )
     model.load_state_dict(converted, strict=True)
     model.class_names = class_names
     return model
@@ -95,22 +107,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="model-convert",
         description="Convert a checkpoint of another framework into a denet model file. "
-                    "The input file is read with torch.load(weights_only=True) and never "
-                    "changed.")
-    p.add_argument("--format", required=True, choices=("torchvision",),
-                   help="format of the input checkpoint (torchvision: a torchvision.models "
-                        "state dict, e.g. from torchvision's download URLs)")
-    p.add_argument("--arch", required=True, choices=ARCHS,
-                   help="architecture; the model is built from examples/<arch>.desc with "
-                        "border mode half")
-    p.add_argument("--input", required=True, metavar="STATE_DICT.pth",
-                   help="the checkpoint to convert")
+        "The input file is read with torch.load(weights_only=True) and never "
+        "changed.",
+    )
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("torchvision",),
+        help="format of the input checkpoint (torchvision: a torchvision.models "
+        "state dict, e.g. from torchvision's download URLs)",
+    )
+    p.add_argument(
+        "--arch",
+        required=True,
+        choices=ARCHS,
+        help="architecture; the model is built from examples/<arch>.desc with border mode half",
+    )
+    p.add_argument(
+        "--input", required=True, metavar="STATE_DICT.pth", help="the checkpoint to convert"
+    )
     p.add_argument("--output", required=True, metavar="M.pt", help="denet model file to write")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=(224, 224),
-                   help="input image size of the model (default 224 224; the ResNet strings "
-                        "pool globally, so any size >= 32 works)")
-    p.add_argument("--class-names", metavar="FILE",
-                   help="text file with one class name per line, stored in the model")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=(224, 224),
+        help="input image size of the model (default 224 224; the ResNet strings "
+        "pool globally, so any size >= 32 works)",
+    )
+    p.add_argument(
+        "--class-names",
+        metavar="FILE",
+        help="text file with one class name per line, stored in the model",
+    )
     p.add_argument("--summary", action="store_true", help="print the layer table afterwards")
     return p
 
@@ -119,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import denet
+
     state = read_state_dict(args.input)
     names = None
     if args.class_names:
@@ -135,6 +166,8 @@ def main(argv=None) -> int:
     denet.save(model, args.output)
     if args.summary:
         print(denet.summary(model))
-    print(f"wrote {args.output}: {args.arch}, {model.classes} classes, "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    print(
+        f"wrote {args.output}: {args.arch}, {model.classes} classes, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters"
+    )
     return 0

@@ -1,5 +1,6 @@
 """dataset-show: write a dataset's items as the network sees them, after loading and
 augmentation, with boxes and label maps drawn. See docs/dataset-show.md."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,34 +15,69 @@ from ..errors import DataError
 from ._common import tool_main
 
 # A fixed palette: class k gets PALETTE[k % len]; 255 (ignore) is drawn white.
-PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
-                    (245, 130, 48), (145, 30, 180), (70, 240, 240), (240, 50, 230),
-                    (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-                    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195),
-                    (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128)], np.uint8)
+PALETTE = np.array(
+    [
+        (230, 25, 75),
+        (60, 180, 75),
+        (255, 225, 25),
+        (0, 130, 200),
+        (245, 130, 48),
+        (145, 30, 180),
+        (70, 240, 240),
+        (240, 50, 230),
+        (210, 245, 60),
+        (250, 190, 212),
+        (0, 128, 128),
+        (220, 190, 255),
+        (170, 110, 40),
+        (255, 250, 200),
+        (128, 0, 0),
+        (170, 255, 195),
+        (128, 128, 0),
+        (255, 215, 180),
+        (0, 0, 128),
+        (128, 128, 128),
+    ],
+    np.uint8,
+)
 
 
 def build_parser():
     p = argparse.ArgumentParser(
         prog="dataset-show",
         description="Write the first N items of a dataset as PNG files, as the network sees "
-                    "them after loading and augmentation, with boxes and label maps drawn.")
+        "them after loading and augmentation, with boxes and label maps drawn.",
+    )
     p.add_argument("--input", required=True, help="dataset path (as for --train/--test)")
-    p.add_argument("--extension", default="ppm",
-                   help="FORMAT,SUBSET,key=value,... (see docs/datasets.md); default ppm")
+    p.add_argument(
+        "--extension",
+        default="ppm",
+        help="FORMAT,SUBSET,key=value,... (see docs/datasets.md); default ppm",
+    )
     p.add_argument("--output", required=True, help="folder for the PNG files (created)")
     p.add_argument("-n", "--count", type=int, default=8, help="number of items (default 8)")
     p.add_argument("--start", type=int, default=0, help="first item index (default 0)")
-    p.add_argument("--train", action="store_true",
-                   help="apply the training-time random augmentation")
-    p.add_argument("--distort-mode", nargs="+", default=None, metavar="MODE",
-                   help="DeNet --distort-mode tokens (oX sX rX mX), with --train")
-    p.add_argument("--augment-mirror", action="store_true",
-                   help="random horizontal flips, with --train")
+    p.add_argument(
+        "--train", action="store_true", help="apply the training-time random augmentation"
+    )
+    p.add_argument(
+        "--distort-mode",
+        nargs="+",
+        default=None,
+        metavar="MODE",
+        help="DeNet --distort-mode tokens (oX sX rX mX), with --train",
+    )
+    p.add_argument(
+        "--augment-mirror", action="store_true", help="random horizontal flips, with --train"
+    )
     p.add_argument("--seed", type=int, default=23455, help="augmentation seed (default 23455)")
     p.add_argument("--epoch", type=int, default=0, help="epoch whose augmentation to show")
-    p.add_argument("--zoom", type=int, default=0,
-                   help="integer enlargement; 0 (default) enlarges small images to >= 256 px")
+    p.add_argument(
+        "--zoom",
+        type=int,
+        default=0,
+        help="integer enlargement; 0 (default) enlarges small images to >= 256 px",
+    )
     return p
 
 
@@ -93,8 +129,11 @@ def render(image: torch.Tensor, target: dict, ds, zoom: int = 0) -> Image.Image:
             x0, y0, x1, y1 = (v * zoom for v in box)
             corners = [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)]
             # a black rim first, so a box stays visible on an object of its own colour
-            draw.rectangle([corners[0] - 1, corners[1] - 1, corners[2] + 1, corners[3] + 1],
-                           outline=(0, 0, 0), width=4)
+            draw.rectangle(
+                [corners[0] - 1, corners[1] - 1, corners[2] + 1, corners[3] + 1],
+                outline=(0, 0, 0),
+                width=4,
+            )
             draw.rectangle(corners, outline=color, width=2)
             name = ds.classes[label] if label < len(ds.classes) else str(label)
             if flags is not None and bool(flags[k]):
@@ -112,9 +151,14 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.count < 0 or args.start < 0:
         raise DataError("-n and --start must be >= 0")
-    ds = open_dataset(args.input, args.extension, train=args.train, seed=args.seed,
-                      distort=args.distort_mode,
-                      mirror=True if args.augment_mirror else None)
+    ds = open_dataset(
+        args.input,
+        args.extension,
+        train=args.train,
+        seed=args.seed,
+        distort=args.distort_mode,
+        mirror=True if args.augment_mirror else None,
+    )
     ds.set_epoch(args.epoch)
     os.makedirs(args.output, exist_ok=True)
     stop = min(len(ds), args.start + args.count)
@@ -127,8 +171,9 @@ def main(argv=None):
             count = len(target["boxes"])
             what = f"{count} box" + ("" if count == 1 else "es")
         elif "mask" in target:
-            what = "classes " + ",".join(str(v) for v in sorted(set(
-                target["mask"].unique().tolist())))
+            what = "classes " + ",".join(
+                str(v) for v in sorted(set(target["mask"].unique().tolist()))
+            )
         else:
             what = f"label {ds.classes[int(target['label'])]}"
         print(f"{path}: {shape} {what}")

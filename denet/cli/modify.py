@@ -5,6 +5,7 @@ Operations run in DeNet's order: ``--image-size`` / ``--class-num``, ``--modify-
 ``--layer-remove``, ``--layer-insert`` (applied one after another), ``--layer-append``. Layer
 indices are top-level item positions, as ``--summary`` shows them. The input file is only read.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,11 +19,13 @@ from ._common import tool_main
 
 def _parse_items(desc: str):
     from ..dsl import parse
+
     return list(parse(desc).items)
 
 
 def _parse_value(text: str):
     from ..dsl import parse
+
     try:
         items = parse(f"X[{text}]").items
     except DescError:
@@ -49,14 +52,17 @@ def modify_layer(items, type_: str, assignments: list[str]):
     ltype = REGISTRY.get(type_)
     if ltype is None:
         hint = REGISTRY.suggest(type_)
-        raise DenetError(f"--modify-layer: unknown layer type {type_!r}" +
-                         ("; did you mean " + " or ".join(map(repr, hint)) + "?" if hint else ""))
+        raise DenetError(
+            f"--modify-layer: unknown layer type {type_!r}"
+            + ("; did you mean " + " or ".join(map(repr, hint)) + "?" if hint else "")
+        )
     for it in items:
         if isinstance(it, (ast.Layer, ast.Group)) and it.type == type_:
             break
     else:
-        if not any(isinstance(i, (ast.Layer, ast.Group)) and i.type == type_
-                   for i in ast.walk(items)):
+        if not any(
+            isinstance(i, (ast.Layer, ast.Group)) and i.type == type_ for i in ast.walk(items)
+        ):
             raise DenetError(f"--modify-layer: the model has no {type_} layer")
     # top-level first; otherwise the first in reading order inside groups
     found = None
@@ -65,8 +71,10 @@ def modify_layer(items, type_: str, assignments: list[str]):
             found = (items, k)
             break
     if found is None:
-        raise DenetError(f"--modify-layer: the first {type_} is inside a group; edit the "
-                         f"group with --layer-remove/--layer-insert instead")
+        raise DenetError(
+            f"--modify-layer: the first {type_} is inside a group; edit the "
+            f"group with --layer-remove/--layer-insert instead"
+        )
     seq, k = found
     item = seq[k]
     pos_names = [a.name for a in ltype.positional(item.tags)]
@@ -91,33 +99,64 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="model-modify",
         description="Modify a denet model file and write the result to a new file. Weights of "
-                    "layers that are unchanged (same token, same shapes) are kept; new or "
-                    "reshaped layers are initialised as in a fresh model. The input file is "
-                    "never changed.")
+        "layers that are unchanged (same token, same shapes) are kept; new or "
+        "reshaped layers are initialised as in a fresh model. The input file is "
+        "never changed.",
+    )
     p.add_argument("--input", required=True, metavar="M", help="model file to read")
-    p.add_argument("--output", metavar="M2",
-                   help="model file to write; without it, --summary shows the result and "
-                        "nothing is written")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="new input image size (height width)")
-    p.add_argument("--class-num", type=int, metavar="N",
-                   help="new number of classes: the classifier (R) gets N outputs and new "
-                        "weights; stored class names are dropped")
-    p.add_argument("--modify-layer", nargs="+", action="append", metavar=("TYPE", "K=V"),
-                   help="set arguments of the first top-level layer of TYPE, e.g. "
-                        "--modify-layer BN momentum=0.99 (argument names as in "
-                        "docs/language.md); may be repeated")
-    p.add_argument("--layer-remove", type=int, default=0, metavar="N",
-                   help="remove the last N top-level layers")
-    p.add_argument("--layer-insert", nargs="+", default=[], metavar="IDX:DESC",
-                   help="insert DESC so that it starts at top-level index IDX (after the first "
-                        "IDX layers); several are applied one after another")
-    p.add_argument("--layer-append", nargs="+", default=[], metavar="DESC",
-                   help="append layers at the end")
-    p.add_argument("--seed", type=int, default=23455,
-                   help="random seed for the weights of new layers (default 23455, DeNet's)")
-    p.add_argument("--summary", action="store_true",
-                   help="print the layer table of the new model")
+    p.add_argument(
+        "--output",
+        metavar="M2",
+        help="model file to write; without it, --summary shows the result and nothing is written",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="new input image size (height width)",
+    )
+    p.add_argument(
+        "--class-num",
+        type=int,
+        metavar="N",
+        help="new number of classes: the classifier (R) gets N outputs and new "
+        "weights; stored class names are dropped",
+    )
+    p.add_argument(
+        "--modify-layer",
+        nargs="+",
+        action="append",
+        metavar=("TYPE", "K=V"),
+        help="set arguments of the first top-level layer of TYPE, e.g. "
+        "--modify-layer BN momentum=0.99 (argument names as in "
+        "docs/language.md); may be repeated",
+    )
+    p.add_argument(
+        "--layer-remove",
+        type=int,
+        default=0,
+        metavar="N",
+        help="remove the last N top-level layers",
+    )
+    p.add_argument(
+        "--layer-insert",
+        nargs="+",
+        default=[],
+        metavar="IDX:DESC",
+        help="insert DESC so that it starts at top-level index IDX (after the first "
+        "IDX layers); several are applied one after another",
+    )
+    p.add_argument(
+        "--layer-append", nargs="+", default=[], metavar="DESC", help="append layers at the end"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=23455,
+        help="random seed for the weights of new layers (default 23455, DeNet's)",
+    )
+    p.add_argument("--summary", action="store_true", help="print the layer table of the new model")
     return p
 
 
@@ -125,12 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import denet
+
     from ..dsl import print_items
     from ..model_file import model_from_payload, read_payload
 
     if args.output is None and not args.summary:
-        raise DenetError("--output M2 is required (or --summary alone, to look at the result "
-                         "without writing it)")
+        raise DenetError(
+            "--output M2 is required (or --summary alone, to look at the result without writing it)"
+        )
     if args.output is not None and os.path.abspath(args.output) == os.path.abspath(args.input):
         raise DenetError("--output must differ from --input (the input file is never changed)")
     payload = read_payload(args.input)
@@ -156,18 +197,21 @@ def main(argv=None) -> int:
         modify_layer(items, spec[0], spec[1:])
     if args.layer_remove:
         if not 0 < args.layer_remove <= len(items):
-            raise DenetError(f"--layer-remove {args.layer_remove}: the model has {len(items)} "
-                             f"top-level layers")
-        del items[len(items) - args.layer_remove:]
-        del origin[len(origin) - args.layer_remove:]
+            raise DenetError(
+                f"--layer-remove {args.layer_remove}: the model has {len(items)} top-level layers"
+            )
+        del items[len(items) - args.layer_remove :]
+        del origin[len(origin) - args.layer_remove :]
     for spec in args.layer_insert:
         idx, colon, desc = spec.partition(":")
         if not colon or not idx.strip().isdigit():
             raise DenetError(f"--layer-insert expects IDX:DESC, not {spec!r}")
         idx = int(idx)
         if idx > len(items):
-            raise DenetError(f"--layer-insert {spec}: index {idx} is past the end "
-                             f"({len(items)} top-level layers)")
+            raise DenetError(
+                f"--layer-insert {spec}: index {idx} is past the end "
+                f"({len(items)} top-level layers)"
+            )
         new = _parse_items(desc)
         items[idx:idx] = new
         origin[idx:idx] = [None] * len(new)
@@ -199,12 +243,13 @@ def main(argv=None) -> int:
                     continue
                 old_name = old_by_top[old_top][k] if old_top is not None else None
                 ok = old_name is not None and all(
-                    old_name + key[len(name):] in old_state and
-                    old_state[old_name + key[len(name):]].shape == new_state[key].shape
-                    for key in keys)
+                    old_name + key[len(name) :] in old_state
+                    and old_state[old_name + key[len(name) :]].shape == new_state[key].shape
+                    for key in keys
+                )
                 if ok:
                     for key in keys:
-                        new_state[key].copy_(old_state[old_name + key[len(name):]])
+                        new_state[key].copy_(old_state[old_name + key[len(name) :]])
                     kept += 1
                 else:
                     fresh.append(name)
@@ -213,6 +258,8 @@ def main(argv=None) -> int:
     if args.summary:
         print(denet.summary(model))
     done = f"wrote {args.output}" if args.output is not None else "not written (no --output)"
-    print(f"{done}: kept the weights of {kept} layer(s)" +
-          (f", new weights for {', '.join(fresh)}" if fresh else ""))
+    print(
+        f"{done}: kept the weights of {kept} layer(s)"
+        + (f", new weights for {', '.join(fresh)}" if fresh else "")
+    )
     return 0

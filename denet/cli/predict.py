@@ -34,6 +34,7 @@ segment writes one PNG label map per image (class indices, 255 where the model d
 original pixel) under the ``--output`` folder, named after the image, and prints the mIoU when
 the dataset has label maps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,12 +49,17 @@ from torch.utils.data import Dataset
 from ..errors import DataError, DenetError
 from ._common import tool_main
 
-MODES = {"classify": "classification", "single": "classification", "detect": "detection",
-         "segment": "segmentation"}
-TASK_MODES = {"classification": "classify", "detection": "detect",
-              "segmentation": "segment"}
-DENET_MODES = {"multicrop": "10-crop testing (use --extension imagenet,multicrop with "
-                            "model-train --skip-train)"}
+MODES = {
+    "classify": "classification",
+    "single": "classification",
+    "detect": "detection",
+    "segment": "segmentation",
+}
+TASK_MODES = {"classification": "classify", "detection": "detect", "segmentation": "segment"}
+DENET_MODES = {
+    "multicrop": "10-crop testing (use --extension imagenet,multicrop with "
+    "model-train --skip-train)"
+}
 DATASET_FORMATS = ("mscoco", "voc", "seglist")
 
 
@@ -63,33 +69,61 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="model-predict", formatter_class=_Formatter,
+        prog="model-predict",
+        formatter_class=_Formatter,
         description="Run a model file on images: classify (top-5 classes per image, JSON), "
-                    "detect (boxes per image, JSON) or segment (a PNG label map per image), "
-                    "as the model's task says.",
-        epilog="See docs/model-predict.md.")
+        "detect (boxes per image, JSON) or segment (a PNG label map per image), "
+        "as the model's task says.",
+        epilog="See docs/model-predict.md.",
+    )
     a = p.add_argument
     a("--model", required=True, metavar="FILE", help="model file (P_final.pt, P_epochNNN.pt)")
-    a("--input", required=True, metavar="PATH",
-      help="an image, a folder of images, a Basic Dir tree DIR/<class>/*.EXT, or (detect, "
-           "segment) a dataset root read with --extension")
-    a("--output", "--results", dest="output", default=None, metavar="OUT",
-      help="where to write the predictions: a JSON file (classify, detect; default "
-           "results.json) or a folder of PNG label maps (segment; default results)")
-    a("--extension", default="png",
-      help="image file extension searched for in folders; detect and segment also take a "
-           "dataset format with loader keys (mscoco,2017-val / voc,2007-test / seglist,val)")
-    a("--predict-mode", default=None,
-      help="classify (DeNet's 'single' is a synonym), detect or segment (default: the "
-           "model's task)")
+    a(
+        "--input",
+        required=True,
+        metavar="PATH",
+        help="an image, a folder of images, a Basic Dir tree DIR/<class>/*.EXT, or (detect, "
+        "segment) a dataset root read with --extension",
+    )
+    a(
+        "--output",
+        "--results",
+        dest="output",
+        default=None,
+        metavar="OUT",
+        help="where to write the predictions: a JSON file (classify, detect; default "
+        "results.json) or a folder of PNG label maps (segment; default results)",
+    )
+    a(
+        "--extension",
+        default="png",
+        help="image file extension searched for in folders; detect and segment also take a "
+        "dataset format with loader keys (mscoco,2017-val / voc,2007-test / seglist,val)",
+    )
+    a(
+        "--predict-mode",
+        default=None,
+        help="classify (DeNet's 'single' is a synonym), detect or segment (default: the "
+        "model's task)",
+    )
     a("--batch-size", type=int, default=100, help="images per forward pass")
-    a("--thread-num", type=int, default=1,
-      help="background image-loading worker processes (0: load in this process)")
-    a("--device", default=None,
-      help="cpu, cuda or cuda:N (default: GPU=N, else cuda:0 if present, else cpu)")
-    a("--params", default="",
-      help="DeNet's detection parameters; here they are arguments of the network's "
-           "detection head, so a non-empty value is an error")
+    a(
+        "--thread-num",
+        type=int,
+        default=1,
+        help="background image-loading worker processes (0: load in this process)",
+    )
+    a(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: GPU=N, else cuda:0 if present, else cpu)",
+    )
+    a(
+        "--params",
+        default="",
+        help="DeNet's detection parameters; here they are arguments of the network's "
+        "detection head, so a non-empty value is an error",
+    )
     return p
 
 
@@ -103,8 +137,11 @@ def find_images(path: str, extension: str) -> list[str]:
     found = []
     for folder, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(folder, f) for f in files
-                  if f.lower().endswith(suffix) and not f.startswith(".")]
+        found += [
+            os.path.join(folder, f)
+            for f in files
+            if f.lower().endswith(suffix) and not f.startswith(".")
+        ]
     if not found:
         raise DataError(f"{path}: no *{suffix} images found")
     return sorted(found, key=lambda p: os.path.relpath(p, path).split(os.sep))
@@ -138,15 +175,22 @@ class ImageFiles(Dataset):
         path = self.paths[i]
         img = load_image(path, self.channels)
         if self.check_size and img.size != (self.width, self.height):
-            raise DataError(f"{path}: image is {img.size[0]}x{img.size[1]} (WxH) but the model "
-                            f"takes {self.width}x{self.height}; resize the image or change the "
-                            "model's input with model-modify --image-size")
+            raise DataError(
+                f"{path}: image is {img.size[0]}x{img.size[1]} (WxH) but the model "
+                f"takes {self.width}x{self.height}; resize the image or change the "
+                "model's input with model-modify --image-size"
+            )
         arr = np.asarray(img, dtype=np.float32) / 255.0
         x = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
         size = torch.tensor([img.size[1], img.size[0]], dtype=torch.int64)
-        return x, {"index": i, "image_id": i, "size": size, "orig_size": size.clone(),
-                   "scale": torch.ones(2, dtype=torch.float64),
-                   "offset": torch.zeros(2, dtype=torch.float64)}
+        return x, {
+            "index": i,
+            "image_id": i,
+            "size": size,
+            "orig_size": size.clone(),
+            "scale": torch.ones(2, dtype=torch.float64),
+            "offset": torch.zeros(2, dtype=torch.float64),
+        }
 
 
 def _loader(dataset, batch_size, workers):
@@ -194,11 +238,13 @@ def to_original(boxes: torch.Tensor, target: dict) -> torch.Tensor:
 def detection_entry(path, output: dict, target: dict, names) -> dict:
     boxes = to_original(output["boxes"], target)
     labels = [int(v) for v in output["labels"].reshape(-1).tolist()]
-    return {"path": path,
-            "boxes": [[round(float(v), 3) for v in b] for b in boxes.tolist()],
-            "scores": [round(float(v), 6) for v in output["scores"].reshape(-1).tolist()],
-            "labels": labels,
-            "classes": [names[k] if 0 <= k < len(names) else str(k) for k in labels]}
+    return {
+        "path": path,
+        "boxes": [[round(float(v), 3) for v in b] for b in boxes.tolist()],
+        "scores": [round(float(v), 6) for v in output["scores"].reshape(-1).tolist()],
+        "labels": labels,
+        "classes": [names[k] if 0 <= k < len(names) else str(k) for k in labels],
+    }
 
 
 def label_maps(logits: torch.Tensor, targets: list[dict]) -> list[np.ndarray]:
@@ -215,7 +261,7 @@ def label_maps(logits: torch.Tensor, targets: list[dict]) -> list[np.ndarray]:
     maps = []
     for i, t in enumerate(targets):
         h, w = int(t["size"][0]), int(t["size"][1])
-        x = logits[i:i + 1, :, :h, :w]
+        x = logits[i : i + 1, :, :h, :w]
         H, W = (int(v) for v in t.get("orig_size", t["size"]))
         geom = finite_geometry(t)
         (sx, sy), (ox, oy) = geom if geom is not None else ((1.0, 1.0), (0.0, 0.0))
@@ -225,10 +271,16 @@ def label_maps(logits: torch.Tensor, targets: list[dict]) -> list[np.ndarray]:
             continue
         xs = (torch.arange(W, dtype=torch.float64) + 0.5) * sx + ox
         ys = (torch.arange(H, dtype=torch.float64) + 0.5) * sy + oy
-        grid = torch.stack(torch.meshgrid(xs * (2.0 / w) - 1, ys * (2.0 / h) - 1,
-                                          indexing="xy"), dim=-1)
-        sampled = F.grid_sample(x, grid[None].to(x.device, torch.float32), mode="bilinear",
-                                padding_mode="border", align_corners=False)
+        grid = torch.stack(
+            torch.meshgrid(xs * (2.0 / w) - 1, ys * (2.0 / h) - 1, indexing="xy"), dim=-1
+        )
+        sampled = F.grid_sample(
+            x,
+            grid[None].to(x.device, torch.float32),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=False,
+        )
         label = sampled[0].argmax(0).cpu().numpy()
         inside = ((xs >= 0) & (xs <= w))[None, :] & ((ys >= 0) & (ys <= h))[:, None]
         label[~inside.numpy()] = 255
@@ -249,23 +301,30 @@ def _check_mode(mode, model, path) -> str:
     task = model.task
     if mode is None:
         if task not in TASK_MODES:
-            raise DenetError(f"{path}: the network has no task head (R, SEG, DET ...), so "
-                             "model-predict cannot read its output")
+            raise DenetError(
+                f"{path}: the network has no task head (R, SEG, DET ...), so "
+                "model-predict cannot read its output"
+            )
         return TASK_MODES[task]
     head, _, rest = mode.partition(",")
     head = head.strip().lower()
     if head in DENET_MODES:
-        raise DenetError(f"--predict-mode {mode}: DeNet's {DENET_MODES[head]} is not a mode "
-                         "of model-predict")
+        raise DenetError(
+            f"--predict-mode {mode}: DeNet's {DENET_MODES[head]} is not a mode of model-predict"
+        )
     if head not in MODES:
-        raise DenetError(f"--predict-mode: unknown mode {mode!r}; expected classify, detect "
-                         "or segment")
+        raise DenetError(
+            f"--predict-mode: unknown mode {mode!r}; expected classify, detect or segment"
+        )
     if rest.strip():
-        raise DenetError(f"--predict-mode {mode}: takes no options after the mode (the data "
-                         "format goes in --extension)")
+        raise DenetError(
+            f"--predict-mode {mode}: takes no options after the mode (the data "
+            "format goes in --extension)"
+        )
     if MODES[head] != task:
-        raise DenetError(f"--predict-mode {mode}: {path} is a {task or 'task-less'} network; "
-                         f"it cannot {head}")
+        raise DenetError(
+            f"--predict-mode {mode}: {path} is a {task or 'task-less'} network; it cannot {head}"
+        )
     return TASK_MODES[task]
 
 
@@ -296,9 +355,12 @@ def run_classify(ns, model, names, device) -> None:
     top_p, top_i = probs.topk(k, dim=1)
     results, hits1, hits5, labelled = [], 0, 0, 0
     for n, path in enumerate(paths):
-        entry = {"path": path,
-                 "top5": [[names[j], round(float(p), 6)] for p, j in
-                          zip(top_p[n].tolist(), top_i[n].tolist())]}
+        entry = {
+            "path": path,
+            "top5": [
+                [names[j], round(float(p), 6)] for p, j in zip(top_p[n].tolist(), top_i[n].tolist())
+            ],
+        }
         label = tree_label(path, ns.input, names)
         if label is not None:
             entry["label"] = label
@@ -311,8 +373,10 @@ def run_classify(ns, model, names, device) -> None:
     _write_json(results, output)
     print(f"classified {len(paths)} image(s) with {ns.model}: wrote {output}")
     if labelled:
-        print(f"top-1 accuracy {100 * hits1 / labelled:.2f}%  top-5 accuracy "
-              f"{100 * hits5 / labelled:.2f}%  ({labelled} labelled images)")
+        print(
+            f"top-1 accuracy {100 * hits1 / labelled:.2f}%  top-5 accuracy "
+            f"{100 * hits5 / labelled:.2f}%  ({labelled} labelled images)"
+        )
 
 
 # ----------------------------------------------------------------------------- detect, segment
@@ -324,20 +388,25 @@ def open_inputs(ns, model, task):
     ext = parse_extension(ns.extension)
     if ext.format == "dir":
         if "," in ns.extension:
-            raise DenetError(f"--extension {ns.extension}: loader keys need a dataset format "
-                             f"({', '.join(DATASET_FORMATS)}); plain images run at their size")
+            raise DenetError(
+                f"--extension {ns.extension}: loader keys need a dataset format "
+                f"({', '.join(DATASET_FORMATS)}); plain images run at their size"
+            )
         paths = find_images(ns.input, ext.image_ext)
         root = ns.input if os.path.isdir(ns.input) else os.path.dirname(ns.input)
         return ImageFiles(paths, model.input_shape, check_size=False), paths, root, False
     if ext.format not in DATASET_FORMATS:
-        raise DenetError(f"--extension {ns.extension}: {ext.format} holds classification "
-                         f"data; {task} reads images or {', '.join(DATASET_FORMATS)}")
+        raise DenetError(
+            f"--extension {ns.extension}: {ext.format} holds classification "
+            f"data; {task} reads images or {', '.join(DATASET_FORMATS)}"
+        )
     ds = open_dataset(ns.input, ns.extension, train=False)
     if ds.task != task:
         raise DataError(f"{ns.input}: a {ds.task} set, but {ns.model} is a {task} network")
     if list(map(str, ds.classes)) and len(ds.classes) != model.classes:
-        raise DataError(f"{ns.input}: {len(ds.classes)} classes, but {ns.model} has "
-                        f"{model.classes}")
+        raise DataError(
+            f"{ns.input}: {len(ds.classes)} classes, but {ns.model} has {model.classes}"
+        )
     return ds, ds._paths(), ds.root, True
 
 
@@ -379,8 +448,9 @@ def run_segment(ns, model, names, device) -> None:
     ds, paths, root, is_dataset = open_inputs(ns, model, "segmentation")
     out_dir = ns.output or "results"
     if os.path.isfile(out_dir):
-        raise DenetError(f"--output {out_dir}: segment writes a folder of PNG label maps; "
-                         "this is a file")
+        raise DenetError(
+            f"--output {out_dir}: segment writes a folder of PNG label maps; this is a file"
+        )
     evaluator = None
     done = 0
     written = set()
@@ -390,8 +460,10 @@ def run_segment(ns, model, names, device) -> None:
             rel = os.path.splitext(os.path.relpath(paths[done], root))[0] + ".png"
             target = os.path.join(out_dir, rel)
             if target in written:
-                raise DenetError(f"{paths[done]}: its label map {target} was already written "
-                                 "for another image of the same name")
+                raise DenetError(
+                    f"{paths[done]}: its label map {target} was already written "
+                    "for another image of the same name"
+                )
             written.add(target)
             try:
                 write_label_map(label, target, model.classes)
@@ -402,8 +474,7 @@ def run_segment(ns, model, names, device) -> None:
             if evaluator is None:
                 evaluator = make_evaluator("segmentation", classes=names)
             evaluator.update(outputs, targets)
-    print(f"segmented {done} image(s) with {ns.model}: wrote {done} label map(s) under "
-          f"{out_dir}")
+    print(f"segmented {done} image(s) with {ns.model}: wrote {done} label map(s) under {out_dir}")
     if evaluator is not None:
         print(evaluator.summary())
 
@@ -412,8 +483,10 @@ def run_segment(ns, model, names, device) -> None:
 def main(argv=None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.params.strip():
-        raise DenetError("--params holds DeNet's detection thresholds; here they are "
-                         "arguments of the network's detection head")
+        raise DenetError(
+            "--params holds DeNet's detection thresholds; here they are "
+            "arguments of the network's detection head"
+        )
     if ns.batch_size < 1:
         raise DenetError(f"--batch-size must be >= 1, not {ns.batch_size}")
     if ns.thread_num < 0:
@@ -428,5 +501,6 @@ def main(argv=None) -> int:
     model.to(device)
     names = _class_names(model, ns.model)
     {"classify": run_classify, "detect": run_detect, "segment": run_segment}[mode](
-        ns, model, names, device)
+        ns, model, names, device
+    )
     return 0

@@ -12,13 +12,15 @@ same program (``--batch-size`` per process).
 
 ``main(argv, on_step=f)`` calls ``f(epoch, step)`` after every optimizer step (a hook for tests).
 """
+
 from __future__ import annotations
 
 import argparse
 
 from ..errors import DenetError
+from ..train.options import DEFAULT_MODEL_DESC, LOG_LEVELS, TrainOptions, option_flag
 from ..train.solvers import SOLVERS
-from ..train.trainer import DEFAULT_MODEL_DESC, LOG_LEVELS, TrainOptions, option_flag, run
+from ..train.trainer import run
 from ._common import tool_main
 
 # With --model the model file fixes the network; these would be silently ignored.
@@ -31,80 +33,178 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="model-train", formatter_class=_Formatter,
+        prog="model-train",
+        formatter_class=_Formatter,
         description="Train a convolutional network written as a DeNet description string on "
-                    "labelled images (classification, detection or segmentation: the network's "
-                    "head decides). Writes P_epochNNN.pt after every epoch (0-based), "
-                    "P_final.pt and the JSON-lines log P_log.jsonl for --output-prefix P.",
+        "labelled images (classification, detection or segmentation: the network's "
+        "head decides). Writes P_epochNNN.pt after every epoch (0-based), "
+        "P_final.pt and the JSON-lines log P_log.jsonl for --output-prefix P.",
         epilog="Devices: --device, else GPU=N from the environment (as in DeNet), else the "
-               "first GPU, else the CPU. Under torchrun (torchrun --nproc-per-node K "
-               "bin/model-train ...) the K processes train one model with "
-               "DistributedDataParallel. See docs/model-train.md.")
+        "first GPU, else the CPU. Under torchrun (torchrun --nproc-per-node K "
+        "bin/model-train ...) the K processes train one model with "
+        "DistributedDataParallel. See docs/model-train.md.",
+    )
     a = p.add_argument
-    a("--model-desc", nargs="+", default=DEFAULT_MODEL_DESC, metavar="TOKEN",
-      help="network description string (one argument, or one token per argument)")
-    a("--model", default=None, metavar="FILE",
-      help="start from this model file's network and weights (fine-tune; new optimizer and "
-           "schedule)")
-    a("--resume", default=None, metavar="FILE",
-      help="continue the run saved in this checkpoint (P_epochNNN.pt) exactly: its options, "
-           "epoch, optimizer, random state and log. Append it to the original command line "
-           "or give it alone; of the other options only --epochs, --device, --thread-num, "
-           "--output-prefix and --log-level may differ from the saved run")
+    a(
+        "--model-desc",
+        nargs="+",
+        default=DEFAULT_MODEL_DESC,
+        metavar="TOKEN",
+        help="network description string (one argument, or one token per argument)",
+    )
+    a(
+        "--model",
+        default=None,
+        metavar="FILE",
+        help="start from this model file's network and weights (fine-tune; new optimizer and "
+        "schedule)",
+    )
+    a(
+        "--resume",
+        default=None,
+        metavar="FILE",
+        help="continue the run saved in this checkpoint (P_epochNNN.pt) exactly: its options, "
+        "epoch, optimizer, random state and log. Append it to the original command line "
+        "or give it alone; of the other options only --epochs, --device, --thread-num, "
+        "--output-prefix and --log-level may differ from the saved run",
+    )
     a("--train", default=None, metavar="PATH", help="training set (required)")
     a("--test", default=None, metavar="PATH", help="test set, evaluated every --test-epochs")
-    a("--extension", default="ppm",
-      help="dataset format: an image extension (Basic Dir PATH/<class>/*.EXT), npy "
-           "(PATH_data.npy + PATH_labels.npy), imagenet, mscoco, voc or seglist, with "
-           ",key=value loader options (docs/datasets.md)")
-    a("--test-extension", default=None, metavar="EXTENSION",
-      help="dataset format of --test when it differs from --extension (another subset: "
-           "mscoco,2017-val; other loader keys)")
+    a(
+        "--extension",
+        default="ppm",
+        help="dataset format: an image extension (Basic Dir PATH/<class>/*.EXT), npy "
+        "(PATH_data.npy + PATH_labels.npy), imagenet, mscoco, voc or seglist, with "
+        ",key=value loader options (docs/datasets.md)",
+    )
+    a(
+        "--test-extension",
+        default=None,
+        metavar="EXTENSION",
+        help="dataset format of --test when it differs from --extension (another subset: "
+        "mscoco,2017-val; other loader keys)",
+    )
     a("--epochs", type=int, default=30, help="training epochs")
     a("--batch-size", type=int, default=32, help="images per step (per process under torchrun)")
     a("--learn-rate", type=float, default=0.1, help="learning rate")
-    a("--learn-momentum", type=float, nargs="+", default=[0.0, 0.0], metavar="M",
-      help="momentum (sgd, nesterov: the first value; adam: beta1 beta2)")
-    a("--learn-anneal", type=float, default=1.0,
-      help="factor the learning rate is multiplied by after an annealing epoch")
-    a("--learn-anneal-epochs", type=int, nargs="+", default=[], metavar="E",
-      help="anneal after these many epochs (empty: after every epoch)")
-    a("--learn-decay", type=float, default=0.0,
-      help="L2 weight decay (conv and classifier weights only, not biases or BN)")
-    a("--solver", default="nesterov", choices=SOLVERS,
-      help="sgd: m=rho*m+(1-rho)*g, p-=lr*m; nesterov (= torch): m=mu*m+g, "
-           "p-=lr*(g+mu*m); adam: betas from --learn-momentum, eps 1e-8")
-    a("--border-mode", default="valid",
-      help="convolution padding: valid, half, same, full, or a number of pixels")
+    a(
+        "--learn-momentum",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.0],
+        metavar="M",
+        help="momentum (sgd, nesterov: the first value; adam: beta1 beta2)",
+    )
+    a(
+        "--learn-anneal",
+        type=float,
+        default=1.0,
+        help="factor the learning rate is multiplied by after an annealing epoch",
+    )
+    a(
+        "--learn-anneal-epochs",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="E",
+        help="anneal after these many epochs (empty: after every epoch)",
+    )
+    a(
+        "--learn-decay",
+        type=float,
+        default=0.0,
+        help="L2 weight decay (conv and classifier weights only, not biases or BN)",
+    )
+    a(
+        "--solver",
+        default="nesterov",
+        choices=SOLVERS,
+        help="sgd: m=rho*m+(1-rho)*g, p-=lr*m; nesterov (= torch): m=mu*m+g, "
+        "p-=lr*(g+mu*m); adam: betas from --learn-momentum, eps 1e-8",
+    )
+    a(
+        "--border-mode",
+        default="valid",
+        help="convolution padding: valid, half, same, full, or a number of pixels",
+    )
     a("--activation", default="relu", help="activation of A and of residual blocks")
-    a("--weight-init", nargs="+", default=["he-backward"], metavar="INIT",
-      help="weight initialisation, one per token (the last repeats)")
-    a("--distort-mode", nargs="+", default=[], metavar="MODE",
-      help="training augmentation: oX random offset up to X px, sX scale +-X%%, rX rotation "
-           "+-X degrees, mX mirror with X%% probability")
-    a("--augment-mirror", action="store_true",
-      help="flip training images horizontally with probability 0.5")
+    a(
+        "--weight-init",
+        nargs="+",
+        default=["he-backward"],
+        metavar="INIT",
+        help="weight initialisation, one per token (the last repeats)",
+    )
+    a(
+        "--distort-mode",
+        nargs="+",
+        default=[],
+        metavar="MODE",
+        help="training augmentation: oX random offset up to X px, sX scale +-X%%, rX rotation "
+        "+-X degrees, mX mirror with X%% probability",
+    )
+    a(
+        "--augment-mirror",
+        action="store_true",
+        help="flip training images horizontally with probability 0.5",
+    )
     a("--seed", type=int, default=23455, help="random seed (weights, order, augmentation)")
-    a("--thread-num", type=int, default=1,
-      help="background data-loading worker processes (0: load in the training process)")
+    a(
+        "--thread-num",
+        type=int,
+        default=1,
+        help="background data-loading worker processes (0: load in the training process)",
+    )
     a("--output-prefix", default="./model", metavar="P", help="prefix of the output files")
-    a("--device", default=None,
-      help="cpu, cuda or cuda:N (default: GPU=N, else cuda:0 if present, else cpu)")
-    a("--test-epochs", type=int, default=1,
-      help="evaluate the test set every this many epochs (and after the last)")
-    a("--test-mode", default="default", choices=["default"],
-      help="DeNet's test mode (it had only the default)")
-    a("--max-samples", type=int, default=None,
-      help="train on a random subset of this many images (fixed by --seed)")
-    a("--disable-intermediate", action="store_true",
-      help="write no P_epochNNN.pt checkpoints (only P_final.pt)")
-    a("--skip-train", action="store_true",
-      help="only evaluate the model (--model, or the new network) on --test")
-    a("--skip-layer-updates", type=int, nargs="+", default=[], metavar="INDEX",
-      help="freeze the parameters of the layers at these token indices")
-    a("--cost-factors", nargs="+", default=[], metavar="F|LOSS=F",
-      help="multiply losses by factors: LOSS=F by name (loss_cls=1 loss_box=2), or bare "
-           "numbers for the model's losses in order (DeNet's way)")
+    a(
+        "--device",
+        default=None,
+        help="cpu, cuda or cuda:N (default: GPU=N, else cuda:0 if present, else cpu)",
+    )
+    a(
+        "--test-epochs",
+        type=int,
+        default=1,
+        help="evaluate the test set every this many epochs (and after the last)",
+    )
+    a(
+        "--test-mode",
+        default="default",
+        choices=["default"],
+        help="DeNet's test mode (it had only the default)",
+    )
+    a(
+        "--max-samples",
+        type=int,
+        default=None,
+        help="train on a random subset of this many images (fixed by --seed)",
+    )
+    a(
+        "--disable-intermediate",
+        action="store_true",
+        help="write no P_epochNNN.pt checkpoints (only P_final.pt)",
+    )
+    a(
+        "--skip-train",
+        action="store_true",
+        help="only evaluate the model (--model, or the new network) on --test",
+    )
+    a(
+        "--skip-layer-updates",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="INDEX",
+        help="freeze the parameters of the layers at these token indices",
+    )
+    a(
+        "--cost-factors",
+        nargs="+",
+        default=[],
+        metavar="F|LOSS=F",
+        help="multiply losses by factors: LOSS=F by name (loss_cls=1 loss_box=2), or bare "
+        "numbers for the model's losses in order (DeNet's way)",
+    )
     a("--log-level", default="verbose", choices=list(LOG_LEVELS), help="how much to print")
     return p
 
@@ -136,15 +236,20 @@ def main(argv=None, on_step=None) -> int:
     if ns.resume:
         # the saved options apply; options given again must agree with them (the trainer checks)
         names = {f for f in opts.as_dict() if f in given}
-        run(resume=ns.resume, overrides={k: getattr(opts, k) for k in sorted(names)},
-            on_step=on_step)
+        run(
+            resume=ns.resume,
+            overrides={k: getattr(opts, k) for k in sorted(names)},
+            on_step=on_step,
+        )
         return 0
     if ns.model:
         clash = sorted(given & set(MODEL_FIXES))
         if clash:
             names = ", ".join(option_flag(k) for k in clash)
-            raise DenetError(f"--model {ns.model} fixes the network; {names} cannot be given "
-                             "with it (model-modify changes a model file)")
+            raise DenetError(
+                f"--model {ns.model} fixes the network; {names} cannot be given "
+                "with it (model-modify changes a model file)"
+            )
     if not ns.train:
         parser.error("--train is required")
     run(opts, on_step=on_step)

@@ -40,6 +40,7 @@ in ``ds.broken_count``.
 ``denet.data.loader``, ``SubsetDataset`` and ``StridedSampler`` in ``denet.data.samplers``;
 targets of detection and segmentation items are described in docs/datasets.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,28 +52,46 @@ from .loader import AspectRatioBatchSampler, EpochShuffleSampler, Loader, collat
 from .samplers import StridedSampler, SubsetDataset
 from .transforms import Distort
 
-__all__ = ["open_dataset", "make_loader", "collate", "AspectRatioBatchSampler",
-           "EpochShuffleSampler", "Loader", "StridedSampler", "SubsetDataset", "Distort",
-           "ImageDataset", "Extension", "parse_extension", "DataError"]
+__all__ = [
+    "open_dataset",
+    "make_loader",
+    "collate",
+    "AspectRatioBatchSampler",
+    "EpochShuffleSampler",
+    "Loader",
+    "StridedSampler",
+    "SubsetDataset",
+    "Distort",
+    "ImageDataset",
+    "Extension",
+    "parse_extension",
+    "DataError",
+]
 
 
 def _dataset_class(fmt):
     if fmt == "dir":
         from .classification import DirDataset
+
         return DirDataset
     if fmt == "npy":
         from .classification import ArrayDataset
+
         return ArrayDataset
     if fmt == "imagenet":
         from .classification import ImageNetDataset
+
         return ImageNetDataset
     if fmt == "mscoco":
         from .coco import CocoDataset
+
         return CocoDataset
     if fmt == "voc":
         from .voc import VocDataset
+
         return VocDataset
     from .seglist import SegListDataset
+
     return SegListDataset
 
 

@@ -1,5 +1,6 @@
 """The dataset base class every format shares: per-item random generators, set_epoch, the
 loader pipeline, skip_broken, and the target dictionaries."""
+
 from __future__ import annotations
 
 import abc
@@ -42,8 +43,10 @@ class ImageDataset(Dataset, abc.ABC):
         o["crop"] = o["crop"] or 0
         if o["multicrop"]:
             if self.task != "classification":
-                raise DataError(f"--extension: multicrop is a classification test mode; "
-                                f"{self.format} is a {self.task} set")
+                raise DataError(
+                    f"--extension: multicrop is a classification test mode; "
+                    f"{self.format} is a {self.task} set"
+                )
             if not o["crop"]:
                 raise DataError("--extension: multicrop needs crop=N")
         Distort(o["distort"])  # a bad --distort-mode fails at open time, not in a worker
@@ -138,9 +141,10 @@ class ImageDataset(Dataset, abc.ABC):
         sizes = set(self._known_sizes())
         if len(sizes) != 1:
             return None
-        (w, h), = sizes
+        ((w, h),) = sizes
         if o["scale"]:
             from .transforms import scale_size
+
             w, h = scale_size((w, h), o["scale"], o["scale_mode"])
         return (self.channels, h, w)
 
@@ -184,7 +188,8 @@ class ImageDataset(Dataset, abc.ABC):
         out = pipe.geometry(sample, rng)
         if isinstance(out, list):  # multicrop: [10, C, H, W]
             return torch.stack([pipe.tensor(c.image, rng) for c in out]), self._target(
-                index, out[0], info, orig)
+                index, out[0], info, orig
+            )
         return pipe.tensor(out.image, rng), self._target(index, out, info, orig)
 
     def _target(self, index, s: Sample, info, orig):
@@ -202,16 +207,20 @@ class ImageDataset(Dataset, abc.ABC):
             "image_id": int(image_id),
             "orig_size": torch.tensor([orig[1], orig[0]], dtype=torch.int64),
             "size": torch.tensor([H, W], dtype=torch.int64),
-            "scale": torch.tensor([A[0, 0], A[1, 1]] if axis_aligned else [nan, nan],
-                                  dtype=torch.float64),
-            "offset": torch.tensor([A[0, 2], A[1, 2]] if axis_aligned else [nan, nan],
-                                   dtype=torch.float64),
+            "scale": torch.tensor(
+                [A[0, 0], A[1, 1]] if axis_aligned else [nan, nan], dtype=torch.float64
+            ),
+            "offset": torch.tensor(
+                [A[0, 2], A[1, 2]] if axis_aligned else [nan, nan], dtype=torch.float64
+            ),
             "affine": torch.from_numpy(A[:2].copy()),
         }
 
     def __repr__(self):
-        return (f"{type(self).__name__}({self.root!r}, format={self.format}, "
-                f"items={len(self)}, classes={self.num_classes}, train={self.train})")
+        return (
+            f"{type(self).__name__}({self.root!r}, format={self.format}, "
+            f"items={len(self)}, classes={self.num_classes}, train={self.train})"
+        )
 
 
 def check_dir(path, what="dataset directory"):
@@ -239,9 +248,15 @@ class DetectionRecord:
         self.flags = {k: np.asarray(v, dtype=bool).reshape(-1) for k, v in flags.items()}
 
     def select(self, keep):
-        return DetectionRecord(self.path, self.image_id, self.width, self.height,
-                               self.boxes[keep], self.labels[keep],
-                               {k: v[keep] for k, v in self.flags.items()})
+        return DetectionRecord(
+            self.path,
+            self.image_id,
+            self.width,
+            self.height,
+            self.boxes[keep],
+            self.labels[keep],
+            {k: v[keep] for k, v in self.flags.items()},
+        )
 
 
 class DetectionDataset(ImageDataset):
@@ -279,14 +294,18 @@ class DetectionDataset(ImageDataset):
         rec = self.records[index]
         img = load_image(rec.path, self.channels)
         if img.size != (rec.width, rec.height):
-            raise DataError(f"{rec.path}: image is {img.size[0]}x{img.size[1]} but its "
-                            f"annotation says {rec.width}x{rec.height}")
+            raise DataError(
+                f"{rec.path}: image is {img.size[0]}x{img.size[1]} but its "
+                f"annotation says {rec.width}x{rec.height}"
+            )
         return Sample(img, boxes=rec.boxes), rec
 
     def _target(self, index, s, rec, orig):
         boxes, keep = self.pipeline.final_boxes(s)
-        target = {"boxes": torch.from_numpy(boxes.astype(np.float32)).reshape(-1, 4),
-                  "labels": torch.from_numpy(rec.labels[keep].copy())}
+        target = {
+            "boxes": torch.from_numpy(boxes.astype(np.float32)).reshape(-1, 4),
+            "labels": torch.from_numpy(rec.labels[keep].copy()),
+        }
         for name, values in rec.flags.items():
             target[name] = torch.from_numpy(values[keep].copy())
         target.update(self._geometry_target(rec.image_id, s, orig))

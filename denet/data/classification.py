@@ -1,4 +1,5 @@
 """Classification formats: Basic Dir (``png``, ``jpg``, ...), npy arrays, ImageNet folders."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ def _class_dirs(root):
 
 def _files(folder, suffixes):
     try:
-        names = sorted(e.name for e in os.scandir(folder)
-                       if e.is_file() and e.name.lower().endswith(suffixes))
+        names = sorted(
+            e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(suffixes)
+        )
     except OSError as err:
         raise DataError(f"{folder}: cannot list directory ({err})") from None
     return [os.path.join(folder, n) for n in names]
@@ -48,8 +50,10 @@ class DirDataset(ImageDataset):
         for label, name in enumerate(self.classes):
             self.items += [(p, label) for p in _files(os.path.join(self.root, name), (suffix,))]
         if not self.items:
-            raise DataError(f"{self.root}: no *{suffix} files in class folders "
-                            f"({len(self.classes)} folders found)")
+            raise DataError(
+                f"{self.root}: no *{suffix} files in class folders "
+                f"({len(self.classes)} folders found)"
+            )
         self._scan_headers()
 
     def _scan_headers(self):
@@ -106,8 +110,9 @@ class ImageNetDataset(DirDataset):
             self.classes = _class_dirs(self.root)
         self.items = []
         for label, name in enumerate(self.classes):
-            self.items += [(p, label) for p in _files(os.path.join(self.root, name),
-                                                       JPEG_EXTENSIONS)]
+            self.items += [
+                (p, label) for p in _files(os.path.join(self.root, name), JPEG_EXTENSIONS)
+            ]
         if not self.items:
             raise DataError(f"{self.root}: no .JPEG files in class folders")
         self.channels = self.options["channels"] or 3
@@ -141,11 +146,12 @@ class ArrayDataset(ImageDataset):
         if not np.issubdtype(self.data.dtype, np.floating):
             raise DataError(f"{data_path}: expected float data, got {self.data.dtype}")
         if self.labels.ndim != 1 or not np.issubdtype(self.labels.dtype, np.integer):
-            raise DataError(f"{label_path}: expected integer labels of shape [B], got "
-                            f"{self.labels.dtype} {self.labels.shape}")
+            raise DataError(
+                f"{label_path}: expected integer labels of shape [B], got "
+                f"{self.labels.dtype} {self.labels.shape}"
+            )
         if len(self.labels) != len(self.data):
-            raise DataError(f"{label_path}: {len(self.labels)} labels for {len(self.data)} "
-                            "images")
+            raise DataError(f"{label_path}: {len(self.labels)} labels for {len(self.data)} images")
         if len(self.labels) and self.labels.min() < 0:
             raise DataError(f"{label_path}: negative label {self.labels.min()}")
         top = int(self.labels.max()) + 1 if len(self.labels) else 0
@@ -154,8 +160,13 @@ class ArrayDataset(ImageDataset):
         if self.options["augment_color"] and self.channels != 3:
             raise DataError("augment_color needs 3 channels")
         o = self.options
-        self._plain = not (o["crop"] or o["scale"] or o["random_scale"] or o["random_rotate"]
-                           or (train and (o["distort"] or o["mirror"])))
+        self._plain = not (
+            o["crop"]
+            or o["scale"]
+            or o["random_scale"]
+            or o["random_rotate"]
+            or (train and (o["distort"] or o["mirror"]))
+        )
 
     def __len__(self):
         return len(self.data)

@@ -4,6 +4,7 @@
 test splits) with images in ``ROOT/<split><year>/`` (test-dev images live in ``test<year>``).
 Subsets are written ``<year>-<split>``: ``2017-val``, ``2014-train,2014-val``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,9 @@ def load_coco(path):
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             return COCO(path)
     except Exception as err:  # pycocotools raises bare KeyError/TypeError on malformed JSON
-        raise DataError(f"{path}: cannot read COCO annotations ({type(err).__name__}: {err})") \
-            from None
+        raise DataError(
+            f"{path}: cannot read COCO annotations ({type(err).__name__}: {err})"
+        ) from None
 
 
 class CocoDataset(DetectionDataset):
@@ -53,17 +55,21 @@ class CocoDataset(DetectionDataset):
         check_dir(self.root, "COCO root")
         subsets = ext.subsets
         if not subsets:
-            raise DataError(f"--extension mscoco needs a subset such as 2017-val; found "
-                            f"{', '.join(self.available_subsets(self.root)) or 'none'} in "
-                            f"{self.root}/annotations")
+            raise DataError(
+                f"--extension mscoco needs a subset such as 2017-val; found "
+                f"{', '.join(self.available_subsets(self.root)) or 'none'} in "
+                f"{self.root}/annotations"
+            )
         self.cocos, self.ann_files, self.cat_ids = [], [], None
         for subset in subsets:
             year, split = subset.split("-", 1)
             ann = _annotation_file(self.root, year, split)
             if not os.path.isfile(ann):
-                raise DataError(f"{ann}: COCO annotation file for subset {subset} not found "
-                                f"(subsets here: "
-                                f"{', '.join(self.available_subsets(self.root)) or 'none'})")
+                raise DataError(
+                    f"{ann}: COCO annotation file for subset {subset} not found "
+                    f"(subsets here: "
+                    f"{', '.join(self.available_subsets(self.root)) or 'none'})"
+                )
             coco = load_coco(ann)
             cat_ids = coco.getCatIds()  # the JSON's category order, as DeNet numbered them
             if self.cat_ids is None:
@@ -84,7 +90,7 @@ class CocoDataset(DetectionDataset):
         out = []
         for name in sorted(os.listdir(folder)):
             for prefix in ("instances_", "image_info_"):
-                stem = name[len(prefix):-len(".json")]
+                stem = name[len(prefix) : -len(".json")]
                 if name.startswith(prefix) and name.endswith(".json") and stem[-4:].isdigit():
                     out.append(f"{stem[-4:]}-{stem[:-4]}")
         return out
@@ -98,16 +104,24 @@ class CocoDataset(DetectionDataset):
                 if "bbox" not in a:
                     continue
                 if a["category_id"] not in label_of:
-                    raise DataError(f"{ann_file}: annotation {a.get('id')} has unknown "
-                                    f"category {a['category_id']}")
+                    raise DataError(
+                        f"{ann_file}: annotation {a.get('id')} has unknown "
+                        f"category {a['category_id']}"
+                    )
                 x, y, w, h = a["bbox"]
                 boxes.append((x, y, x + w, y + h))
                 labels.append(label_of[a["category_id"]])
                 crowd.append(bool(a.get("iscrowd", 0)))
             try:
-                record = DetectionRecord(os.path.join(image_dir, info["file_name"]), image_id,
-                                         int(info["width"]), int(info["height"]), boxes, labels,
-                                         {"iscrowd": crowd})
+                record = DetectionRecord(
+                    os.path.join(image_dir, info["file_name"]),
+                    image_id,
+                    int(info["width"]),
+                    int(info["height"]),
+                    boxes,
+                    labels,
+                    {"iscrowd": crowd},
+                )
             except KeyError as err:
                 raise DataError(f"{ann_file}: image {image_id} lacks {err}") from None
             self.records.append(record)

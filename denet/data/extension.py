@@ -5,6 +5,7 @@ image file extension such as ``png`` for a Basic Dir). Later tokens are subsets 
 ``train``), ``key=value`` loader options, or bare flags (a bare flag means ``True``). Every key
 is checked against one table; an unknown key is a ``DataError`` with a "did you mean".
 """
+
 from __future__ import annotations
 
 import difflib
@@ -15,8 +16,20 @@ from ..errors import DataError
 
 FORMATS = ("dir", "npy", "imagenet", "mscoco", "voc", "seglist")
 DETECTION_FORMATS = ("mscoco", "voc")
-IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "ppm", "pgm", "pbm", "pnm", "bmp", "gif", "tif",
-                    "tiff", "webp")
+IMAGE_EXTENSIONS = (
+    "png",
+    "jpg",
+    "jpeg",
+    "ppm",
+    "pgm",
+    "pbm",
+    "pnm",
+    "bmp",
+    "gif",
+    "tif",
+    "tiff",
+    "webp",
+)
 
 SCALE_MODES = ("small", "large", "warp")
 CROP_MODES = ("default", "center", "lenet", "denet")
@@ -54,27 +67,45 @@ ALIASES = {"mirroring": "mirror", "augment_mirror": "mirror", "distort_mode": "d
 # DeNet keys that have no meaning here; rejected with the reason rather than ignored.
 REJECTED = {
     "images_per_subset": "DeNet loaded a dataset in subsets of this many images; denet streams "
-                         "images through DataLoader workers (--thread-num), remove the key",
+    "images through DataLoader workers (--thread-num), remove the key",
     "subset_num": "DeNet loaded a dataset in subsets; denet streams images through DataLoader "
-                  "workers, remove the key (use --max-samples to train on fewer images)",
+    "workers, remove the key (use --max-samples to train on fewer images)",
     "null": "the extra 'null' class of DeNet's ImageNet loader is not supported",
 }
 REJECTED_CROP_MODES = {
     "ssd": "crop_mode=ssd is not supported; use crop_mode=denet (DeNet's detection crop) or "
-           "crop_mode=lenet",
+    "crop_mode=lenet",
     "resnet": "crop_mode=resnet was broken in DeNet and is not supported; use crop_mode=lenet "
-              "(Inception-style crop) or crop_mode=default",
+    "(Inception-style crop) or crop_mode=default",
 }
 
 # Defaults before the user's keys; None = off. Loader formats (imagenet, mscoco, voc) take
 # DeNet's ImageLoader defaults; Basic Dir and npy return images as stored.
 _COMMON_DEFAULTS = {
-    "crop": None, "scale": None, "scale_mode": "small", "crop_mode": "default",
-    "max_trials": 10, "area_min": 0.08, "aspect_factor": 0.75, "augment_photo": False,
-    "augment_color": False, "subtract_mean": False, "multicrop": False, "mirror": False,
-    "distort": None, "random_scale": 0.0, "random_rotate": 0.0, "pad_mode": "constant",
-    "channels": None, "skip_broken": False, "check_onscreen": 0.5, "check_center": False,
-    "bbox_only": False, "skip_crowd": False, "skip_difficult": False, "list_dir": None,
+    "crop": None,
+    "scale": None,
+    "scale_mode": "small",
+    "crop_mode": "default",
+    "max_trials": 10,
+    "area_min": 0.08,
+    "aspect_factor": 0.75,
+    "augment_photo": False,
+    "augment_color": False,
+    "subtract_mean": False,
+    "multicrop": False,
+    "mirror": False,
+    "distort": None,
+    "random_scale": 0.0,
+    "random_rotate": 0.0,
+    "pad_mode": "constant",
+    "channels": None,
+    "skip_broken": False,
+    "check_onscreen": 0.5,
+    "check_center": False,
+    "bbox_only": False,
+    "skip_crowd": False,
+    "skip_difficult": False,
+    "list_dir": None,
 }
 FORMAT_DEFAULTS = {
     "dir": {},
@@ -133,7 +164,11 @@ def _convert(key, value):
                 return None  # unset: the format's default applies
             if str(value).strip().lower() in ("none", "0", "off"):
                 return 0  # explicitly off
-            if isinstance(value, bool) or float(value) != int(float(value)) or int(float(value)) < 0:
+            if (
+                isinstance(value, bool)
+                or float(value) != int(float(value))
+                or int(float(value)) < 0
+            ):
                 raise ValueError
             return int(float(value))
         if kind == "str":
@@ -174,25 +209,31 @@ def parse_extension(text: str, overrides: dict | None = None) -> Extension:
     Returns an ``Extension`` whose ``options`` hold every key of ``KEYS`` (defaults filled in).
     """
     if not isinstance(text, str) or not text.strip():
-        raise DataError("--extension is empty; give a format such as png, npy, imagenet, mscoco,"
-                        " voc or seglist")
+        raise DataError(
+            "--extension is empty; give a format such as png, npy, imagenet, mscoco, voc or seglist"
+        )
     tokens = [t.strip() for t in text.split(",")]
     head = tokens[0].lower()
     image_ext = None
     if head in FORMATS and head != "dir":
         fmt = head
     elif head == "npz":
-        raise DataError("--extension npz is not supported; save FNAME_data.npy and "
-                        "FNAME_labels.npy and use --extension npy")
+        raise DataError(
+            "--extension npz is not supported; save FNAME_data.npy and "
+            "FNAME_labels.npy and use --extension npy"
+        )
     elif re.fullmatch(r"\.?[a-z0-9]+", head):
         close = difflib.get_close_matches(head, FORMATS[1:], n=1, cutoff=0.75)
         if head.lstrip(".") not in IMAGE_EXTENSIONS and close:
-            raise DataError(f"--extension: unknown format {tokens[0]!r} (did you mean "
-                            f"{close[0]!r}?)")
+            raise DataError(
+                f"--extension: unknown format {tokens[0]!r} (did you mean {close[0]!r}?)"
+            )
         fmt, image_ext = "dir", tokens[0].lstrip(".")
     else:
-        raise DataError(f"--extension: {tokens[0]!r} is neither a format (npy, imagenet, mscoco,"
-                        " voc, seglist) nor an image file extension")
+        raise DataError(
+            f"--extension: {tokens[0]!r} is neither a format (npy, imagenet, mscoco,"
+            " voc, seglist) nor an image file extension"
+        )
 
     options = dict(_COMMON_DEFAULTS)
     options.update(FORMAT_DEFAULTS[fmt])

@@ -2,6 +2,7 @@
 
 Pixels are not rotated by EXIF orientation: COCO and VOC annotate the stored pixel grid.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -77,5 +78,7 @@ def load_label_map(path) -> Image.Image:
         if arr.max() > 255:
             raise DataError(f"{path}: label map holds values above 255")
         return Image.fromarray(arr.astype(np.uint8), "L")
-    raise DataError(f"{path}: label map has mode {img.mode}; expected a single-channel (L or P) "
-                    "PNG of class indices")
+    raise DataError(
+        f"{path}: label map has mode {img.mode}; expected a single-channel (L or P) "
+        "PNG of class indices"
+    )

@@ -1,6 +1,7 @@
 """Batching: a collate for any of the three tasks (images padded to one size, a list of
 per-image targets), an epoch-seeded shuffle, Detectron's aspect-ratio grouping, and
 ``make_loader`` (workers, pinned memory, persistent workers)."""
+
 from __future__ import annotations
 
 import math
@@ -79,9 +80,16 @@ class AspectRatioBatchSampler(Sampler):
     its start so every rank gets the same number. Call ``set_epoch`` each epoch.
     """
 
-    def __init__(self, dataset_or_ratios, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, num_replicas: int | None = None,
-                 rank: int | None = None):
+    def __init__(
+        self,
+        dataset_or_ratios,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ):
         if hasattr(dataset_or_ratios, "aspect_ratios"):
             ratios = dataset_or_ratios.aspect_ratios()
         else:
@@ -111,7 +119,7 @@ class AspectRatioBatchSampler(Sampler):
         else:
             order = np.arange(n)
         order = order[np.argsort(self.ratios[order], kind="stable")]
-        batches = [order[i:i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        batches = [order[i : i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         if self.shuffle:
@@ -127,7 +135,7 @@ class AspectRatioBatchSampler(Sampler):
         want = per_rank * self.num_replicas
         while batches and len(batches) < want:
             batches += batches[: want - len(batches)]
-        return iter(batches[self.rank:want:self.num_replicas])
+        return iter(batches[self.rank : want : self.num_replicas])
 
     def __len__(self):
         n = len(self.ratios)
@@ -170,8 +178,15 @@ class Loader(DataLoader):
             yield batch
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, seed: int,
-                sampler=None, drop_last: bool = False) -> Loader:
+def make_loader(
+    dataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    seed: int,
+    sampler=None,
+    drop_last: bool = False,
+) -> Loader:
     """A ``Loader`` for any denet dataset.
 
     - ``workers`` background processes (``--thread-num``); persistent between epochs, so call
@@ -188,16 +203,20 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, seed: int
         raise ValueError("batch_size must be >= 1")
     if hasattr(dataset, "seed"):
         dataset.seed = seed
-    kwargs = dict(num_workers=int(workers), collate_fn=collate,
-                  pin_memory=torch.cuda.is_available(),
-                  persistent_workers=int(workers) > 0,
-                  generator=torch.Generator().manual_seed(int(seed)))
+    kwargs = dict(
+        num_workers=int(workers),
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=int(workers) > 0,
+        generator=torch.Generator().manual_seed(int(seed)),
+    )
     if isinstance(sampler, (AspectRatioBatchSampler, BatchSampler)):
         loader = Loader(dataset, batch_sampler=sampler, **kwargs)
     else:
         if sampler is None:
             sampler = EpochShuffleSampler(len(dataset), seed, shuffle)
-        loader = Loader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
-                        **kwargs)
+        loader = Loader(
+            dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, **kwargs
+        )
     loader.set_epoch(getattr(dataset, "epoch", 0))
     return loader

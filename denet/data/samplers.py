@@ -1,5 +1,6 @@
 """What the trainer puts between a dataset and its loaders: ``SubsetDataset`` (``--max-samples``)
 and ``StridedSampler`` (the test set split between the processes of a distributed run)."""
+
 from __future__ import annotations
 
 from torch.utils.data import Dataset, Sampler

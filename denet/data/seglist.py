@@ -1,6 +1,7 @@
 """DRN's segmentation lists: ``ROOT/{train,val,test}_images.txt`` and ``{train,val}_labels.txt``
 (one path per line, relative to ROOT), and ``ROOT/info.json`` with the RGB ``mean`` and ``std``
 on the 0..1 scale. Labels are PNGs of class indices; 255 = ignore."""
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,10 @@ class SegListDataset(ImageDataset):
         if os.path.isfile(labels_txt):
             self.labels = [os.path.join(self.root, p) for p in _read_list(labels_txt)]
             if len(self.labels) != len(self.images):
-                raise DataError(f"{labels_txt}: {len(self.labels)} labels for "
-                                f"{len(self.images)} images in {images_txt}")
+                raise DataError(
+                    f"{labels_txt}: {len(self.labels)} labels for "
+                    f"{len(self.images)} images in {images_txt}"
+                )
         elif self.subset != "test":
             raise DataError(f"{labels_txt}: label list of subset {self.subset} not found")
         if not self.images:
@@ -90,9 +93,11 @@ class SegListDataset(ImageDataset):
         if self.labels is not None:
             mask = load_label_map(self.labels[index])
             if mask.size != img.size:
-                raise DataError(f"{self.labels[index]}: label map is {mask.size[0]}x"
-                                f"{mask.size[1]} but {self.images[index]} is "
-                                f"{img.size[0]}x{img.size[1]}")
+                raise DataError(
+                    f"{self.labels[index]}: label map is {mask.size[0]}x"
+                    f"{mask.size[1]} but {self.images[index]} is "
+                    f"{img.size[0]}x{img.size[1]}"
+                )
         return Sample(img, mask=mask), None
 
     def _target(self, index, s, info, orig):

@@ -9,6 +9,7 @@ again only at the end, so several rotations do not inflate them step by step.
 Randomness comes only from the ``numpy.random.Generator`` passed in (one per item, see
 ``ImageDataset``), never from global state.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,13 +31,14 @@ IGNORE = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PCA_EIGVAL = np.array([0.2175, 0.0188, 0.0045])
-PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
-                       [-0.5808, -0.0045, -0.8140],
-                       [-0.5836, -0.6948, 0.4203]])
+PCA_EIGVEC = np.array(
+    [[-0.5675, 0.7192, 0.4009], [-0.5808, -0.0045, -0.8140], [-0.5836, -0.6948, 0.4203]]
+)
 
 
 # --------------------------------------------------------------------------- pixel helpers
 # An image is one PIL image (L or RGB, 8 bit) or, for npy arrays, a list of float ``F`` planes.
+
 
 def image_size(img):
     return img[0].size if isinstance(img, list) else img.size
@@ -59,7 +61,7 @@ def _reflect_pad(img, mx: int, my: int):
 
 def _resize(img, size, resample, box):
     x0, y0, x1, y1 = box
-    if (all(float(v).is_integer() for v in box) and (x1 - x0, y1 - y0) == tuple(size)):
+    if all(float(v).is_integer() for v in box) and (x1 - x0, y1 - y0) == tuple(size):
         return img.crop(tuple(int(v) for v in box))  # whole-pixel crop: exact, no resampling
     return img.resize(tuple(size), resample, box=box)
 
@@ -84,8 +86,12 @@ def _warp_axis(img, box, size, resample, fill):
     canvas = Image.new(img.mode, (ow, oh), fill)
     if dx1 <= dx0 or dy1 <= dy0:
         return canvas
-    src = (min(max(x0 + dx0 / sx, 0.0), W), min(max(y0 + dy0 / sy, 0.0), H),
-           min(max(x0 + dx1 / sx, 0.0), W), min(max(y0 + dy1 / sy, 0.0), H))
+    src = (
+        min(max(x0 + dx0 / sx, 0.0), W),
+        min(max(y0 + dy0 / sy, 0.0), H),
+        min(max(x0 + dx1 / sx, 0.0), W),
+        min(max(y0 + dy1 / sy, 0.0), H),
+    )
     canvas.paste(_resize(img, (dx1 - dx0, dy1 - dy0), resample, src), (dx0, dy0))
     return canvas
 
@@ -101,12 +107,20 @@ class Sample:
         boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes, dtype=np.float64)
         boxes = boxes.reshape(-1, 4)
         x0, y0, x1, y1 = boxes.T
-        self.corners = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1),
-                                 np.stack([x1, y1], 1), np.stack([x0, y1], 1)], 1)
+        self.corners = np.stack(
+            [
+                np.stack([x0, y0], 1),
+                np.stack([x1, y0], 1),
+                np.stack([x1, y1], 1),
+                np.stack([x0, y1], 1),
+            ],
+            1,
+        )
         self.matrix = np.eye(3)
         if mask is not None and mask.size != image_size(image):
-            raise DataError(f"label map size {mask.size} differs from image size "
-                            f"{image_size(image)}")
+            raise DataError(
+                f"label map size {mask.size} differs from image size {image_size(image)}"
+            )
 
     @property
     def size(self):
@@ -145,10 +159,10 @@ def resize_region(s: Sample, box, size, resample=LANCZOS, pad_mode="constant") -
     if pad_mode == "reflect" and (x0 < 0 or y0 < 0 or x1 > W or y1 > H):
         mx = int(math.ceil(max(0.0, -x0, x1 - W)))
         my = int(math.ceil(max(0.0, -y0, y1 - H)))
-        pad = (lambda p: _reflect_pad(p, mx, my))
+        pad = lambda p: _reflect_pad(p, mx, my)
         img = [pad(p) for p in img] if isinstance(img, list) else pad(img)
         ibox = (x0 + mx, y0 + my, x1 + mx, y1 + my)
-    warp = (lambda p: _warp_axis(p, ibox, (ow, oh), resample, _fill(p, False)))
+    warp = lambda p: _warp_axis(p, ibox, (ow, oh), resample, _fill(p, False))
     s.image = [warp(p) for p in img] if isinstance(img, list) else warp(img)
     if s.mask is not None:
         s.mask = _warp_axis(s.mask, (x0, y0, x1, y1), (ow, oh), NEAREST, IGNORE)
@@ -167,17 +181,21 @@ def affine(s: Sample, A, size=None, resample=BILINEAR, pad_mode="constant") -> S
     size = (W, H) if size is None else tuple(int(v) for v in size)
     img, A_img = s.image, A
     if pad_mode == "reflect":
-        pad = (lambda p: _reflect_pad(p, W, H))
+        pad = lambda p: _reflect_pad(p, W, H)
         img = [pad(p) for p in img] if isinstance(img, list) else pad(img)
         A_img = A @ np.array([[1, 0, -W], [0, 1, -H], [0, 0, 1.0]])
 
     def warp(p, M, res, fill):
         inv = np.linalg.inv(M)
-        return p.transform(size, Image.Transform.AFFINE, tuple(inv[:2].ravel()), res,
-                           fillcolor=fill)
+        return p.transform(
+            size, Image.Transform.AFFINE, tuple(inv[:2].ravel()), res, fillcolor=fill
+        )
 
-    s.image = ([warp(p, A_img, resample, _fill(p, False)) for p in img] if isinstance(img, list)
-               else warp(img, A_img, resample, _fill(img, False)))
+    s.image = (
+        [warp(p, A_img, resample, _fill(p, False)) for p in img]
+        if isinstance(img, list)
+        else warp(img, A_img, resample, _fill(img, False))
+    )
     if s.mask is not None:
         s.mask = warp(s.mask, A, NEAREST, IGNORE)
     s._apply_matrix(A)
@@ -188,8 +206,11 @@ def mirror(s: Sample) -> Sample:
     """Horizontal flip: x -> W - x."""
     W, _ = s.size
     flip = Image.Transpose.FLIP_LEFT_RIGHT
-    s.image = [p.transpose(flip) for p in s.image] if isinstance(s.image, list) \
+    s.image = (
+        [p.transpose(flip) for p in s.image]
+        if isinstance(s.image, list)
         else s.image.transpose(flip)
+    )
     if s.mask is not None:
         s.mask = s.mask.transpose(flip)
     s._apply_matrix(np.array([[-1.0, 0, W], [0, 1, 0], [0, 0, 1]]))
@@ -204,12 +225,17 @@ def rotation_about_center(size, degrees, scale=1.0, offset=(0.0, 0.0)):
     t = math.radians(degrees)
     c, s_ = math.cos(t) * scale, math.sin(t) * scale
     # y points down, so a counter-clockwise turn on screen is (x, y) -> (c x + s y, -s x + c y)
-    return np.array([[c, s_, cx + offset[0] - c * cx - s_ * cy],
-                     [-s_, c, cy + offset[1] + s_ * cx - c * cy],
-                     [0, 0, 1.0]])
+    return np.array(
+        [
+            [c, s_, cx + offset[0] - c * cx - s_ * cy],
+            [-s_, c, cy + offset[1] + s_ * cx - c * cy],
+            [0, 0, 1.0],
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- --distort-mode
+
 
 class Distort:
     """DeNet's ``--distort-mode``: ``oX`` random offset of up to X px in x and y, ``sX`` scale
@@ -230,8 +256,10 @@ class Distort:
                 continue
             m = re.fullmatch(r"([osrm])(\d+(?:\.\d*)?|\.\d+)", token.lower())
             if not m:
-                raise DataError(f"--distort-mode: {token!r} is not oX (offset px), sX (scale %), "
-                                "rX (rotation degrees) or mX (mirror %)")
+                raise DataError(
+                    f"--distort-mode: {token!r} is not oX (offset px), sX (scale %), "
+                    "rX (rotation degrees) or mX (mirror %)"
+                )
             value = float(m.group(2))
             attr = {"o": "offset", "s": "scale", "r": "rotate", "m": "mirror"}[m.group(1)]
             setattr(self, attr, value)
@@ -254,14 +282,18 @@ class Distort:
                 dx, dy = rng.uniform(-self.offset, self.offset, size=2)
             scale = 1.0 + rng.uniform(-self.scale, self.scale) / 100.0
             angle = rng.uniform(-self.rotate, self.rotate)
-            affine(s, rotation_about_center(s.size, angle, scale, (float(dx), float(dy))),
-                   pad_mode=pad_mode)
+            affine(
+                s,
+                rotation_about_center(s.size, angle, scale, (float(dx), float(dy))),
+                pad_mode=pad_mode,
+            )
         if self.mirror and rng.random() < self.mirror / 100.0:
             mirror(s)
         return s
 
 
 # --------------------------------------------------------------------------- loader geometry
+
 
 def scale_size(size, scale, scale_mode):
     """DeNet's resize target: ``small`` shorter side -> scale, ``large`` longer side -> scale,
@@ -385,10 +417,14 @@ def multicrop(s: Sample, crop):
     W, H = s.size
     if W < crop or H < crop:
         raise DataError(f"multicrop: image {W}x{H} is smaller than crop={crop}; set scale >= crop")
-    places = [(0, 0), (W - crop, 0), (0, H - crop), (W - crop, H - crop),
-              ((W - crop) // 2, (H - crop) // 2)]
-    crops = [resize_region(s.copy(), (x, y, x + crop, y + crop), (crop, crop))
-             for x, y in places]
+    places = [
+        (0, 0),
+        (W - crop, 0),
+        (0, H - crop),
+        (W - crop, H - crop),
+        ((W - crop) // 2, (H - crop) // 2),
+    ]
+    crops = [resize_region(s.copy(), (x, y, x + crop, y + crop), (crop, crop)) for x, y in places]
     return crops + [mirror(c.copy()) for c in crops]
 
 
@@ -435,11 +471,17 @@ class Pipeline:
             elif mode == "default":
                 random_crop(s, crop, rng, o["pad_mode"])
             elif mode == "lenet":
-                lenet_crop(s, crop, rng, o["area_min"], o["aspect_factor"], o["max_trials"],
-                           scale)
+                lenet_crop(s, crop, rng, o["area_min"], o["aspect_factor"], o["max_trials"], scale)
             else:
-                denet_crop(s, crop, rng, o["area_min"], o["aspect_factor"], o["max_trials"],
-                           o["check_onscreen"])
+                denet_crop(
+                    s,
+                    crop,
+                    rng,
+                    o["area_min"],
+                    o["aspect_factor"],
+                    o["max_trials"],
+                    o["check_onscreen"],
+                )
         if train:
             if self.distort:
                 self.distort(s, rng, o["pad_mode"])

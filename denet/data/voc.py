@@ -3,6 +3,7 @@
 Subsets are ``<year>-<split>`` naming ``ImageSets/Main/<split>.txt``: ``2007-test``,
 ``2007-trainval,2012-trainval``.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,9 +13,28 @@ from ..errors import DataError
 from .base import DetectionDataset, DetectionRecord, check_dir
 from .image import image_header
 
-CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-           "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep",
-           "sofa", "train", "tvmonitor")
+CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 
 
 def parse_voc_xml(path, image_path=None):
@@ -62,18 +82,22 @@ class VocDataset(DetectionDataset):
         check_dir(self.root, "VOCdevkit root")
         self.classes = list(CLASSES)
         if not ext.subsets:
-            raise DataError(f"--extension voc needs a subset such as 2007-test; found "
-                            f"{', '.join(self.available_subsets(self.root)) or 'none'} in "
-                            f"{self.root}")
+            raise DataError(
+                f"--extension voc needs a subset such as 2007-test; found "
+                f"{', '.join(self.available_subsets(self.root)) or 'none'} in "
+                f"{self.root}"
+            )
         self.names = []
         for subset in ext.subsets:
             year, split = subset.split("-", 1)
             base = os.path.join(self.root, f"VOC{year}")
             listing = os.path.join(base, "ImageSets", "Main", f"{split}.txt")
             if not os.path.isfile(listing):
-                raise DataError(f"{listing}: VOC image set for subset {subset} not found "
-                                f"(subsets here: "
-                                f"{', '.join(self.available_subsets(self.root)) or 'none'})")
+                raise DataError(
+                    f"{listing}: VOC image set for subset {subset} not found "
+                    f"(subsets here: "
+                    f"{', '.join(self.available_subsets(self.root)) or 'none'})"
+                )
             with open(listing, encoding="utf-8") as fh:
                 ids = [line.split()[0] for line in fh if line.strip()]
             for file_id in ids:
@@ -82,8 +106,11 @@ class VocDataset(DetectionDataset):
                 if not os.path.isfile(xml):
                     raise DataError(f"{xml}: VOC annotation not found (listed in {listing})")
                 w, h, boxes, labels, difficult = parse_voc_xml(xml, image)
-                self.records.append(DetectionRecord(image, len(self.records), w, h, boxes,
-                                                    labels, {"difficult": difficult}))
+                self.records.append(
+                    DetectionRecord(
+                        image, len(self.records), w, h, boxes, labels, {"difficult": difficult}
+                    )
+                )
                 self.names.append(f"{year}/{file_id}")
         self._filter_records("difficult" if self.options["skip_difficult"] else None)
         self.names = [self.names[r.image_id] for r in self.records]
@@ -98,6 +125,9 @@ class VocDataset(DetectionDataset):
         for entry in sorted(os.listdir(root)):
             main = os.path.join(root, entry, "ImageSets", "Main")
             if entry.startswith("VOC") and os.path.isdir(main):
-                out += [f"{entry[3:]}-{n[:-4]}" for n in sorted(os.listdir(main))
-                        if n.endswith(".txt") and "_" not in n]
+                out += [
+                    f"{entry[3:]}-{n[:-4]}"
+                    for n in sorted(os.listdir(main))
+                    if n.endswith(".txt") and "_" not in n
+                ]
         return out

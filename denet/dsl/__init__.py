@@ -1,8 +1,8 @@
 """The description-string compiler: parse -> resolve -> build, and print back.
 
-    >>> from denet import dsl
-    >>> dsl.canonical("C[128,3,1] BN  A P.A R.TB")
-    'C[128,3] BN A P.A R.BT'
+>>> from denet import dsl
+>>> dsl.canonical("C[128,3,1] BN  A P.A R.TB")
+'C[128,3] BN A P.A R.BT'
 """
 
 from .ast import Arg, Description, Group, Layer, Ref, Tap

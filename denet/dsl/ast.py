@@ -3,6 +3,7 @@
 Every node carries the 1-based ``line`` and ``column`` of its first character, so that any later
 error (unknown type, bad argument, channel mismatch) can point a caret at it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ class Group:
     type: str
     tags: str = ""
     args: tuple[Arg, ...] = ()
-    branches: tuple[tuple["Item", ...], ...] = ()
+    branches: tuple[tuple[Item, ...], ...] = ()
     line: int = 1
     column: int = 1
     text: str = ""

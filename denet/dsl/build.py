@@ -57,9 +57,18 @@ def named_outputs(names: tuple, values: list) -> dict:
 
 
 # Producers whose output an in-place activation may overwrite (their backward does not read it).
-_INPLACE_SAFE = (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.GroupNorm, nn.MaxPool2d,
-                 nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
-                 nn.ZeroPad2d)
+_INPLACE_SAFE = (
+    nn.Conv2d,
+    nn.ConvTranspose2d,
+    nn.BatchNorm2d,
+    nn.GroupNorm,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Upsample,
+    nn.ZeroPad2d,
+)
 
 
 def build_modules(graph: LayerGraph, registry=None) -> dict:
@@ -160,14 +169,17 @@ def _output(g: fx.Graph, graph: LayerGraph, env: dict, mode: str, losses: list):
         g.output(env[graph.output])
 
 
-def build(graph: LayerGraph, registry=None, mode: str = INFERENCE, built=None, segments=None
-          ) -> tuple[fx.GraphModule, dict]:
+def build(
+    graph: LayerGraph, registry=None, mode: str = INFERENCE, built=None, segments=None
+) -> tuple[fx.GraphModule, dict]:
     """The GraphModule of ``mode`` and every module by name (layer modules and checkpoint
     segments). To build the other mode's graph over the same modules, pass the first call's
     ``build_modules`` result as ``built`` and its module dict as ``segments``."""
     if mode == TRAINING and not graph.losses:
-        raise DenetError("the description adds no losses, so it cannot be trained: end it with a "
-                         "head that has a loss (R, SEG, DET...; docs/language.md, Tasks)")
+        raise DenetError(
+            "the description adds no losses, so it cannot be trained: end it with a "
+            "head that has a loss (R, SEG, DET...; docs/language.md, Tasks)"
+        )
     if built is None:
         built = build_modules(graph, registry)
     modules: dict[str, nn.Module] = {}
@@ -208,8 +220,7 @@ def build(graph: LayerGraph, registry=None, mode: str = INFERENCE, built=None, s
             for n in seg:
                 _emit(sg, n, built, senv, smods, INFERENCE, [])
             sg.output(tuple(senv[o] for o in outs) if len(outs) > 1 else senv[outs[0]])
-            segment = CheckpointSegment(fx.GraphModule(smods, sg, class_name="Segment"),
-                                        len(outs))
+            segment = CheckpointSegment(fx.GraphModule(smods, sg, class_name="Segment"), len(outs))
             modules.update(smods)
         modules[seg_name] = segment
         call = g.call_module(seg_name, tuple(env[i] for i in ext))

@@ -53,9 +53,20 @@ def row(t: LayerDef) -> str:
     contract = []
     if t.task:
         contract.append(f"{t.task} head")
-    return "| " + " | ".join(_cell(c) for c in (
-        f"`{t.type}`", args, tags, ", ".join(kws), t.doc + (
-            f" ({'; '.join(contract)})" if contract else ""))) + " |"
+    return (
+        "| "
+        + " | ".join(
+            _cell(c)
+            for c in (
+                f"`{t.type}`",
+                args,
+                tags,
+                ", ".join(kws),
+                t.doc + (f" ({'; '.join(contract)})" if contract else ""),
+            )
+        )
+        + " |"
+    )
 
 
 def layer_table(registry: Registry) -> str:

@@ -3,6 +3,7 @@
 Syntax errors become one :class:`~denet.errors.DescError` that names what was found and what was
 expected, in words (``']'``, ``end of input``), with a caret under the offending character.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,9 +19,19 @@ _GRAMMAR = os.path.join(os.path.dirname(__file__), "grammar.lark")
 
 # Lark's terminal names, as a user should read them.
 _TERMINAL_NAMES = {
-    "LSQB": "'['", "RSQB": "']'", "LPAR": "'('", "RPAR": "')'", "COMMA": "','",
-    "VBAR": "'|'", "EQUAL": "'='", "$END": "end of input", "HEAD": "a layer type",
-    "NAME": "a name", "INT": "a number", "FLOAT": "a number", "TAP": "a tap '@name'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "COMMA": "','",
+    "VBAR": "'|'",
+    "EQUAL": "'='",
+    "$END": "end of input",
+    "HEAD": "a layer type",
+    "NAME": "a name",
+    "INT": "a number",
+    "FLOAT": "a number",
+    "TAP": "a tap '@name'",
     "REF": "a reference '$name'",
 }
 
@@ -56,15 +67,30 @@ class _ToAst(Transformer):
     def layer(self, meta, children):
         head, args = children[0], children[1]
         type_, tags = _split_head(str(head))
-        return ast.Layer(type_, tags, tuple(args[0] if args else ()), head.line, head.column,
-                         str(head), self._written(head, args))
+        return ast.Layer(
+            type_,
+            tags,
+            tuple(args[0] if args else ()),
+            head.line,
+            head.column,
+            str(head),
+            self._written(head, args),
+        )
 
     @v_args(meta=True)
     def group(self, meta, children):
         head, args, *branches = children
         type_, tags = _split_head(str(head))
-        return ast.Group(type_, tags, tuple(args[0] if args else ()), tuple(branches), head.line,
-                         head.column, str(head), self._written(head, args))
+        return ast.Group(
+            type_,
+            tags,
+            tuple(args[0] if args else ()),
+            tuple(branches),
+            head.line,
+            head.column,
+            str(head),
+            self._written(head, args),
+        )
 
     def branch(self, items):
         return tuple(items)
@@ -128,8 +154,12 @@ def parse(desc: str) -> ast.Description:
         ch = desc[pos] if pos < len(desc) else ""
         hint = ""
         if ch in "])":
-            raise DescError(f"unbalanced brackets: {ch!r} without its opening bracket", desc,
-                            err.column, err.line) from None
+            raise DescError(
+                f"unbalanced brackets: {ch!r} without its opening bracket",
+                desc,
+                err.column,
+                err.line,
+            ) from None
         raise DescError(f"unexpected character {ch!r}{hint}", desc, err.column, err.line) from None
     except lark.exceptions.UnexpectedToken as err:
         tok = err.token
@@ -149,8 +179,9 @@ def parse(desc: str) -> ast.Description:
         raise DescError(msg + _expected(expected), desc, tok.column, tok.line) from None
     except lark.exceptions.UnexpectedEOF as err:  # not raised by LALR, kept for safety
         line, column = _end_position(desc)
-        raise DescError("unexpected end of input" + _expected(err.expected), desc, column,
-                        line) from None
+        raise DescError(
+            "unexpected end of input" + _expected(err.expected), desc, column, line
+        ) from None
     items = _ToAst(desc).transform(tree)
     return ast.Description(items, desc)
 

@@ -6,6 +6,7 @@ dropped when equal to their default; numbers in Python's shortest form; groups w
 ``TYPE[args](a b | c)``; comments and line breaks removed. ``parse(canonical(s))`` resolves to the
 same graph as ``s``.
 """
+
 from __future__ import annotations
 
 from ..layers import REGISTRY
@@ -31,13 +32,16 @@ def _canonical_args(item, registry) -> list[str]:
     positional = [a for a in item.args if a.name is None]
     named = {a.name: a for a in item.args if a.name is not None}
     known = {a.name for a in pos + kws}
-    if (len(positional) > len(pos) or len(named) + len(positional) != len(item.args)
-            or not set(named) <= known):
+    if (
+        len(positional) > len(pos)
+        or len(named) + len(positional) != len(item.args)
+        or not set(named) <= known
+    ):
         # not a valid use (the resolver reports it): keep the arguments as written
         return [(f"{a.name}=" if a.name else "") + format_value(a.value) for a in item.args]
     # keyword-given positional arguments continue the positional list when contiguous
     values = [a.value for a in positional]
-    for spec in pos[len(values):]:
+    for spec in pos[len(values) :]:
         if spec.name in named:
             values.append(named.pop(spec.name).value)
         else:
@@ -91,6 +95,7 @@ def canonical(desc: str) -> str:
     """The canonical form of a description string (parsed, not resolved: it needs no input
     shape). Raises :class:`~denet.errors.DescError` on a syntax error."""
     from .parser import parse
+
     return print_items(parse(desc).items)
 
 

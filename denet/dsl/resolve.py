@@ -6,12 +6,13 @@ The resolver knows no layer type: each token's registry entry expands it
 problem is a :class:`~denet.errors.DescError` pointing at the token (or the argument) that causes
 it, quoted as the user typed it.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 from ..errors import DescError
 from ..layers import REGISTRY, Call, Registry, ShapeSpec
@@ -37,16 +38,20 @@ class CompileOptions:
             try:
                 border_mode = int(border_mode)
             except ValueError:
-                raise ValueError(f"unknown border mode {border_mode!r}; expected one of "
-                                 f"{', '.join(BORDER_MODES)} or a padding in pixels") from None
-        if not isinstance(border_mode, str) and (isinstance(border_mode, bool) or
-                                                 int(border_mode) != border_mode or
-                                                 border_mode < 0):
-            raise ValueError(f"a border mode in pixels must be an integer >= 0, not "
-                             f"{border_mode!r}")
+                raise ValueError(
+                    f"unknown border mode {border_mode!r}; expected one of "
+                    f"{', '.join(BORDER_MODES)} or a padding in pixels"
+                ) from None
+        if not isinstance(border_mode, str) and (
+            isinstance(border_mode, bool) or int(border_mode) != border_mode or border_mode < 0
+        ):
+            raise ValueError(
+                f"a border mode in pixels must be an integer >= 0, not {border_mode!r}"
+            )
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; expected one of "
-                             f"{', '.join(ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}"
+            )
         inits = weight_init if isinstance(weight_init, (list, tuple)) else [weight_init]
         if not inits:
             raise ValueError("weight_init must not be empty")
@@ -58,8 +63,11 @@ class CompileOptions:
 
     def as_dict(self) -> dict:
         inits = [w.text if w.std is None else w.std for w in self.weight_init]
-        return {"border_mode": self.border_mode, "activation": self.activation,
-                "weight_init": inits[0] if len(inits) == 1 else inits}
+        return {
+            "border_mode": self.border_mode,
+            "activation": self.activation,
+            "weight_init": inits[0] if len(inits) == 1 else inits,
+        }
 
 
 class Context:
@@ -72,8 +80,13 @@ class Context:
     bodies for ``USE``); ``index_of(item)`` is a token's position in the string.
     """
 
-    def __init__(self, desc: ast.Description, registry: Registry, options: CompileOptions,
-                 classes: int | None):
+    def __init__(
+        self,
+        desc: ast.Description,
+        registry: Registry,
+        options: CompileOptions,
+        classes: int | None,
+    ):
         self.desc = desc
         self.registry = registry
         self.options = options
@@ -120,11 +133,13 @@ class Context:
                 msg += "; did you mean " + " or ".join(repr(h) for h in hint) + "?"
             raise self.error(msg, item)
         if ltype.is_group and isinstance(item, ast.Layer):
-            raise self.error(f"{item.type} combines branches: write "
-                             f"{item.type}(branch | branch ...)", item)
+            raise self.error(
+                f"{item.type} combines branches: write {item.type}(branch | branch ...)", item
+            )
         if not ltype.is_group and isinstance(item, ast.Group):
-            raise self.error(f"{item.type} is a layer, not a combinator: it takes no "
-                             f"(branches)", item)
+            raise self.error(
+                f"{item.type} is a layer, not a combinator: it takes no (branches)", item
+            )
         return ltype
 
     def bind(self, ltype, item) -> dict:
@@ -132,8 +147,9 @@ class Context:
         for t in tags:
             if t not in ltype.tags:
                 allowed = ", ".join(ltype.tags) if ltype.tags else "none"
-                raise self.error(f"{_head(item)}: {item.type} has no tag {t!r} "
-                                 f"(its tags: {allowed})", item)
+                raise self.error(
+                    f"{_head(item)}: {item.type} has no tag {t!r} (its tags: {allowed})", item
+                )
         pos = ltype.positional(tags)
         kws = ltype.all_keywords(tags)
         by_name: dict[str, Arg] = {a.name: a for a in tuple(pos) + tuple(kws)}
@@ -142,16 +158,19 @@ class Context:
         for a in item.args:
             if a.name is None:
                 if values.keys() - {p.name for p in pos[:n_pos]}:
-                    raise self.error(f"{_head(item)}: a positional argument cannot follow a "
-                                     f"keyword argument", a)
+                    raise self.error(
+                        f"{_head(item)}: a positional argument cannot follow a keyword argument", a
+                    )
                 if n_pos >= len(pos):
                     if not pos:
                         msg = f"{item.type} takes no positional arguments"
                     else:
-                        msg = (f"{item.type} takes at most {len(pos)} positional argument"
-                               f"{'s' if len(pos) > 1 else ''} "
-                               f"({_signature(item.type, tags, pos)}), got "
-                               f"{sum(1 for x in item.args if x.name is None)}")
+                        msg = (
+                            f"{item.type} takes at most {len(pos)} positional argument"
+                            f"{'s' if len(pos) > 1 else ''} "
+                            f"({_signature(item.type, tags, pos)}), got "
+                            f"{sum(1 for x in item.args if x.name is None)}"
+                        )
                     raise self.error(f"{_head(item)}: {msg}", a)
                 spec = pos[n_pos]
                 n_pos += 1
@@ -159,22 +178,30 @@ class Context:
                 spec = by_name.get(a.name)
                 if spec is None:
                     import difflib
+
                     close = difflib.get_close_matches(a.name, list(by_name), n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else ""
                     known = ", ".join(by_name) or "none"
-                    raise self.error(f"{_head(item)}: {item.type} has no argument {a.name!r}"
-                                     f"{hint} (its arguments: {known})", a)
+                    raise self.error(
+                        f"{_head(item)}: {item.type} has no argument {a.name!r}"
+                        f"{hint} (its arguments: {known})",
+                        a,
+                    )
                 if spec.name in values:
                     raise self.error(f"{_head(item)}: argument {spec.name!r} given twice", a)
             try:
                 values[spec.name] = spec.convert(a.value)
             except ValueError as err:
                 raise self.error(f"{_head(item)}: {err}", a) from None
-        missing = [p for p in tuple(pos) + tuple(kws)
-                   if p.name not in values and p.default is REQUIRED]
+        missing = [
+            p for p in tuple(pos) + tuple(kws) if p.name not in values and p.default is REQUIRED
+        ]
         if missing:
-            raise self.error(f"{_head(item)}: {item.type} needs {missing[0].name} "
-                             f"({_signature(item.type, tags, pos)})", item)
+            raise self.error(
+                f"{_head(item)}: {item.type} needs {missing[0].name} "
+                f"({_signature(item.type, tags, pos)})",
+                item,
+            )
         return values
 
     def fill_defaults(self, ltype, item, values: dict, call: Call):
@@ -238,25 +265,44 @@ class Context:
             if spec.kind != "tap" or tap is None:
                 continue
             if "@" + tap not in self.symbols:
-                self.fail_at(item, f"{spec.name}={tap} refers to no earlier @{tap}"
-                             f"{self._taps_so_far()}", spec.name)
+                self.fail_at(
+                    item,
+                    f"{spec.name}={tap} refers to no earlier @{tap}{self._taps_so_far()}",
+                    spec.name,
+                )
             kwinputs[spec.name] = self.symbols["@" + tap]
             call.taps[spec.name] = self.shape_of(kwinputs[spec.name])
         if ltype.reads_images(call):
             kwinputs["images"] = INPUT
         call.inputs = [self.shape_of(i) for i in inputs]
         if call.input.kind not in ltype.accepts:
-            self.fail_at(item, f"{item.type} needs {_kinds(ltype.accepts)} as input, not "
-                               f"{call.input.describe()} ({call.input})")
+            self.fail_at(
+                item,
+                f"{item.type} needs {_kinds(ltype.accepts)} as input, not "
+                f"{call.input.describe()} ({call.input})",
+            )
         shape = self._checked_shape(item, ltype, call)
         split = ltype.split_point(call)
         if split and self.nested:
-            self.fail_at(item, f"{item.type} is a split point and must be at the top level, "
-                               f"not inside a branch or a repeated sequence")
-        name = self.add_node(item, item.type, item.tags, call.args, inputs, shape, call, split,
-                             kwinputs=kwinputs, losses=tuple(ltype.losses(call)),
-                             reads_targets=ltype.reads_targets(call),
-                             output_name=ltype.output_name(call))
+            self.fail_at(
+                item,
+                f"{item.type} is a split point and must be at the top level, "
+                f"not inside a branch or a repeated sequence",
+            )
+        name = self.add_node(
+            item,
+            item.type,
+            item.tags,
+            call.args,
+            inputs,
+            shape,
+            call,
+            split,
+            kwinputs=kwinputs,
+            losses=tuple(ltype.losses(call)),
+            reads_targets=ltype.reads_targets(call),
+            output_name=ltype.output_name(call),
+        )
         call.name = name
         sym = ltype.defines(call)
         if sym is not None:
@@ -272,8 +318,11 @@ class Context:
         call.inputs = [self.shape_of(e) for e in ends]
         for k, s in enumerate(call.inputs, start=1):
             if s.kind not in ltype.accepts:
-                self.fail_at(item, f"{item.type} merges {_kinds(ltype.accepts)}; branch {k} "
-                                   f"gives {s.describe()} ({s})")
+                self.fail_at(
+                    item,
+                    f"{item.type} merges {_kinds(ltype.accepts)}; branch {k} "
+                    f"gives {s.describe()} ({s})",
+                )
         shape = self._checked_shape(item, ltype, call)
         return self.add_node(item, item.type, item.tags, call.args, ends, shape, call)
 
@@ -281,23 +330,42 @@ class Context:
     def _checked_shape(self, item, ltype, call: Call) -> ShapeSpec:
         shape = ltype.shape(call)
         if shape.kind == "map" and (shape.height < 1 or shape.width < 1):
-            self.fail_at(item, f"output would be empty ({shape.height}x{shape.width}) for the "
-                               f"{call.input} input")
+            self.fail_at(
+                item,
+                f"output would be empty ({shape.height}x{shape.width}) for the {call.input} input",
+            )
         call.out = shape
         return shape
 
     def _taps_so_far(self) -> str:
         known = sorted(k[1:] for k in self.symbols if k.startswith("@"))
-        return (" (taps so far: " + ", ".join("@" + k for k in known) + ")") if known \
+        return (
+            (" (taps so far: " + ", ".join("@" + k for k in known) + ")")
+            if known
             else " (no @taps so far)"
+        )
 
     def add_node(self, item, type_, tags, args, inputs, shape, call=None, split=False, **extra):
         idx = self.index[id(item)]
         label = {"@": "tap", "$": "ref"}.get(type_, type_)
         tags = "".join(sorted(set(tags)))
-        node = Node(f"l{idx}_{label}{self.suffix}", idx, type_, tags, args, tuple(inputs), shape,
-                    item, self.top, self.nested, split, float(args.get("lr", 1.0)),
-                    bool(args.get("frozen", False)), call, **extra)
+        node = Node(
+            f"l{idx}_{label}{self.suffix}",
+            idx,
+            type_,
+            tags,
+            args,
+            tuple(inputs),
+            shape,
+            item,
+            self.top,
+            self.nested,
+            split,
+            float(args.get("lr", 1.0)),
+            bool(args.get("frozen", False)),
+            call,
+            **extra,
+        )
         if self._shared is not None:
             if not self._shared:  # pragma: no cover - a shared body resolves to the same nodes
                 raise AssertionError("shared sub-network resolved to more nodes")
@@ -310,29 +378,40 @@ class Context:
             key = "@" + item.name
             if key in self.symbols:
                 first = self.symbol_items[key]
-                raise self.error(f"@{item.name} is defined twice (first at column "
-                                 f"{first.column})", item)
-            name = self.add_node(item, "@", "", {"name": item.name}, [current],
-                                 self.shape_of(current))
+                raise self.error(
+                    f"@{item.name} is defined twice (first at column {first.column})", item
+                )
+            name = self.add_node(
+                item, "@", "", {"name": item.name}, [current], self.shape_of(current)
+            )
             self.symbols[key] = name
             self.symbol_items[key] = item
             return name
         if isinstance(item, ast.Ref):
             key = "@" + item.name
             if key not in self.symbols:
-                raise self.error(f"${item.name} refers to no earlier @{item.name}"
-                                 f"{self._taps_so_far()}", item)
+                raise self.error(
+                    f"${item.name} refers to no earlier @{item.name}{self._taps_so_far()}", item
+                )
             target = self.symbols[key]
-            return self.add_node(item, "$", "", {"name": item.name}, [target],
-                                 self.shape_of(target))
+            return self.add_node(
+                item, "$", "", {"name": item.name}, [target], self.shape_of(target)
+            )
 
         ltype = self.lookup(item)
         values = self.bind(ltype, item)
         idx = self.index[id(item)]
-        call = Call(item.type, item.tags, values, [self.shape_of(current)],
-                    self.options.border_mode, self.options.activation,
-                    self.options.init_for(idx), self.classes,
-                    _fail=lambda msg, arg=None, _item=item: self.fail_at(_item, msg, arg))
+        call = Call(
+            item.type,
+            item.tags,
+            values,
+            [self.shape_of(current)],
+            self.options.border_mode,
+            self.options.activation,
+            self.options.init_for(idx),
+            self.classes,
+            _fail=lambda msg, arg=None, _item=item: self.fail_at(_item, msg, arg),
+        )
         self.fill_defaults(ltype, item, values, call)
         return ltype.expand(self, item, call, current)
 
@@ -342,8 +421,9 @@ class Context:
         for k, item in enumerate(self.desc.items):
             self.top = k
             current = self.item(item, current)
-        graph = LayerGraph(self.desc, input_shape, self.nodes, current, self.classes,
-                           self.options.as_dict())
+        graph = LayerGraph(
+            self.desc, input_shape, self.nodes, current, self.classes, self.options.as_dict()
+        )
         self.check_dead_ends(graph)
         self.check_contract(graph)
         return graph
@@ -365,9 +445,11 @@ class Context:
             stack.extend(node.kwinputs.values())
         for n in graph.nodes:
             if n.name not in live and n.type not in ("@", "$"):
-                raise self.error(f"{_head(n.item)}: its output is never used (nothing after it "
-                                 f"reads it: a $reference or an unread @tap leaves it behind)",
-                                 n.item)
+                raise self.error(
+                    f"{_head(n.item)}: its output is never used (nothing after it "
+                    f"reads it: a $reference or an unread @tap leaves it behind)",
+                    n.item,
+                )
 
     def check_contract(self, graph: LayerGraph):
         seen: dict[str, Node] = {}
@@ -376,22 +458,29 @@ class Context:
         for k, n in enumerate(graph.nodes):
             for name in n.losses:
                 if name in seen:
-                    raise self.error(f"{_head(n.item)}: {name} is already added by "
-                                     f"{_head(seen[name].item)} (column "
-                                     f"{seen[name].item.column})", n.item)
+                    raise self.error(
+                        f"{_head(n.item)}: {name} is already added by "
+                        f"{_head(seen[name].item)} (column "
+                        f"{seen[name].item.column})",
+                        n.item,
+                    )
                 seen[name] = n
             if n.reads_targets and k < last_split:
-                raise self.error(f"{_head(n.item)}: it reads the targets, so it must come after "
-                                 f"the last split point (checkpointed segments take images only)",
-                                 n.item)
+                raise self.error(
+                    f"{_head(n.item)}: it reads the targets, so it must come after "
+                    f"the last split point (checkpointed segments take images only)",
+                    n.item,
+                )
             ltype = self.registry.get(n.type)
             task = ltype.task if ltype is not None else None
             if task is not None:
                 tasks.setdefault(task, n)
         if len(tasks) > 1:
             (t1, n1), (t2, n2) = list(tasks.items())[:2]
-            raise self.error(f"{_head(n2.item)}: a {t2} head in a {t1} model (first head: "
-                             f"{_head(n1.item)})", n2.item)
+            raise self.error(
+                f"{_head(n2.item)}: a {t2} head in a {t1} model (first head: {_head(n1.item)})",
+                n2.item,
+            )
         graph.task = next(iter(tasks), None)
 
 
@@ -413,13 +502,21 @@ def _head(item) -> str:
 
 def _signature(type_: str, tags: str, pos) -> str:
     head = type_ + ("." + tags if tags else "")
-    return head + "[" + ", ".join(p.name if p.default is REQUIRED else f"{p.name}=…"
-                                  for p in pos) + "]"
+    return (
+        head
+        + "["
+        + ", ".join(p.name if p.default is REQUIRED else f"{p.name}=…" for p in pos)
+        + "]"
+    )
 
 
-def resolve(desc: ast.Description, input_shape, classes: int | None = None,
-            options: CompileOptions | None = None, registry: Registry | None = None
-            ) -> LayerGraph:
+def resolve(
+    desc: ast.Description,
+    input_shape,
+    classes: int | None = None,
+    options: CompileOptions | None = None,
+    registry: Registry | None = None,
+) -> LayerGraph:
     """Resolve a parsed description for inputs of ``input_shape`` = (C, H, W)."""
     c, h, w = (int(v) for v in input_shape)
     if min(c, h, w) < 1:

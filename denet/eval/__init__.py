@@ -10,9 +10,10 @@ segmentation          ``MIoUEvaluator``      ``mIoU``; ``pixel_acc``, ``mean_acc
                                              ``fwIoU``, ``IoU_<k>``
 ====================  =====================  ==========================================
 """
+
 from __future__ import annotations
 
-from .base import Evaluator, merge_across_ranks, target_list
+from .base import Evaluator, merge_across_ranks
 from .classification import TopKEvaluator
 from .coco import CocoEvaluator
 from .segmentation import MIoUEvaluator
@@ -43,12 +44,20 @@ def make_evaluator(task: str, **kwargs) -> Evaluator:
             return CocoEvaluator(**kwargs)
         if metric in ("voc07", "voc12"):
             return VocEvaluator(use_07_metric=metric == "voc07", **kwargs)
-        raise ValueError(f"unknown detection metric {metric!r}; use one of "
-                         f"{', '.join(DETECTION_METRICS)}")
+        raise ValueError(
+            f"unknown detection metric {metric!r}; use one of {', '.join(DETECTION_METRICS)}"
+        )
     if task == "segmentation":
         return MIoUEvaluator(**kwargs)
     raise ValueError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
 
 
-__all__ = ["Evaluator", "TopKEvaluator", "CocoEvaluator", "VocEvaluator", "MIoUEvaluator",
-           "make_evaluator", "merge_across_ranks", "target_list"]
+__all__ = [
+    "Evaluator",
+    "TopKEvaluator",
+    "CocoEvaluator",
+    "VocEvaluator",
+    "MIoUEvaluator",
+    "make_evaluator",
+    "merge_across_ranks",
+]

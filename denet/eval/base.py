@@ -4,15 +4,15 @@ An evaluator accumulates per-batch state with ``update(outputs, targets)`` and t
 named metrics with ``compute()``:
 
 - ``outputs`` is what the model returns in evaluation mode for the batch;
-- ``targets`` is a list of per-image dicts, as the datasets yield them. The collated form made by
-  ``denet.data.loader.collate`` (one dict of lists / stacked tensors) is accepted too and split
-  back into per-image dicts by ``target_list``.
+- ``targets`` is a list of per-image dicts, as the datasets yield them and ``collate`` batches
+  them.
 
 State is CPU tensors, numpy arrays and python numbers only, so an evaluator pickles; after
 ``torch.distributed.all_gather_object`` each rank's evaluator can be folded into one with
 ``merge`` (``merge_across_ranks`` does both steps). ``compute()`` returns plain python floats;
 a metric is ``float('nan')`` only when it is undefined (no samples, no ground truth for it).
 """
+
 from __future__ import annotations
 
 import abc
@@ -52,24 +52,15 @@ class Evaluator(abc.ABC):
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
         for f in fields:
             a, b = getattr(self, f), getattr(other, f)
-            same = torch.equal(a, b) if isinstance(a, torch.Tensor) and isinstance(
-                b, torch.Tensor) else a == b
+            same = (
+                torch.equal(a, b)
+                if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                else a == b
+            )
             if not same:
-                raise ValueError(f"cannot merge {type(self).__name__}s with different {f}: "
-                                 f"{a!r} and {b!r}")
-
-
-def target_list(targets) -> list[dict]:
-    """Per-image target dicts from either a list of them or ``collate``'s batched dict (lists
-    are indexed, tensors are indexed on their first dimension)."""
-    if isinstance(targets, dict):
-        sizes = {len(v) for v in targets.values() if isinstance(v, (list, tuple, torch.Tensor))
-                 and not (isinstance(v, torch.Tensor) and v.dim() == 0)}
-        if len(sizes) > 1:
-            raise ValueError(f"batched targets disagree on the batch size: {sorted(sizes)}")
-        n = sizes.pop() if sizes else 0
-        return [{k: v[i] for k, v in targets.items()} for i in range(n)]
-    return list(targets)
+                raise ValueError(
+                    f"cannot merge {type(self).__name__}s with different {f}: {a!r} and {b!r}"
+                )
 
 
 def finite_geometry(target) -> tuple[torch.Tensor, torch.Tensor] | None:

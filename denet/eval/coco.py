@@ -33,6 +33,7 @@ occurrence is kept. A ``COCO`` object passed as ``coco_gt`` is not pickled (it c
 gather evaluators and merge them into the rank's own evaluator, which still holds it
 (``merge_across_ranks``); an annotation path is pickled and reloaded.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,10 +46,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Evaluator, finite_geometry, nan_if_negative, target_list
+from .base import Evaluator, finite_geometry, nan_if_negative
 
-BOX_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl",
-            "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+BOX_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 KP_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 PREFIX = {"bbox": "", "segm": "segm_", "keypoints": "kp_"}
 
@@ -93,15 +93,16 @@ def masks_to_rles(masks, geom, size):
     H, W = size if size is not None else (h, w)
     rles = []
     for start in range(0, n, 16):  # bounded memory for many large masks
-        chunk = m[start:start + 16]
+        chunk = m[start : start + 16]
         if geom is not None:
             (sx, sy), (ox, oy) = geom[0].tolist(), geom[1].tolist()
             xs = ((torch.arange(W, dtype=torch.float64) + 0.5) * sx + ox) * (2.0 / w) - 1
             ys = ((torch.arange(H, dtype=torch.float64) + 0.5) * sy + oy) * (2.0 / h) - 1
             grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # [H, W, 2]
             grid = grid.to(chunk.device, torch.float32).expand(len(chunk), H, W, 2)
-            chunk = F.grid_sample(chunk, grid, mode="bilinear", padding_mode="zeros",
-                                  align_corners=False)
+            chunk = F.grid_sample(
+                chunk, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+            )
         elif (h, w) != (H, W):
             chunk = F.interpolate(chunk, size=(H, W), mode="bilinear", align_corners=False)
         binary = (chunk[:, 0] > 0.5).cpu().numpy().astype(np.uint8)
@@ -131,10 +132,14 @@ class CocoEvaluator(Evaluator):
             raise ValueError(f"{len(classes)} classes but num_classes={num_classes}")
         self.classes = None if classes is None else [str(c) for c in classes]
         self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
-        if self.classes is not None and self.category_ids is not None \
-                and len(self.category_ids) != len(self.classes):
-            raise ValueError(f"{len(self.category_ids)} category_ids for "
-                             f"{len(self.classes)} classes")
+        if (
+            self.classes is not None
+            and self.category_ids is not None
+            and len(self.category_ids) != len(self.classes)
+        ):
+            raise ValueError(
+                f"{len(self.category_ids)} category_ids for {len(self.classes)} classes"
+            )
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -149,7 +154,7 @@ class CocoEvaluator(Evaluator):
         return state
 
     def update(self, outputs, targets) -> None:
-        targets = target_list(targets)
+        targets = list(targets)
         outputs = list(outputs)
         if len(outputs) != len(targets):
             raise ValueError(f"{len(outputs)} outputs for {len(targets)} targets")
@@ -167,13 +172,23 @@ class CocoEvaluator(Evaluator):
         boxes = _unmap_xy(_np(out["boxes"], np.float64).reshape(-1, 4), geom)
         gt_boxes = _unmap_xy(_np(tgt["boxes"], np.float64).reshape(-1, 4), geom)
         gt_labels = _np(tgt["labels"], np.int64).reshape(-1)
-        crowd = _np(tgt["iscrowd"], bool).reshape(-1) if "iscrowd" in tgt \
+        crowd = (
+            _np(tgt["iscrowd"], bool).reshape(-1)
+            if "iscrowd" in tgt
             else np.zeros(len(gt_labels), bool)
-        rec = {"image_id": int(tgt["image_id"]), "size": size,
-               "boxes": _xywh(boxes), "scores": _np(out["scores"], np.float64).reshape(-1),
-               "labels": _np(out["labels"], np.int64).reshape(-1),
-               "gt_boxes": _xywh(gt_boxes), "gt_labels": gt_labels, "gt_crowd": crowd,
-               "masks": None, "keypoints": None}
+        )
+        rec = {
+            "image_id": int(tgt["image_id"]),
+            "size": size,
+            "boxes": _xywh(boxes),
+            "scores": _np(out["scores"], np.float64).reshape(-1),
+            "labels": _np(out["labels"], np.int64).reshape(-1),
+            "gt_boxes": _xywh(gt_boxes),
+            "gt_labels": gt_labels,
+            "gt_crowd": crowd,
+            "masks": None,
+            "keypoints": None,
+        }
         if not len(rec["boxes"]) == len(rec["scores"]) == len(rec["labels"]):
             raise ValueError("outputs' boxes, scores and labels differ in length")
         if out.get("masks") is not None:
@@ -203,8 +218,10 @@ class CocoEvaluator(Evaluator):
 
             self._gt_obj = load_coco(self._gt_path)
         if self._gt_obj is None:
-            raise RuntimeError("this CocoEvaluator was unpickled without its coco_gt object; "
-                               "merge it into the evaluator that holds the ground truth")
+            raise RuntimeError(
+                "this CocoEvaluator was unpickled without its coco_gt object; "
+                "merge it into the evaluator that holds the ground truth"
+            )
         return self._gt_obj
 
     def _cat_ids(self, gt=None) -> list[int]:
@@ -223,13 +240,22 @@ class CocoEvaluator(Evaluator):
             h, w = r["size"] if r["size"] is not None else (0, 0)
             images.append({"id": r["image_id"], "height": h, "width": w})
             for box, label, crowd in zip(r["gt_boxes"], r["gt_labels"], r["gt_crowd"]):
-                anns.append({"id": len(anns) + 1, "image_id": r["image_id"],
-                             "category_id": self._category(cat_ids, label),
-                             "bbox": [float(v) for v in box],
-                             "area": float(box[2] * box[3]), "iscrowd": int(crowd)})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": r["image_id"],
+                        "category_id": self._category(cat_ids, label),
+                        "bbox": [float(v) for v in box],
+                        "area": float(box[2] * box[3]),
+                        "iscrowd": int(crowd),
+                    }
+                )
         gt = COCO()
-        gt.dataset = {"images": images, "annotations": anns,
-                      "categories": [{"id": c, "name": n} for c, n in zip(cat_ids, self.classes)]}
+        gt.dataset = {
+            "images": images,
+            "annotations": anns,
+            "categories": [{"id": c, "name": n} for c, n in zip(cat_ids, self.classes)],
+        }
         with _quiet():
             gt.createIndex()
         return gt
@@ -260,8 +286,10 @@ class CocoEvaluator(Evaluator):
             else:
                 values = r["keypoints"].reshape(len(r["keypoints"]), -1).tolist()
             field = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[kind]
-            res += [{"image_id": r["image_id"], "category_id": c, "score": s, field: v}
-                    for c, s, v in zip(cats, r["scores"].tolist(), values)]
+            res += [
+                {"image_id": r["image_id"], "category_id": c, "score": s, field: v}
+                for c, s, v in zip(cats, r["scores"].tolist(), values)
+            ]
         return res
 
     @staticmethod
@@ -274,8 +302,11 @@ class CocoEvaluator(Evaluator):
                 dt = gt.loadRes(results)
         else:  # loadRes indexes results[0]: build an empty result set instead
             dt = COCO()
-            dt.dataset = {"images": list(gt.dataset["images"]), "annotations": [],
-                          "categories": copy.deepcopy(gt.dataset.get("categories", []))}
+            dt.dataset = {
+                "images": list(gt.dataset["images"]),
+                "annotations": [],
+                "categories": copy.deepcopy(gt.dataset.get("categories", [])),
+            }
             with _quiet():
                 dt.createIndex()
         ev = COCOeval(gt, dt, kind)
@@ -299,11 +330,13 @@ class CocoEvaluator(Evaluator):
         kinds = ["bbox"]
         if gt is not None:
             anns = gt.dataset.get("annotations", [])
-            if any(r["masks"] is not None for r in records) and \
-                    any("segmentation" in a for a in anns):
+            if any(r["masks"] is not None for r in records) and any(
+                "segmentation" in a for a in anns
+            ):
                 kinds.append("segm")
-            if any(r["keypoints"] is not None for r in records) and \
-                    any(a.get("num_keypoints", 0) > 0 for a in anns):
+            if any(r["keypoints"] is not None for r in records) and any(
+                a.get("num_keypoints", 0) > 0 for a in anns
+            ):
                 kinds.append("keypoints")
         metrics, tables = {}, []
         if not records:
@@ -316,13 +349,19 @@ class CocoEvaluator(Evaluator):
         else:
             missing = {r["image_id"] for r in records} - set(gt.getImgIds())
             if missing:
-                raise ValueError(f"image ids {sorted(missing)[:5]} are not in the COCO ground "
-                                 f"truth")
+                raise ValueError(
+                    f"image ids {sorted(missing)[:5]} are not in the COCO ground truth"
+                )
         cat_ids = self._cat_ids(gt if self._external_gt else None)
         img_ids = [r["image_id"] for r in records]
         for kind in kinds:
-            use = records if kind == "bbox" else [
-                r for r in records if r["masks" if kind == "segm" else "keypoints"] is not None]
+            use = (
+                records
+                if kind == "bbox"
+                else [
+                    r for r in records if r["masks" if kind == "segm" else "keypoints"] is not None
+                ]
+            )
             stats, table = self._evaluate(gt, self._results(use, cat_ids, kind), kind, img_ids)
             keys = KP_KEYS if kind == "keypoints" else BOX_KEYS
             metrics.update({PREFIX[kind] + k: nan_if_negative(v) for k, v in zip(keys, stats)})

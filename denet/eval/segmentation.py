@@ -22,6 +22,7 @@ another size are first resized bilinearly (``align_corners=False``) to it, then 
 logits are cropped from the top-left to its own mask before the argmax. (Masks collated into
 one tensor are padded with 255, which gives the same counts.)
 """
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Evaluator, target_list
+from .base import Evaluator
 
 
 class MIoUEvaluator(Evaluator):
@@ -52,11 +53,12 @@ class MIoUEvaluator(Evaluator):
     def update(self, outputs, targets) -> None:
         logits = outputs["out"] if isinstance(outputs, dict) else outputs
         logits = logits.detach()
-        masks = [torch.as_tensor(t["mask"]) for t in target_list(targets)]
+        masks = [torch.as_tensor(t["mask"]) for t in list(targets)]
         k = self.num_classes
         if logits.dim() != 4 or logits.shape[1] != k:
-            raise ValueError(f"segmentation logits must be [B, {k}, h, w], got shape "
-                             f"{tuple(logits.shape)}")
+            raise ValueError(
+                f"segmentation logits must be [B, {k}, h, w], got shape {tuple(logits.shape)}"
+            )
         if len(masks) != logits.shape[0]:
             raise ValueError(f"{len(masks)} masks for {logits.shape[0]} outputs")
         if not masks:
@@ -101,5 +103,7 @@ class MIoUEvaluator(Evaluator):
 
     def summary(self) -> str:
         m = self.compute()
-        return (f"mIoU {100 * m['mIoU']:.1f}%  pixel acc {100 * m['pixel_acc']:.1f}%  "
-                f"mean acc {100 * m['mean_acc']:.1f}%")
+        return (
+            f"mIoU {100 * m['mIoU']:.1f}%  pixel acc {100 * m['pixel_acc']:.1f}%  "
+            f"mean acc {100 * m['mean_acc']:.1f}%"
+        )

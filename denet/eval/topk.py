@@ -4,6 +4,7 @@ A sample counts as correct at k when its label is among the k highest scores. Ti
 as ``torch.topk`` breaks them. ``k`` larger than the number of classes counts every sample as
 correct (every class is "in the top k"), so top-5 of a 3-class problem is 1.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,7 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[
     for k in ks:
         if k < 1:
             raise ValueError(f"k must be >= 1, not {k}")
-        out.append(int(hit[:, :min(k, classes)].any(dim=1).sum().item()))
+        out.append(int(hit[:, : min(k, classes)].any(dim=1).sum().item()))
     return out
 
 

@@ -26,13 +26,14 @@ does not change under that map unless ``plus_one``). Outputs/targets are read as
 evaluator (``boxes`` xyxy, ``scores``, ``labels``; targets ``boxes``, ``labels``, optional
 ``difficult``); an ``image_id`` seen twice counts once (the first occurrence).
 """
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from .base import Evaluator, finite_geometry, target_list
+from .base import Evaluator, finite_geometry
 from .coco import _np, _unmap_xy
 
 
@@ -67,8 +68,9 @@ def box_iou(a: np.ndarray, b: np.ndarray, plus_one: bool = False) -> np.ndarray:
 class VocEvaluator(Evaluator):
     primary = "mAP"
 
-    def __init__(self, classes=None, num_classes=None, use_07_metric=False, plus_one=False,
-                 iou_threshold=0.5):
+    def __init__(
+        self, classes=None, num_classes=None, use_07_metric=False, plus_one=False, iou_threshold=0.5
+    ):
         if classes is None:
             if num_classes is None:
                 raise ValueError("VocEvaluator needs classes or num_classes")
@@ -84,28 +86,30 @@ class VocEvaluator(Evaluator):
         self.records: list[dict] = []
 
     def update(self, outputs, targets) -> None:
-        targets = target_list(targets)
+        targets = list(targets)
         outputs = list(outputs)
         if len(outputs) != len(targets):
             raise ValueError(f"{len(outputs)} outputs for {len(targets)} targets")
         for out, tgt in zip(outputs, targets):
             geom = finite_geometry(tgt)
             labels = _np(tgt["labels"], np.int64).reshape(-1)
-            rec = {"image_id": int(tgt["image_id"]) if "image_id" in tgt else None,
-                   "boxes": _unmap_xy(_np(out["boxes"], np.float64).reshape(-1, 4), geom),
-                   "scores": _np(out["scores"], np.float64).reshape(-1),
-                   "labels": _np(out["labels"], np.int64).reshape(-1),
-                   "gt_boxes": _unmap_xy(_np(tgt["boxes"], np.float64).reshape(-1, 4), geom),
-                   "gt_labels": labels,
-                   "gt_difficult": _np(tgt["difficult"], bool).reshape(-1) if "difficult" in tgt
-                   else np.zeros(len(labels), bool)}
+            rec = {
+                "image_id": int(tgt["image_id"]) if "image_id" in tgt else None,
+                "boxes": _unmap_xy(_np(out["boxes"], np.float64).reshape(-1, 4), geom),
+                "scores": _np(out["scores"], np.float64).reshape(-1),
+                "labels": _np(out["labels"], np.int64).reshape(-1),
+                "gt_boxes": _unmap_xy(_np(tgt["boxes"], np.float64).reshape(-1, 4), geom),
+                "gt_labels": labels,
+                "gt_difficult": _np(tgt["difficult"], bool).reshape(-1)
+                if "difficult" in tgt
+                else np.zeros(len(labels), bool),
+            }
             if not len(rec["boxes"]) == len(rec["scores"]) == len(rec["labels"]):
                 raise ValueError("outputs' boxes, scores and labels differ in length")
             for key in ("labels", "gt_labels"):
                 bad = rec[key][(rec[key] < 0) | (rec[key] >= len(self.classes))]
                 if len(bad):
-                    raise ValueError(f"label {int(bad[0])} outside the {len(self.classes)} "
-                                     f"classes")
+                    raise ValueError(f"label {int(bad[0])} outside the {len(self.classes)} classes")
             if len(rec["gt_difficult"]) != len(labels):
                 raise ValueError("targets' difficult and labels differ in length")
             self.records.append(rec)

@@ -1,4 +1,5 @@
 """``A``: the activation chosen by ``--activation`` (or named in the layer: ``A[sigmoid]``)."""
+
 from __future__ import annotations
 
 import torch
@@ -6,8 +7,17 @@ from torch import nn
 
 from .registry import Arg, Call, LayerDef
 
-ACTIVATIONS = ("none", "sigmoid", "relu", "relu-safe", "elu", "tanh", "softmax", "softplus",
-               "leaky-relu")
+ACTIVATIONS = (
+    "none",
+    "sigmoid",
+    "relu",
+    "relu-safe",
+    "elu",
+    "tanh",
+    "softmax",
+    "softplus",
+    "leaky-relu",
+)
 
 
 class ReLUSafe(nn.Module):
@@ -43,10 +53,19 @@ def make_activation(name: str, inplace: bool = False) -> nn.Module | None:
 class Activation(LayerDef):
     type = "A"
     accepts = ("map", "vector")  # element-wise
-    doc = ("Activation: the global --activation, or the one named as argument. "
-           "softmax is over channels.")
-    args = (Arg("kind", "str", None, choices=ACTIVATIONS,
-                doc="activation (default: the global --activation)"),)
+    doc = (
+        "Activation: the global --activation, or the one named as argument. "
+        "softmax is over channels."
+    )
+    args = (
+        Arg(
+            "kind",
+            "str",
+            None,
+            choices=ACTIVATIONS,
+            doc="activation (default: the global --activation)",
+        ),
+    )
 
     def shape(self, call: Call):
         return call.input

@@ -12,6 +12,7 @@ same      e-1-(e-1)//2, (e-1)//2           H (a full conv cropped at (e-1)//2; s
 N         N, N                             floor((H + 2N - e)/s) + 1
 ========  ===============================  =====================================
 """
+
 from __future__ import annotations
 
 from torch import nn

@@ -38,8 +38,15 @@ def encode(gt: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
     rx, ry = rois[:, 0] + 0.5 * rw, rois[:, 1] + 0.5 * rh
     gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
     gx, gy = gt[:, 0] + 0.5 * gw, gt[:, 1] + 0.5 * gh
-    return torch.stack([wx * (gx - rx) / rw, wy * (gy - ry) / rh, ww * torch.log(gw / rw),
-                        wh * torch.log(gh / rh)], 1)
+    return torch.stack(
+        [
+            wx * (gx - rx) / rw,
+            wy * (gy - ry) / rh,
+            ww * torch.log(gw / rw),
+            wh * torch.log(gh / rh),
+        ],
+        1,
+    )
 
 
 def decode(deltas: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
@@ -55,8 +62,9 @@ def decode(deltas: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
 
 
 class BoxHead(nn.Module):
-    def __init__(self, features: int, classes: int, iou: float, score: float, nms: float,
-                 max_detections: int):
+    def __init__(
+        self, features: int, classes: int, iou: float, score: float, nms: float, max_detections: int
+    ):
         super().__init__()
         self.cls_score = nn.Linear(features, classes + 1)
         self.bbox_pred = nn.Linear(features, 4)
@@ -112,15 +120,18 @@ class BoxHead(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return (f"iou={self.iou:g}, score={self.score:g}, nms={self.nms:g}, "
-                f"max={self.max_detections}")
+        return (
+            f"iou={self.iou:g}, score={self.score:g}, nms={self.nms:g}, max={self.max_detections}"
+        )
 
 
 class BoxHeadDef(LayerDef):
     type = "DET"
-    doc = ("Box head over RoIs (`rois=` tap): class logits (+ background) and class-agnostic "
-           "box deltas; in training adds `loss_cls` and `loss_box`; in evaluation returns one "
-           "dict per image (boxes, scores, labels) after per-class NMS.")
+    doc = (
+        "Box head over RoIs (`rois=` tap): class logits (+ background) and class-agnostic "
+        "box deltas; in training adds `loss_cls` and `loss_box`; in evaluation returns one "
+        "dict per image (boxes, scores, labels) after per-class NMS."
+    )
     task = "detection"
     accepts = ("map", "vector")
     has_params = True
@@ -142,8 +153,7 @@ class BoxHeadDef(LayerDef):
         if call.classes is None:
             call.fail("DET needs the number of classes: compile with classes=N")
         if call.taps["rois"].kind != "boxes":
-            call.fail(f"rois= must name a set of boxes, not {call.taps['rois'].describe()}",
-                      "rois")
+            call.fail(f"rois= must name a set of boxes, not {call.taps['rois'].describe()}", "rois")
         return ShapeSpec(call.classes, form="detections")
 
     def build(self, call: Call):

@@ -42,8 +42,10 @@ class BoxGrid(nn.Module):
 
 class Boxes(LayerDef):
     type = "BOXES"
-    doc = ("A square box of `size` input pixels centred on every position of the current map: "
-           "RoIs [B*H*W, 5] (batch index, x1, y1, x2, y2).")
+    doc = (
+        "A square box of `size` input pixels centred on every position of the current map: "
+        "RoIs [B*H*W, 5] (batch index, x1, y1, x2, y2)."
+    )
     args = (Arg("size", "float", min=1e-3, doc="side of each box in input pixels"),)
 
     def shape(self, call: Call):
@@ -63,18 +65,23 @@ class RoIAlignLayer(nn.Module):
         self.aligned = aligned
 
     def forward(self, x, rois):
-        return roi_align(x, rois, self.output_size, self.spatial_scale, self.sampling_ratio,
-                         self.aligned)
+        return roi_align(
+            x, rois, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned
+        )
 
     def extra_repr(self) -> str:
-        return (f"output_size={self.output_size}, spatial_scale={self.spatial_scale:g}, "
-                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}")
+        return (
+            f"output_size={self.output_size}, spatial_scale={self.spatial_scale:g}, "
+            f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}"
+        )
 
 
 class RoIAlign(LayerDef):
     type = "RA"
-    doc = ("RoIAlign of the current map at the boxes tapped by `rois=` "
-           "(denet.kernels.roi_align, spatial_scale = 1/stride): [R, C, size, size].")
+    doc = (
+        "RoIAlign of the current map at the boxes tapped by `rois=` "
+        "(denet.kernels.roi_align, spatial_scale = 1/stride): [R, C, size, size]."
+    )
     args = (Arg("output_size", "int", min=1, doc="bins per side of each RoI"),)
     keywords = (
         Arg("rois", "tap", doc="tap holding the boxes (e.g. @r after BOXES)"),
@@ -85,11 +92,16 @@ class RoIAlign(LayerDef):
     def shape(self, call: Call):
         rois = call.taps["rois"]
         if rois.kind != "boxes":
-            call.fail(f"rois= must name a set of boxes (a tap after BOXES), not "
-                      f"{rois.describe()}", "rois")
+            call.fail(
+                f"rois= must name a set of boxes (a tap after BOXES), not {rois.describe()}", "rois"
+            )
         o = call.args["output_size"]
         return ShapeSpec(call.input.channels, o, o, Fraction(1))
 
     def build(self, call: Call):
-        return RoIAlignLayer(call.args["output_size"], float(1 / call.input.stride),
-                             call.args["sampling_ratio"], call.args["aligned"])
+        return RoIAlignLayer(
+            call.args["output_size"],
+            float(1 / call.input.stride),
+            call.args["sampling_ratio"],
+            call.args["aligned"],
+        )

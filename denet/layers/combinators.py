@@ -5,6 +5,7 @@ identity. (``REP``, ``SHARE`` and ``USE`` are in :mod:`denet.layers.subnets`.)
 merges the branch outputs. A branch may be empty (the current tensor itself) or start with a
 reference ``$name`` to read a tensor tapped earlier with ``@name``.
 """
+
 from __future__ import annotations
 
 import operator
@@ -20,10 +21,12 @@ def _same_maps(call: Call, what: str):
         if s.height is None or first.height is None:
             call.fail(f"{call.type} merges feature maps, not vectors")
         if (s.height, s.width) != (first.height, first.width) or (
-                what == "all" and s.channels != first.channels):
+            what == "all" and s.channels != first.channels
+        ):
             kind = "channel" if (s.height, s.width) == (first.height, first.width) else "shape"
-            call.fail(f"{kind} mismatch at {call.type}: branch 1 gives {first}, "
-                      f"branch {n} gives {s}")
+            call.fail(
+                f"{kind} mismatch at {call.type}: branch 1 gives {first}, branch {n} gives {s}"
+            )
 
 
 class Sum(LayerDef):
@@ -38,6 +41,7 @@ class Sum(LayerDef):
     def build(self, call: Call):
         return FunctionOp(operator.add, reduce=True)
 
+
 class Concat(LayerDef):
     type = "CAT"
     doc = "Runs the branches and concatenates their outputs along channels (same H, W)."
@@ -50,6 +54,7 @@ class Concat(LayerDef):
     def build(self, call: Call):
         return FunctionOp(torch.cat, pack=True, dim=1)
 
+
 class Max(LayerDef):
     type = "MAX"
     doc = "Runs the branches and takes the element-wise maximum of their outputs."
@@ -61,6 +66,7 @@ class Max(LayerDef):
 
     def build(self, call: Call):
         return FunctionOp(torch.maximum, reduce=True)
+
 
 class Identity(LayerDef):
     type = "I"

@@ -4,6 +4,7 @@ DeNet's code decides the bias: **``C.B`` turns the conv bias on and plain ``C`` 
 seed README says the opposite; the code, which the released models follow, wins). ``DC`` keeps the
 README convention: ``DC.B`` disables its bias.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -39,8 +40,18 @@ class PaddedConv2d(nn.Conv2d):
     """A conv with asymmetric zero padding (``same`` border with an even kernel): pads
     (left, right, top, bottom) first, then convolves without padding."""
 
-    def __init__(self, cin: int, cout: int, k, stride, *, dilation: int, groups: int, bias: bool,
-                 pad: tuple[int, int, int, int]):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        k,
+        stride,
+        *,
+        dilation: int,
+        groups: int,
+        bias: bool,
+        pad: tuple[int, int, int, int],
+    ):
         super().__init__(cin, cout, k, stride, 0, dilation, groups, bias)
         self.pad = pad
 
@@ -57,8 +68,16 @@ def make_conv(cin: int, cout: int, k, stride, border, dilation=1, groups=1, bias
     pw = border_padding(border, k[1], dilation)
     if ph[0] == ph[1] and pw[0] == pw[1]:
         return nn.Conv2d(cin, cout, k, stride, (ph[0], pw[0]), dilation, groups, bias)
-    return PaddedConv2d(cin, cout, k, stride, dilation=dilation, groups=groups, bias=bias,
-                        pad=(pw[0], pw[1], ph[0], ph[1]))
+    return PaddedConv2d(
+        cin,
+        cout,
+        k,
+        stride,
+        dilation=dilation,
+        groups=groups,
+        bias=bias,
+        pad=(pw[0], pw[1], ph[0], ph[1]),
+    )
 
 
 def conv_shape(call: Call, cin: ShapeSpec, cout: int, k, s, border, dilation=1) -> ShapeSpec:
@@ -69,18 +88,21 @@ def conv_shape(call: Call, cin: ShapeSpec, cout: int, k, s, border, dilation=1) 
     h = conv_out(cin.h, k[0], s[0], ph, dilation)
     w = conv_out(cin.w, k[1], s[1], pw, dilation)
     if h < 1 or w < 1:
-        call.fail(f"output would be empty: a {k[0]}x{k[1]} kernel (dilation {dilation}, border "
-                  f"{border}) does not fit the {cin.h}x{cin.w} input")
+        call.fail(
+            f"output would be empty: a {k[0]}x{k[1]} kernel (dilation {dilation}, border "
+            f"{border}) does not fit the {cin.h}x{cin.w} input"
+        )
     return ShapeSpec(cout, h, w, cin.stride * s[0])
 
 
 class Conv(LayerDef):
     type = "C"
-    doc = ("2-D convolution; padding from the border mode. No bias unless tagged B: DeNet's "
-           "code, which its released models follow, turns the bias ON with C.B (its README "
-           "says the opposite).")
-    tags = {"B": "add a bias (DeNet code semantics)",
-            "X": "rectangular: [filters, kh, kw, sh, sw]"}
+    doc = (
+        "2-D convolution; padding from the border mode. No bias unless tagged B: DeNet's "
+        "code, which its released models follow, turns the bias ON with C.B (its README "
+        "says the opposite)."
+    )
+    tags = {"B": "add a bias (DeNet code semantics)", "X": "rectangular: [filters, kh, kw, sh, sw]"}
     keywords = (
         Arg("dilation", "int", 1, min=1, doc="dilation of the kernel"),
         Arg("groups", "int", 1, min=1, doc="grouped convolution"),
@@ -95,24 +117,41 @@ class Conv(LayerDef):
         k, s = kernel_stride(call)
         g = call.args["groups"]
         if call.input.channels % g or call.args["filters"] % g:
-            call.fail(f"groups={g} must divide the input channels ({call.input.channels}) "
-                      f"and the filters ({call.args['filters']})", "groups")
-        return conv_shape(call, call.input, call.args["filters"], k, s, call.border,
-                          call.args["dilation"])
+            call.fail(
+                f"groups={g} must divide the input channels ({call.input.channels}) "
+                f"and the filters ({call.args['filters']})",
+                "groups",
+            )
+        return conv_shape(
+            call, call.input, call.args["filters"], k, s, call.border, call.args["dilation"]
+        )
 
     def build(self, call: Call):
         k, s = kernel_stride(call)
-        conv = make_conv(call.input.channels, call.args["filters"], k, s, call.border,
-                         call.args["dilation"], call.args["groups"], call.has("B"))
+        conv = make_conv(
+            call.input.channels,
+            call.args["filters"],
+            k,
+            s,
+            call.border,
+            call.args["dilation"],
+            call.args["groups"],
+            call.has("B"),
+        )
         init_conv(conv, call.init)
         return conv
 
+
 class Deconv(LayerDef):
     type = "DC"
-    doc = ("Transposed convolution (DeNet 'deconv'): H_out = H*s - 2*(k//2) + k - 1. "
-           "Border mode half only, as DeNet. Bias on unless tagged B.")
-    tags = {"B": "no bias (README convention, as DeNet's DC code)",
-            "X": "rectangular: [filters, kh, kw, sh, sw]"}
+    doc = (
+        "Transposed convolution (DeNet 'deconv'): H_out = H*s - 2*(k//2) + k - 1. "
+        "Border mode half only, as DeNet. Bias on unless tagged B."
+    )
+    tags = {
+        "B": "no bias (README convention, as DeNet's DC code)",
+        "X": "rectangular: [filters, kh, kw, sh, sw]",
+    }
     keywords = (Arg("border", "border", None, doc="must be half (default: global)"),)
     has_params = True
 
@@ -121,8 +160,10 @@ class Deconv(LayerDef):
 
     def shape(self, call: Call) -> ShapeSpec:
         if call.border != "half":
-            call.fail(f"DC supports only border mode half (as DeNet), not {call.border!r}; "
-                      f"write DC[...,border=half] or compile with border_mode='half'")
+            call.fail(
+                f"DC supports only border mode half (as DeNet), not {call.border!r}; "
+                f"write DC[...,border=half] or compile with border_mode='half'"
+            )
         k, s = kernel_stride(call)
         i = call.input
         h = i.h * s[0] - 2 * (k[0] // 2) + k[0] - 1
@@ -131,9 +172,14 @@ class Deconv(LayerDef):
 
     def build(self, call: Call):
         k, s = kernel_stride(call)
-        conv = nn.ConvTranspose2d(call.input.channels, call.args["filters"], k, s,
-                                  padding=(k[0] // 2, k[1] // 2),
-                                  output_padding=(s[0] - 1, s[1] - 1),
-                                  bias=not call.has("B"))
+        conv = nn.ConvTranspose2d(
+            call.input.channels,
+            call.args["filters"],
+            k,
+            s,
+            padding=(k[0] // 2, k[1] // 2),
+            output_padding=(s[0] - 1, s[1] - 1),
+            bias=not call.has("B"),
+        )
         init_conv(conv, call.init, transposed=True)
         return conv

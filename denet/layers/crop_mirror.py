@@ -3,6 +3,7 @@
 Training: a random crop offset per image, a horizontal mirror with probability ``mirror_pr`` and
 a vertical flip with probability ``flip_pr``. Evaluation: the centre crop, never mirrored.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,7 @@ class CropMirror(nn.Module):
         dy, dx = h - c, w - c
         ar = torch.arange(c, device=x.device)
         if not self.training:
-            return x[:, :, dy // 2:dy // 2 + c, dx // 2:dx // 2 + c]
+            return x[:, :, dy // 2 : dy // 2 + c, dx // 2 : dx // 2 + c]
         oy = torch.randint(0, dy + 1, (b, 1), device=x.device)
         ox = torch.randint(0, dx + 1, (b, 1), device=x.device)
         iy = ar[None, :].expand(b, c)
@@ -47,8 +48,10 @@ class CropMirror(nn.Module):
 
 class CropMirrorDef(LayerDef):
     type = "CM"
-    doc = ("Random crop (centre crop in evaluation) with random horizontal mirror and "
-           "vertical flip in training.")
+    doc = (
+        "Random crop (centre crop in evaluation) with random horizontal mirror and "
+        "vertical flip in training."
+    )
     args = (
         Arg("crop", "int", min=1, doc="output size (square)"),
         Arg("mirror_pr", "float", 0.0, min=0.0, max=1.0, doc="probability of a mirror"),

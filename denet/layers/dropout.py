@@ -1,4 +1,5 @@
 """``D``: inverted dropout (scaled by 1/(1-p)), active in training only."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -10,8 +11,9 @@ class Dropout(LayerDef):
     type = "D"
     accepts = ("map", "vector")  # element-wise
     doc = "Inverted dropout: zeroes activations with probability rate in training."
-    args = (Arg("rate", "float", 0.5, min=0.0, max=1.0,
-                doc="probability of dropping an activation"),)
+    args = (
+        Arg("rate", "float", 0.5, min=0.0, max=1.0, doc="probability of dropping an activation"),
+    )
 
     def shape(self, call: Call):
         if call.args["rate"] >= 1.0:

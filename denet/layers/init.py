@@ -6,6 +6,7 @@ U(-b, b) with the same b (DeNet's convention, not a variance-matched bound). A n
 standard deviation itself; 0 gives zeros. Words may be joined by ``-`` or ``,``:
 ``xavier-forward-uniform`` and ``uniform,xavier-forward`` are the same.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,10 +18,10 @@ import torch
 
 @dataclass(frozen=True)
 class WeightInit:
-    rule: str | None = "he"        # he | xavier | None (fixed std)
-    direction: str = "backward"    # forward (fan-in) | backward (fan-out)
+    rule: str | None = "he"  # he | xavier | None (fixed std)
+    direction: str = "backward"  # forward (fan-in) | backward (fan-out)
     uniform: bool = False
-    std: float | None = None       # set for a fixed std
+    std: float | None = None  # set for a fixed std
     text: str = "he-backward"
 
     def bound(self, fan_in: int, fan_out: int) -> float:
@@ -60,26 +61,30 @@ def parse_weight_init(value) -> WeightInit:
     rules = [w for w in words if w in ("he", "xavier")]
     dirs = [w for w in words if w in ("forward", "backward")]
     dists = [w for w in words if w in ("uniform", "normal")]
-    other = [w for w in words if w not in ("he", "xavier", "forward", "backward", "uniform",
-                                           "normal")]
+    other = [
+        w for w in words if w not in ("he", "xavier", "forward", "backward", "uniform", "normal")
+    ]
     if other or len(rules) != 1 or len(dirs) != 1 or len(dists) > 1:
-        raise ValueError(f"unknown weight init {value!r}: expected he|xavier, forward|backward "
-                         f"and optionally uniform|normal (e.g. he-backward, xavier-forward-uniform)"
-                         f", or a std such as 0.01")
+        raise ValueError(
+            f"unknown weight init {value!r}: expected he|xavier, forward|backward "
+            f"and optionally uniform|normal (e.g. he-backward, xavier-forward-uniform)"
+            f", or a std such as 0.01"
+        )
     uniform = bool(dists) and dists[0] == "uniform"
     text = f"{rules[0]}-{dirs[0]}" + ("-uniform" if uniform else "")
     return WeightInit(rules[0], dirs[0], uniform, None, text)
 
 
-def init_conv(conv: torch.nn.modules.conv._ConvNd, init: WeightInit, transposed: bool = False
-              ) -> None:
+def init_conv(
+    conv: torch.nn.modules.conv._ConvNd, init: WeightInit, transposed: bool = False
+) -> None:
     """Initialise a conv (or transposed conv) weight the DeNet way; zero its bias."""
     w = conv.weight
     k = w.shape[2] * w.shape[3]
     groups = getattr(conv, "groups", 1)
     if transposed:  # weight is (in, out/groups, kh, kw)
         fan_in, fan_out = w.shape[0] // groups * k, w.shape[1] * groups * k
-    else:           # weight is (out, in/groups, kh, kw); DeNet's fan-out is out*kh*kw
+    else:  # weight is (out, in/groups, kh, kw); DeNet's fan-out is out*kh*kw
         fan_in, fan_out = w.shape[1] * k, w.shape[0] * k
     init.apply(w, fan_in, fan_out)
     if conv.bias is not None:

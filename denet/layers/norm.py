@@ -5,6 +5,7 @@ DeNet gives BN momentum as the weight of the *old* running value (0.9); PyTorch'
 weight of the new batch value, so ``BN[0.9]`` becomes ``nn.BatchNorm2d(momentum=0.1)``. DeNet
 averaged the inverse std where PyTorch averages the variance; at a fixed point both agree.
 """
+
 from __future__ import annotations
 
 import torch
@@ -68,8 +69,9 @@ class AffineChannel2d(nn.Module):
         return f"{self.num_features}"
 
 
-def make_norm(kind: str, channels: int, momentum: float = 0.9, eps: float = 1e-5,
-              groups: int = 32) -> nn.Module:
+def make_norm(
+    kind: str, channels: int, momentum: float = 0.9, eps: float = 1e-5, groups: int = 32
+) -> nn.Module:
     """A norm module by name (``norm=`` keyword of residual blocks); momentum DeNet-style."""
     if kind == "bn":
         return nn.BatchNorm2d(channels, eps=eps, momentum=1.0 - momentum)
@@ -82,32 +84,45 @@ def make_norm(kind: str, channels: int, momentum: float = 0.9, eps: float = 1e-5
     raise ValueError(f"unknown norm {kind!r}; expected one of {', '.join(NORMS)}")
 
 
-_MOMENTUM = Arg("momentum", "float", 0.9, min=0.0, max=1.0,
-                doc="running-average weight of the old value (DeNet; PyTorch's is 1-this)")
+_MOMENTUM = Arg(
+    "momentum",
+    "float",
+    0.9,
+    min=0.0,
+    max=1.0,
+    doc="running-average weight of the old value (DeNet; PyTorch's is 1-this)",
+)
 _EPS = Arg("eps", "float", 1e-5, min=0.0, doc="added to the variance")
-
-
 
 
 class BatchNorm(LayerDef):
     type = "BN"
-    doc = ("Batch normalisation over (batch, height, width) per channel. Momentum DeNet-style, "
-           "the weight of the old value (BN[0.9] is PyTorch's momentum 0.1); batch "
-           "renormalisation is refused (DeNet's code had it commented out).")
-    args = (_MOMENTUM, _EPS,
-            Arg("renorm_r", "float", 1.0, min=1.0, doc="batch renorm r_max (1: off)"),
-            Arg("renorm_d", "float", 0.0, min=0.0, doc="batch renorm d_max (0: off)"),
-            Arg("renorm_it", "int", 0, min=0, doc="batch renorm warm-up iterations"))
+    doc = (
+        "Batch normalisation over (batch, height, width) per channel. Momentum DeNet-style, "
+        "the weight of the old value (BN[0.9] is PyTorch's momentum 0.1); batch "
+        "renormalisation is refused (DeNet's code had it commented out)."
+    )
+    args = (
+        _MOMENTUM,
+        _EPS,
+        Arg("renorm_r", "float", 1.0, min=1.0, doc="batch renorm r_max (1: off)"),
+        Arg("renorm_d", "float", 0.0, min=0.0, doc="batch renorm d_max (0: off)"),
+        Arg("renorm_it", "int", 0, min=0, doc="batch renorm warm-up iterations"),
+    )
     has_params = True
 
     def shape(self, call: Call):
         if call.args["renorm_r"] != 1.0 or call.args["renorm_d"] != 0.0:
-            call.fail("batch renormalisation is not supported (DeNet's own code has it "
-                      "commented out); leave renorm_r=1 and renorm_d=0", "renorm_r")
+            call.fail(
+                "batch renormalisation is not supported (DeNet's own code has it "
+                "commented out); leave renorm_r=1 and renorm_d=0",
+                "renorm_r",
+            )
         return call.input
 
     def build(self, call: Call):
         return make_norm("bn", call.input.channels, call.args["momentum"], call.args["eps"])
+
 
 class BatchNormReLUDef(LayerDef):
     type = "BNA"
@@ -119,13 +134,17 @@ class BatchNormReLUDef(LayerDef):
         return call.input
 
     def build(self, call: Call):
-        return BatchNormReLU(call.input.channels, eps=call.args["eps"],
-                             momentum=1.0 - call.args["momentum"])
+        return BatchNormReLU(
+            call.input.channels, eps=call.args["eps"], momentum=1.0 - call.args["momentum"]
+        )
+
 
 class FrozenBatchNorm(LayerDef):
     type = "FBN"
-    doc = ("Frozen batch norm: fixed statistics and affine parameters (buffers), the same "
-           "in training and evaluation (Detectron).")
+    doc = (
+        "Frozen batch norm: fixed statistics and affine parameters (buffers), the same "
+        "in training and evaluation (Detectron)."
+    )
     args = (_EPS,)
 
     def shape(self, call: Call):
@@ -133,6 +152,7 @@ class FrozenBatchNorm(LayerDef):
 
     def build(self, call: Call):
         return FrozenBatchNorm2d(call.input.channels, eps=call.args["eps"])
+
 
 class AffineChannel(LayerDef):
     type = "AC"
@@ -145,6 +165,7 @@ class AffineChannel(LayerDef):
     def build(self, call: Call):
         return AffineChannel2d(call.input.channels)
 
+
 class GroupNorm(LayerDef):
     type = "GN"
     doc = "Group normalisation."
@@ -153,8 +174,11 @@ class GroupNorm(LayerDef):
 
     def shape(self, call: Call):
         if call.input.channels % call.args["groups"]:
-            call.fail(f"groups={call.args['groups']} must divide the "
-                      f"{call.input.channels} input channels", "groups")
+            call.fail(
+                f"groups={call.args['groups']} must divide the "
+                f"{call.input.channels} input channels",
+                "groups",
+            )
         return call.input
 
     def build(self, call: Call):

@@ -69,9 +69,11 @@ class PixelClassification(nn.Module):
 
 class Segmentation(LayerDef):
     type = "SEG"
-    doc = ("Segmentation head on per-pixel class logits: the output `name`; in training adds "
-           "`loss_seg` (`loss_seg_<name>`), cross-entropy against the targets' `mask`, "
-           "`ignore` pixels left out, masks resized (nearest) to the logits.")
+    doc = (
+        "Segmentation head on per-pixel class logits: the output `name`; in training adds "
+        "`loss_seg` (`loss_seg_<name>`), cross-entropy against the targets' `mask`, "
+        "`ignore` pixels left out, masks resized (nearest) to the logits."
+    )
     task = "segmentation"
     keywords = (
         Arg("name", "str", "out", doc="name of the output (and suffix of its loss)"),
@@ -92,8 +94,10 @@ class Segmentation(LayerDef):
         if call.classes is None:
             call.fail("SEG needs the number of classes: compile with classes=N")
         if call.input.channels != call.classes:
-            call.fail(f"SEG takes one logit per class: {call.classes} channels, not "
-                      f"{call.input.channels} (end the network in C[{call.classes},1])")
+            call.fail(
+                f"SEG takes one logit per class: {call.classes} channels, not "
+                f"{call.input.channels} (end the network in C[{call.classes},1])"
+            )
         return call.input
 
     def build(self, call: Call):

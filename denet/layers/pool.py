@@ -1,5 +1,6 @@
 """``P`` (max / average pooling, global when no size is given) and ``PI`` (DeNet's pool inverse,
 :func:`denet.kernels.pool_inv`)."""
+
 from __future__ import annotations
 
 import math
@@ -23,15 +24,18 @@ def pool_out(size: int, k: int, s: int, pad: int, ceil: bool) -> int:
 
 class Pool(LayerDef):
     type = "P"
-    doc = ("Max pooling, or average pooling with tag A (padding counted, Theano's "
-           "average_inc_pad). Without a size it pools the whole map (global pooling), as "
-           "the seed README documents.")
-    tags = {"A": "average pooling (padding included in the count)",
-            "B": "ceil mode (Theano ignore_border=False): partial windows at the border"}
+    doc = (
+        "Max pooling, or average pooling with tag A (padding counted, Theano's "
+        "average_inc_pad). Without a size it pools the whole map (global pooling), as "
+        "the seed README documents."
+    )
+    tags = {
+        "A": "average pooling (padding included in the count)",
+        "B": "ceil mode (Theano ignore_border=False): partial windows at the border",
+    }
     args = (
         Arg("size", "int", None, min=1, doc="window size (default: the whole input)"),
-        Arg("stride", "int", lambda call: call.args["size"], min=1,
-            doc="stride (default: size)"),
+        Arg("stride", "int", lambda call: call.args["size"], min=1, doc="stride (default: size)"),
         Arg("pad", "int", 0, min=0, doc="zero padding on each side"),
     )
 
@@ -47,8 +51,10 @@ class Pool(LayerDef):
         h = pool_out(i.h, k, s, p, call.has("B"))
         w = pool_out(i.w, k, s, p, call.has("B"))
         if h < 1 or w < 1:
-            call.fail(f"output would be empty: a {k}x{k} window does not fit the "
-                      f"{i.h}x{i.w} input", "size")
+            call.fail(
+                f"output would be empty: a {k}x{k} window does not fit the {i.h}x{i.w} input",
+                "size",
+            )
         return ShapeSpec(i.channels, h, w, i.stride * s)
 
     def build(self, call: Call):
@@ -56,15 +62,19 @@ class Pool(LayerDef):
         if a["size"] is None:
             return nn.AdaptiveAvgPool2d(1) if call.has("A") else nn.AdaptiveMaxPool2d(1)
         if call.has("A"):
-            return nn.AvgPool2d(a["size"], a["stride"], a["pad"], ceil_mode=call.has("B"),
-                                count_include_pad=True)
+            return nn.AvgPool2d(
+                a["size"], a["stride"], a["pad"], ceil_mode=call.has("B"), count_include_pad=True
+            )
         return nn.MaxPool2d(a["size"], a["stride"], a["pad"], ceil_mode=call.has("B"))
+
 
 class PoolInverse(LayerDef):
     type = "PI"
-    doc = ("Pool inverse: nearest-neighbour upsampling by an integer factor (each pixel "
-           "copied into a size x size block; the gradient is the block sum). Runs "
-           "`denet.kernels.pool_inv` (Triton on CUDA).")
+    doc = (
+        "Pool inverse: nearest-neighbour upsampling by an integer factor (each pixel "
+        "copied into a size x size block; the gradient is the block sum). Runs "
+        "`denet.kernels.pool_inv` (Triton on CUDA)."
+    )
     args = (Arg("size", "int", min=1, doc="upsampling factor"),)
 
     def shape(self, call: Call) -> ShapeSpec:

@@ -6,11 +6,13 @@ A layer type is a module-level subclass of :class:`LayerDef` in any module of ``
 layer type; it asks the registry. Tests can build an isolated ``Registry()`` and register only
 what they need.
 """
+
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 from .init import WeightInit, parse_weight_init
 from .shape import ShapeSpec
@@ -69,18 +71,24 @@ class Arg:
         elif kind == "border":
             if isinstance(value, str):
                 if value not in BORDER_MODES:
-                    raise ValueError(f"{self.name} must be one of {', '.join(BORDER_MODES)} or a "
-                                     f"padding in pixels, not {_show(value)}")
+                    raise ValueError(
+                        f"{self.name} must be one of {', '.join(BORDER_MODES)} or a "
+                        f"padding in pixels, not {_show(value)}"
+                    )
             elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{self.name} must be one of {', '.join(BORDER_MODES)} or a "
-                                 f"padding in pixels, not {_show(value)}")
+                raise ValueError(
+                    f"{self.name} must be one of {', '.join(BORDER_MODES)} or a "
+                    f"padding in pixels, not {_show(value)}"
+                )
         elif kind == "init":
             parse_weight_init(value)  # raises ValueError with the reason
         else:  # pragma: no cover - schema error in a layer family, not a user error
             raise TypeError(f"unknown argument kind {kind!r}")
         if self.choices and value not in self.choices:
-            raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, "
-                             f"not {_show(value)}")
+            raise ValueError(
+                f"{self.name} must be one of {', '.join(map(str, self.choices))}, "
+                f"not {_show(value)}"
+            )
         if self.min is not None and value < self.min:
             raise ValueError(f"{self.name} must be >= {self.min:g}, not {_show(value)}")
         if self.max is not None and value > self.max:
@@ -208,8 +216,10 @@ class LayerDef:
         if len(branches) < self.min_branches:
             call.fail(f"{item.type} needs at least {self.min_branches} branches separated by '|'")
         if self.max_branches is not None and len(branches) > self.max_branches:
-            call.fail(f"{item.type} takes at most {self.max_branches} branch"
-                      f"{'es' if self.max_branches > 1 else ''}")
+            call.fail(
+                f"{item.type} takes at most {self.max_branches} branch"
+                f"{'es' if self.max_branches > 1 else ''}"
+            )
         ends = [ctx.run(b, current) for b in branches]
         return ctx.add_merge(item, self, call, ends)
 
@@ -245,7 +255,7 @@ class LayerDef:
 class Registry:
     """Layer types by name."""
 
-    def __init__(self, types=()):
+    def __init__(self, types: Iterable = ()) -> None:
         self._types: dict[str, LayerDef] = {}
         for t in types:
             self.register(t)
@@ -281,9 +291,14 @@ class Registry:
 
 def layer_types(module) -> list[type[LayerDef]]:
     """The layer types a module defines (module-level ``LayerDef`` subclasses with a type)."""
-    return [obj for obj in vars(module).values()
-            if isinstance(obj, type) and issubclass(obj, LayerDef) and obj.type
-            and obj.__module__ == module.__name__]
+    return [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, LayerDef)
+        and obj.type
+        and obj.__module__ == module.__name__
+    ]
 
 
 def discover(package) -> list:

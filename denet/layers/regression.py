@@ -12,6 +12,7 @@ Output, shape [B, classes]:
   batch, read from each target's ``label``) and the statistic ``top1`` (fraction of the batch
   whose most probable class is the label).
 """
+
 from __future__ import annotations
 
 import torch
@@ -61,16 +62,20 @@ class Regression(nn.Conv2d):
 
 class RegressionDef(LayerDef):
     type = "R"
-    doc = ("Classifier head: valid k x k conv to `classes` channels (k = input size by "
-           "default) and softmax. Evaluation: probabilities [B, classes]; training: "
-           "log-probabilities; with targets: adds `loss_cls` (NLL of `label`) and `top1`. With "
-           "several positions: the mean over positions of the per-position (log-)softmax, so "
-           "the loss is DeNet's mean per-position cost.")
+    doc = (
+        "Classifier head: valid k x k conv to `classes` channels (k = input size by "
+        "default) and softmax. Evaluation: probabilities [B, classes]; training: "
+        "log-probabilities; with targets: adds `loss_cls` (NLL of `label`) and `top1`. With "
+        "several positions: the mean over positions of the per-position (log-)softmax, so "
+        "the loss is DeNet's mean per-position cost."
+    )
     task = "classification"
-    tags = {"B": "add a bias to the classifier conv",
-            "C": "classify from the centre position only",
-            "T": "accepted for DeNet strings; as in DeNet's code it changes nothing (DeNet "
-                 "computed an init for it that was never used)"}
+    tags = {
+        "B": "add a bias to the classifier conv",
+        "C": "classify from the centre position only",
+        "T": "accepted for DeNet strings; as in DeNet's code it changes nothing (DeNet "
+        "computed an init for it that was never used)",
+    }
     args = (Arg("size", "int", None, min=1, doc="kernel size (default: the whole input)"),)
     has_params = True
 
@@ -84,8 +89,7 @@ class RegressionDef(LayerDef):
         k = call.args["size"]
         kh, kw = (i.h, i.w) if k is None else (k, k)
         if kh > i.h or kw > i.w:
-            call.fail(f"a {kh}x{kw} classifier does not fit the {i.h}x{i.w} input",
-                      "size")
+            call.fail(f"a {kh}x{kw} classifier does not fit the {i.h}x{i.w} input", "size")
         return ShapeSpec(call.classes, None, None, i.stride)
 
     def build(self, call: Call):

@@ -14,6 +14,7 @@ DeNet's blocks (denet-original.md 1.3):
 Module names follow torchvision (``conv1``, ``bn1``, ..., ``downsample.0``/``.1``), so a
 torchvision ResNet state dict maps onto an ``nRSN.OV`` stage key for key.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -35,8 +36,24 @@ def _conv(cin, cout, k, stride, dilation, groups, init: WeightInit):
 class _Block(nn.Module):
     """Shared construction of both block versions."""
 
-    def __init__(self, cin, cout, k, stride, bottleneck, stride_on_kxk, dilation, groups, norm,
-                 activation, residual, momentum, eps, init, pre):
+    def __init__(
+        self,
+        cin,
+        cout,
+        k,
+        stride,
+        bottleneck,
+        stride_on_kxk,
+        dilation,
+        groups,
+        norm,
+        activation,
+        residual,
+        momentum,
+        eps,
+        init,
+        pre,
+    ):
         super().__init__()
         nrm = lambda c: make_norm(norm, c, momentum, eps)  # noqa: E731
         self.residual = residual
@@ -105,18 +122,24 @@ class PreActivationBlock(_Block):
 
 _KEYWORDS = (
     Arg("dilation", "int", 1, min=1, doc="dilation of the k x k convs"),
-    Arg("first_dilation", "int", None, min=1,
-        doc="dilation of the first block's k x k convs (nRSN; default: dilation)"),
+    Arg(
+        "first_dilation",
+        "int",
+        None,
+        min=1,
+        doc="dilation of the first block's k x k convs (nRSN; default: dilation)",
+    ),
     Arg("groups", "int", 1, min=1, doc="groups of the k x k conv (ResNeXt cardinality)"),
     Arg("residual", "bool", True, doc="0: no shortcut (DRN's degridding blocks)"),
     Arg("norm", "str", "bn", choices=NORMS, doc="norm layer: bn, frozen, affine or gn (32 groups)"),
     Arg("momentum", "float", 0.9, min=0.0, max=1.0, doc="BN momentum, DeNet convention"),
     Arg("eps", "float", 1e-5, min=0.0, doc="BN eps"),
 )
-_TAGS = {"O": "original post-activation block (ResNet v1, torchvision); default: "
-              "pre-activation",
-         "V": "bottleneck stride on the k x k conv (ResNet v1.5, torchvision); default: on the "
-              "first 1x1 (DeNet, MSRA)"}
+_TAGS = {
+    "O": "original post-activation block (ResNet v1, torchvision); default: pre-activation",
+    "V": "bottleneck stride on the k x k conv (ResNet v1.5, torchvision); default: on the "
+    "first 1x1 (DeNet, MSRA)",
+}
 
 
 def _block_out(call: Call, i: ShapeSpec, filters: int, stride: int) -> ShapeSpec:
@@ -129,12 +152,14 @@ def _check(call: Call, filters: int, size: int, bottleneck: int):
     if size % 2 == 0:
         call.fail(f"the block's kernel size must be odd (border mode half), not {size}", "size")
     if call.args["norm"] == "gn":
-        chans = {filters, bottleneck or filters} | ({call.input.channels}
-                                                   if not call.has("O") else set())
+        chans = {filters, bottleneck or filters} | (
+            {call.input.channels} if not call.has("O") else set()
+        )
         bad = sorted(c for c in chans if c % 32)
         if bad:
-            call.fail(f"norm=gn uses 32 groups, which must divide the block's channels "
-                      f"({bad[0]})", "norm")
+            call.fail(
+                f"norm=gn uses 32 groups, which must divide the block's channels ({bad[0]})", "norm"
+            )
     g = call.args["groups"]
     width = bottleneck or filters
     if width % g or (not bottleneck and call.input.channels % g):
@@ -144,19 +169,34 @@ def _check(call: Call, filters: int, size: int, bottleneck: int):
 def _make_block(call: Call, cin: int, stride: int, dilation: int):
     a = call.args
     cls = PostActivationBlock if call.has("O") else PreActivationBlock
-    return cls(cin, a["filters"], a["size"], stride, a["bottleneck"], call.has("V"), dilation,
-               a["groups"], a["norm"], call.activation, a["residual"], a["momentum"], a["eps"],
-               call.init)
+    return cls(
+        cin,
+        a["filters"],
+        a["size"],
+        stride,
+        a["bottleneck"],
+        call.has("V"),
+        dilation,
+        a["groups"],
+        a["norm"],
+        call.activation,
+        a["residual"],
+        a["momentum"],
+        a["eps"],
+        call.init,
+    )
 
 
 class ResidualBlock(LayerDef):
     type = "RSN"
     doc = "One residual block."
     tags = _TAGS
-    args = (Arg("filters", "int", min=1, doc="output channels"),
-            Arg("size", "int", min=1, doc="kernel size of the spatial convs"),
-            Arg("stride", "int", 1, min=1, doc="stride"),
-            Arg("bottleneck", "int", 0, min=0, doc="bottleneck width (0: basic block)"))
+    args = (
+        Arg("filters", "int", min=1, doc="output channels"),
+        Arg("size", "int", min=1, doc="kernel size of the spatial convs"),
+        Arg("stride", "int", 1, min=1, doc="stride"),
+        Arg("bottleneck", "int", 0, min=0, doc="bottleneck width (0: basic block)"),
+    )
     keywords = _KEYWORDS
     has_params = True
 
@@ -170,16 +210,21 @@ class ResidualBlock(LayerDef):
         d = a["first_dilation"] or a["dilation"]
         return _make_block(call, call.input.channels, a["stride"], d)
 
+
 class ResidualStage(LayerDef):
     type = "nRSN"
-    doc = ("A stage of num residual blocks; only the first has the stride (and "
-           "first_dilation) and a projection when the shape changes.")
+    doc = (
+        "A stage of num residual blocks; only the first has the stride (and "
+        "first_dilation) and a projection when the shape changes."
+    )
     tags = _TAGS
-    args = (Arg("num", "int", min=1, doc="number of blocks"),
-            Arg("filters", "int", min=1, doc="output channels"),
-            Arg("size", "int", min=1, doc="kernel size of the spatial convs"),
-            Arg("stride", "int", 1, min=1, doc="stride of the first block"),
-            Arg("bottleneck", "int", 0, min=0, doc="bottleneck width (0: basic blocks)"))
+    args = (
+        Arg("num", "int", min=1, doc="number of blocks"),
+        Arg("filters", "int", min=1, doc="output channels"),
+        Arg("size", "int", min=1, doc="kernel size of the spatial convs"),
+        Arg("stride", "int", 1, min=1, doc="stride of the first block"),
+        Arg("bottleneck", "int", 0, min=0, doc="bottleneck width (0: basic blocks)"),
+    )
     keywords = _KEYWORDS
     has_params = True
 

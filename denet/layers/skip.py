@@ -5,6 +5,7 @@ split point, see ``SPLIT``). ``SKIP[i]`` adds that tensor to the current one; wh
 counts differ the source first goes through a 1x1 conv (no bias, he-backward unless ``init=``):
 DeNet's ``proj-add``. ``mode=concat`` concatenates instead (DeNet's JSON-only combine mode).
 """
+
 from __future__ import annotations
 
 import operator
@@ -39,13 +40,17 @@ class SkipSource(LayerDef):
     def split_point(self, call: Call) -> bool:
         return call.has("X")
 
+
 class Skip(LayerDef):
     type = "SKIP"
-    doc = ("Adds skip source `index` to the current tensor, through a 1x1 projection when "
-           "the channels differ (proj-add); mode=concat concatenates.")
+    doc = (
+        "Adds skip source `index` to the current tensor, through a 1x1 projection when "
+        "the channels differ (proj-add); mode=concat concatenates."
+    )
     args = (Arg("index", "int", 0, min=0, doc="skip index"),)
-    keywords = (Arg("mode", "str", "add", choices=("add", "concat"),
-                    doc="add (projection-add) or concat"),)
+    keywords = (
+        Arg("mode", "str", "add", choices=("add", "concat"), doc="add (projection-add) or concat"),
+    )
     has_params = True
 
     def uses(self, call: Call):
@@ -60,8 +65,10 @@ class Skip(LayerDef):
         if x.height is None or y.height is None:
             call.fail("SKIP needs feature maps, not vectors")
         if (x.height, x.width) != (y.height, y.width):
-            call.fail(f"spatial size mismatch at SKIP: the current tensor is {x}, "
-                      f"SKIPSRC[{call.args['index']}] is {y}")
+            call.fail(
+                f"spatial size mismatch at SKIP: the current tensor is {x}, "
+                f"SKIPSRC[{call.args['index']}] is {y}"
+            )
         if call.args["mode"] == "concat":
             return x.with_(channels=x.channels + y.channels)
         return x

@@ -5,6 +5,7 @@ point (or the input) and this one runs under ``torch.utils.checkpoint`` (``use_r
 its activations are not kept but recomputed in the backward pass, so peak memory is about one
 segment, as in DeNet. Evaluation is unchanged. ``SKIPSRC.X`` is a split point as well.
 """
+
 from __future__ import annotations
 
 from .registry import Call, LayerDef
@@ -12,8 +13,10 @@ from .registry import Call, LayerDef
 
 class Split(LayerDef):
     type = "SPLIT"
-    doc = ("Split point: the segment before it is activation-checkpointed in training "
-           "(top level only).")
+    doc = (
+        "Split point: the segment before it is activation-checkpointed in training "
+        "(top level only)."
+    )
 
     def split_point(self, call: Call) -> bool:
         return True

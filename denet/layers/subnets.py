@@ -48,8 +48,10 @@ def _channels(ctx, names) -> list[int]:
 
 class Share(LayerDef):
     type = "SHARE"
-    doc = ("Defines the sub-network `name` and applies it here; USE[name] applies it again "
-           "with the same weights.")
+    doc = (
+        "Defines the sub-network `name` and applies it here; USE[name] applies it again "
+        "with the same weights."
+    )
     is_group = True
     min_branches = max_branches = 1
     accepts = ("map", "vector", "boxes", "detections")
@@ -66,16 +68,22 @@ class Share(LayerDef):
         with ctx.scope():
             end = ctx.run(item.branches[0], current)
         created = ctx.nodes[start:]
-        body = _Body(item, item.branches[0], [n.name for n in created],
-                     [_channels(ctx, n.inputs) for n in created])
+        body = _Body(
+            item,
+            item.branches[0],
+            [n.name for n in created],
+            [_channels(ctx, n.inputs) for n in created],
+        )
         ctx.definitions[("SHARE", name)] = body
         return end
 
 
 class Use(LayerDef):
     type = "USE"
-    doc = ("Applies the sub-network defined by SHARE[name] to the current tensor, with the "
-           "same modules and weights.")
+    doc = (
+        "Applies the sub-network defined by SHARE[name] to the current tensor, with the "
+        "same modules and weights."
+    )
     accepts = ("map", "vector", "boxes", "detections")
     args = (Arg("name", "str", doc="name given to SHARE"),)
 
@@ -92,6 +100,8 @@ class Use(LayerDef):
         for node, want in zip(ctx.nodes[start:], body.inputs):
             got = _channels(ctx, node.inputs)
             if got != want:
-                call.fail(f"the shared sub-network {name!r} was defined on {want[0]} channels "
-                          f"(at {node.token}), here it gets {got[0]}")
+                call.fail(
+                    f"the shared sub-network {name!r} was defined on {want[0]} channels "
+                    f"(at {node.token}), here it gets {got[0]}"
+                )
         return end

@@ -17,6 +17,7 @@ The log records up to epoch ``e`` travel in the checkpoint; resuming rewrites th
 (truncating whatever a killed run wrote after the checkpoint), so the resumed log is the log an
 uninterrupted run writes.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,12 +40,18 @@ def capture_rng_state(cuda: bool = False) -> dict:
     state = {
         "torch": torch.get_rng_state(),
         "cuda": [],
-        "numpy": {"name": str(np_name), "keys": torch.from_numpy(np_keys.astype(np.int64)),
-                  "pos": int(np_pos), "has_gauss": int(np_has_gauss),
-                  "cached_gaussian": float(np_gauss)},
-        "python": {"version": int(py_version),
-                   "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss_next": None if py_gauss is None else float(py_gauss)},
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_gauss),
+        },
+        "python": {
+            "version": int(py_version),
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": None if py_gauss is None else float(py_gauss),
+        },
     }
     if cuda and torch.cuda.is_available():
         state["cuda"] = [s for s in torch.cuda.get_rng_state_all()]
@@ -59,15 +66,31 @@ def restore_rng_state(state: dict) -> None:
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (
+            n["name"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss_next"]))
 
 
 # ----------------------------------------------------------------------------- train state
-def make_train_state(*, epoch: int, iteration: int, args: dict, optimizer, schedule,
-                     log_path: str, log_records: list, cuda: bool = False) -> dict:
+def make_train_state(
+    *,
+    epoch: int,
+    iteration: int,
+    args: dict,
+    optimizer,
+    schedule,
+    log_path: str,
+    log_records: list,
+    cuda: bool = False,
+) -> dict:
     return {
         "version": TRAIN_STATE_VERSION,
         "epoch": int(epoch),
@@ -76,21 +99,29 @@ def make_train_state(*, epoch: int, iteration: int, args: dict, optimizer, sched
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "rng": capture_rng_state(cuda),
-        "log": {"path": str(log_path), "offset": len(render_log(log_records)),
-                "records": [dict(r) for r in log_records]},
+        "log": {
+            "path": str(log_path),
+            "offset": len(render_log(log_records)),
+            "records": [dict(r) for r in log_records],
+        },
     }
 
 
 def check_train_state(state, path) -> dict:
     """The ``train_state`` of a checkpoint, or ``ModelFileError`` when it cannot be resumed."""
     if not isinstance(state, dict):
-        raise ModelFileError(f"{path}: holds no training state (a final model or a converted "
-                             "file?); resume from one of the P_epochNNN.pt checkpoints, or use "
-                             "--model to fine-tune from it")
+        raise ModelFileError(
+            f"{path}: holds no training state (a final model or a converted "
+            "file?); resume from one of the P_epochNNN.pt checkpoints, or use "
+            "--model to fine-tune from it"
+        )
     if state.get("version") != TRAIN_STATE_VERSION:
         raise ModelFileError(f"{path}: unknown training-state version {state.get('version')!r}")
-    missing = [k for k in ("epoch", "iteration", "args", "optimizer", "schedule", "rng", "log")
-               if k not in state]
+    missing = [
+        k
+        for k in ("epoch", "iteration", "args", "optimizer", "schedule", "rng", "log")
+        if k not in state
+    ]
     if missing:
         raise ModelFileError(f"{path}: corrupt training state (missing {', '.join(missing)})")
     return state

@@ -1,5 +1,6 @@
 """One process or many: ``torch.distributed`` set-up when torchrun launched us, rank helpers, and
 the device choice (``--device``, DeNet's ``GPU=N``, else the first GPU, else the CPU)."""
+
 from __future__ import annotations
 
 import os
@@ -36,11 +37,13 @@ def env_dist_info() -> DistInfo:
     if not launched_by_torchrun():
         return DistInfo()
     try:
-        return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                        int(os.environ["LOCAL_RANK"]))
+        return DistInfo(
+            int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+        )
     except ValueError:
-        raise DenetError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)"
-                         ) from None
+        raise DenetError(
+            "RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)"
+        ) from None
 
 
 def select_device(device: str | None, info: DistInfo, warn=None) -> torch.device:
@@ -56,11 +59,13 @@ def select_device(device: str | None, info: DistInfo, warn=None) -> torch.device
         if dev.type == "cuda":
             if not cuda:
                 raise DenetError(f"--device {device}: no CUDA device is available")
-            index = dev.index if dev.index is not None else (info.local_rank if info.distributed
-                                                             else 0)
+            index = (
+                dev.index if dev.index is not None else (info.local_rank if info.distributed else 0)
+            )
             if index >= torch.cuda.device_count():
-                raise DenetError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
-                                 "device(s)")
+                raise DenetError(
+                    f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)"
+                )
             return torch.device("cuda", index)
         if dev.type != "cpu":
             raise DenetError(f"--device: {device!r} is not supported (cpu, cuda, cuda:N)")
@@ -69,8 +74,10 @@ def select_device(device: str | None, info: DistInfo, warn=None) -> torch.device
     if info.distributed:
         if cuda:
             if info.local_rank >= torch.cuda.device_count():
-                raise DenetError(f"LOCAL_RANK {info.local_rank}: only "
-                                 f"{torch.cuda.device_count()} CUDA device(s) on this machine")
+                raise DenetError(
+                    f"LOCAL_RANK {info.local_rank}: only "
+                    f"{torch.cuda.device_count()} CUDA device(s) on this machine"
+                )
             return torch.device("cuda", info.local_rank)
         return torch.device("cpu")
     if gpu not in (None, ""):
@@ -95,8 +102,9 @@ def init_distributed(device: torch.device, info: DistInfo) -> None:
         raise DenetError("this torch build has no torch.distributed")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                            init_method="env://")
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo", init_method="env://"
+    )
 
 
 def barrier(info: DistInfo) -> None:

@@ -2,6 +2,7 @@
 ``--learn-anneal`` if ``e + 1`` is in ``--learn-anneal-epochs``, or after every epoch when that
 list is empty. The rate of an epoch is therefore a function of the epoch alone, which is what
 makes ``--resume`` exact."""
+
 from __future__ import annotations
 
 from ..errors import DenetError
@@ -17,8 +18,10 @@ class AnnealSchedule:
             raise DenetError(f"--learn-anneal must be >= 0, not {anneal}")
         epochs = [int(e) for e in anneal_epochs]
         if any(e < 1 for e in epochs):
-            raise DenetError("--learn-anneal-epochs: epochs are counted from 1 (the rate drops "
-                             "after that many epochs)")
+            raise DenetError(
+                "--learn-anneal-epochs: epochs are counted from 1 (the rate drops "
+                "after that many epochs)"
+            )
         self.base_lr = float(base_lr)
         self.anneal = float(anneal)
         self.anneal_epochs = sorted(set(epochs))
@@ -44,8 +47,11 @@ class AnnealSchedule:
         return lr
 
     def state_dict(self) -> dict:
-        return {"base_lr": self.base_lr, "anneal": self.anneal,
-                "anneal_epochs": list(self.anneal_epochs)}
+        return {
+            "base_lr": self.base_lr,
+            "anneal": self.anneal,
+            "anneal_epochs": list(self.anneal_epochs),
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> AnnealSchedule:

@@ -22,6 +22,7 @@ and the decay added to g (L2, not AdamW), which is exactly ``torch.optim.Adam``.
 ``--learn-momentum`` is DeNet's list: index 0 is the momentum of ``sgd``/``nesterov``; ``adam``
 takes two values ``[beta1, beta2]`` (DeNet's default ``[0.0, 0.0]``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -64,7 +65,8 @@ class DenetSGD(Optimizer):
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float64)
                     state["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format)
+                        p, memory_format=torch.preserve_format
+                    )
                 m = state["momentum_buffer"]
                 rho = rho0 if state["step"].item() > 0 else 0.0
                 m.mul_(rho).add_(g, alpha=1.0 - rho)
@@ -78,8 +80,9 @@ def check_solver_args(solver: str, momentum, lr: float, weight_decay: float) -> 
     returns the momentum list as floats."""
     momentum = [float(m) for m in (momentum if isinstance(momentum, (list, tuple)) else [momentum])]
     if solver not in SOLVERS:
-        raise DenetError(f"--solver: unknown solver {solver!r}; expected one of "
-                         f"{', '.join(SOLVERS)}")
+        raise DenetError(
+            f"--solver: unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}"
+        )
     if not momentum:
         raise DenetError("--learn-momentum needs at least one value")
     if lr < 0:
@@ -91,16 +94,20 @@ def check_solver_args(solver: str, momentum, lr: float, weight_decay: float) -> 
             raise DenetError(f"--learn-momentum: {m} must lie in [0, 1)")
     if solver == "adam":
         if len(momentum) != 2:
-            raise DenetError(f"--learn-momentum: adam needs two values, beta1 beta2 (got "
-                             f"{len(momentum)})")
+            raise DenetError(
+                f"--learn-momentum: adam needs two values, beta1 beta2 (got {len(momentum)})"
+            )
     elif len(momentum) > 2:
-        raise DenetError(f"--learn-momentum: {solver} uses one value (the first); give at most "
-                         "two as DeNet's default [0.0, 0.0] does")
+        raise DenetError(
+            f"--learn-momentum: {solver} uses one value (the first); give at most "
+            "two as DeNet's default [0.0, 0.0] does"
+        )
     return momentum
 
 
-def make_optimizer(solver: str, param_groups, lr: float, momentum, weight_decay: float = 0.0
-                   ) -> Optimizer:
+def make_optimizer(
+    solver: str, param_groups, lr: float, momentum, weight_decay: float = 0.0
+) -> Optimizer:
     """The optimizer for ``--solver``. ``param_groups`` come from ``Model.param_groups`` (each
     with its own ``lr`` and ``weight_decay``); ``momentum`` is ``--learn-momentum`` (a list)."""
     momentum = check_solver_args(solver, momentum, lr, weight_decay)
@@ -111,7 +118,14 @@ def make_optimizer(solver: str, param_groups, lr: float, momentum, weight_decay:
         return DenetSGD(groups, lr=lr, momentum=momentum[0], weight_decay=weight_decay)
     if solver in ("nesterov", "torch"):
         mu = momentum[0]
-        return torch.optim.SGD(groups, lr=lr, momentum=mu, nesterov=mu > 0, dampening=0.0,
-                               weight_decay=weight_decay)
-    return torch.optim.Adam(groups, lr=lr, betas=(momentum[0], momentum[1]), eps=ADAM_EPS,
-                            weight_decay=weight_decay, foreach=False)
+        return torch.optim.SGD(
+            groups, lr=lr, momentum=mu, nesterov=mu > 0, dampening=0.0, weight_decay=weight_decay
+        )
+    return torch.optim.Adam(
+        groups,
+        lr=lr,
+        betas=(momentum[0], momentum[1]),
+        eps=ADAM_EPS,
+        weight_decay=weight_decay,
+        foreach=False,
+    )

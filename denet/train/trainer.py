@@ -32,6 +32,7 @@ metric of the task's evaluator (classification: ``test_top1``, ``test_top5``, ``
 ``test_samples``; detection ``test_AP``...; segmentation ``test_mIoU``...; null in epochs
 without a test and where undefined) and ``seconds``.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,6 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -55,191 +55,9 @@ from .distributed import (
     select_device,
     shutdown,
 )
+from .options import LOG_LEVELS, TrainOptions, loss_factors, resume_options, total_loss
 from .schedule import AnnealSchedule
-from .solvers import check_solver_args, make_optimizer
-
-DEFAULT_MODEL_DESC = "C[100,7] P[2] C[150,4] P[2] C[250,4] P[2] C[300,1] R"
-LOG_LEVELS = {"debug": 10, "verbose": 15, "info": 20, "warning": 30, "error": 40}
-# With --resume every other option must equal the saved one; these may change.
-RESUMABLE = ("epochs", "device", "thread_num", "output_prefix", "log_level")
-
-
-def option_flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-@dataclass
-class TrainOptions:
-    """Everything that defines a run; the defaults are DeNet's ``model-train`` defaults."""
-
-    train: str | None = None
-    test: str | None = None
-    extension: str = "ppm"
-    test_extension: str | None = None  # None: the same as extension
-    model_desc: str = DEFAULT_MODEL_DESC
-    model: str | None = None
-    epochs: int = 30
-    batch_size: int = 32
-    learn_rate: float = 0.1
-    learn_momentum: list = field(default_factory=lambda: [0.0, 0.0])
-    learn_anneal: float = 1.0
-    learn_anneal_epochs: list = field(default_factory=list)
-    learn_decay: float = 0.0
-    solver: str = "nesterov"
-    border_mode: str = "valid"
-    activation: str = "relu"
-    weight_init: list = field(default_factory=lambda: ["he-backward"])
-    distort_mode: list = field(default_factory=list)
-    augment_mirror: bool = False
-    seed: int = 23455
-    thread_num: int = 1
-    output_prefix: str = "./model"
-    test_epochs: int = 1
-    max_samples: int | None = None
-    disable_intermediate: bool = False
-    skip_train: bool = False
-    skip_layer_updates: list = field(default_factory=list)
-    cost_factors: list = field(default_factory=list)  # numbers and NAME=NUMBER strings
-    device: str | None = None
-    log_level: str = "verbose"
-
-    def as_dict(self) -> dict:
-        return {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainOptions:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
-
-    def check(self) -> None:
-        if not self.train:
-            raise DenetError("--train is required (the training set)")
-        if self.epochs < 1:
-            raise DenetError(f"--epochs must be >= 1, not {self.epochs}")
-        if self.batch_size < 1:
-            raise DenetError(f"--batch-size must be >= 1, not {self.batch_size}")
-        if self.thread_num < 0:
-            raise DenetError(f"--thread-num must be >= 0, not {self.thread_num}")
-        if self.test_epochs < 1:
-            raise DenetError(f"--test-epochs must be >= 1, not {self.test_epochs}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise DenetError(f"--max-samples must be >= 1, not {self.max_samples}")
-        if self.seed < 0:
-            raise DenetError(f"--seed must be >= 0, not {self.seed}")
-        check_solver_args(self.solver, self.learn_momentum, self.learn_rate, self.learn_decay)
-        AnnealSchedule(self.learn_rate, self.learn_anneal, self.learn_anneal_epochs)
-        from ..data.transforms import Distort
-        Distort(list(self.distort_mode))
-        if not self.model:  # fail on a bad string or option before scanning the data
-            from ..dsl import CompileOptions, parse
-            try:
-                CompileOptions.make(self.border_mode, self.activation, list(self.weight_init))
-            except ValueError as err:
-                raise DenetError(str(err)) from None
-            parse(self.model_desc)
-        parse_cost_factors(self.cost_factors)  # the names are checked against the model later
-        if self.skip_train and not self.test:
-            raise DenetError("--skip-train only evaluates: it needs --test")
-        if self.log_level not in LOG_LEVELS:
-            raise DenetError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
-
-
-# ----------------------------------------------------------------------------- --resume
-def _normal(name: str, value):
-    """An option's value in a form that compares equal however it was written."""
-    if value is None or isinstance(value, bool):
-        return value
-    if name == "model_desc":
-        text = " ".join(value) if isinstance(value, (list, tuple)) else str(value)
-        return " ".join(text.split())
-    if name == "cost_factors":
-        positional, named = parse_cost_factors(value)
-        return positional, sorted(named.items())
-    if name in ("train", "test", "model"):
-        return os.path.normpath(str(value))
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, (list, tuple)):
-        return [_normal(name, v) for v in value]
-    return str(value).strip()
-
-
-def _shown(value) -> str:
-    if isinstance(value, (list, tuple)):
-        return " ".join(map(str, value)) if value else "(none)"
-    return repr(value) if isinstance(value, str) and " " in value else str(value)
-
-
-def resume_options(saved: TrainOptions, given: dict, path) -> TrainOptions:
-    """The options of a resumed run: the saved ones, with the ``RESUMABLE`` ones of ``given``
-    (option name -> value, what the user wrote on the command line) applied. Any other given
-    option must equal the saved value (after normalisation), so the original command line can
-    be repeated with ``--resume`` appended."""
-    opts = TrainOptions.from_dict(saved.as_dict())
-    for name, value in given.items():
-        if name in RESUMABLE:
-            setattr(opts, name, value)
-            continue
-        before = getattr(saved, name)
-        if _normal(name, before) != _normal(name, value):
-            raise DenetError(f"--resume {path}: {option_flag(name)} was {_shown(before)} in the "
-                             f"saved run, not {_shown(value)} (only "
-                             f"{', '.join(option_flag(n) for n in RESUMABLE)} may change)")
-    return opts
-
-
-# ----------------------------------------------------------------------------- cost factors
-def parse_cost_factors(tokens) -> tuple[list[float], dict[str, float]]:
-    """``--cost-factors`` tokens -> (bare numbers in order, {loss name: number})."""
-    positional: list[float] = []
-    named: dict[str, float] = {}
-    for token in tokens:
-        text = str(token).strip()
-        name, sep, value = text.partition("=")
-        try:
-            factor = float(value if sep else text)
-        except ValueError:
-            raise DenetError(f"--cost-factors: {text!r} is neither a number nor "
-                             "LOSS_NAME=NUMBER") from None
-        if not math.isfinite(factor):
-            raise DenetError(f"--cost-factors: {text!r} is not a finite number")
-        if not sep:
-            positional.append(factor)
-            continue
-        name = name.strip()
-        if name in named:
-            raise DenetError(f"--cost-factors: {name} is given twice")
-        named[name] = factor
-    return positional, named
-
-
-def loss_factors(tokens, loss_names) -> dict[str, float]:
-    """The factor of every loss the model adds (1 where ``--cost-factors`` says nothing). Bare
-    numbers apply to the names that begin with ``loss`` in ``model.loss_names`` order, DeNet's
-    way; ``NAME=NUMBER`` sets one by name."""
-    losses = [n for n in loss_names if n.startswith("loss")]
-    positional, named = parse_cost_factors(tokens)
-    has = f"the model's losses are {', '.join(losses)}"
-    if len(positional) > len(losses):
-        raise DenetError(f"--cost-factors: {len(positional)} factors for {len(losses)} "
-                         f"loss(es); {has}")
-    factors = {n: 1.0 for n in losses}
-    factors.update(zip(losses, positional))
-    for name, factor in named.items():
-        if name not in factors:
-            raise DenetError(f"--cost-factors: the model has no loss {name!r}; {has}")
-        if name in losses[:len(positional)]:
-            raise DenetError(f"--cost-factors: {name} is given twice (by position and by name)")
-        factors[name] = factor
-    return factors
-
-
-def total_loss(losses: dict, factors: dict):
-    """What is optimised: the sum of the ``loss*`` entries, each times its factor."""
-    terms = [v if factors.get(k, 1.0) == 1.0 else factors[k] * v
-             for k, v in losses.items() if k.startswith("loss")]
-    return sum(terms[1:], terms[0])
+from .solvers import make_optimizer
 
 
 # ----------------------------------------------------------------------------- console
@@ -280,12 +98,20 @@ def open_sets(opts: TrainOptions, console: Console):
     from ..data import SubsetDataset, open_dataset
 
     distort = list(opts.distort_mode) or None
-    train_set = open_dataset(opts.train, opts.extension, train=True, distort=distort,
-                             mirror=True if opts.augment_mirror else None, seed=opts.seed)
+    train_set = open_dataset(
+        opts.train,
+        opts.extension,
+        train=True,
+        distort=distort,
+        mirror=True if opts.augment_mirror else None,
+        seed=opts.seed,
+    )
     shape = train_set.input_shape
     if shape is None:
-        raise DataError(f"{opts.train}: images of different sizes; make them one size or add "
-                        "crop=N (or scale=N,scale_mode=warp) to --extension")
+        raise DataError(
+            f"{opts.train}: images of different sizes; make them one size or add "
+            "crop=N (or scale=N,scale_mode=warp) to --extension"
+        )
     if not train_set.num_classes:
         raise DataError(f"{opts.train}: the dataset names no classes")
     classification = train_set.task == "classification"
@@ -294,39 +120,53 @@ def open_sets(opts: TrainOptions, console: Console):
         test_set = open_dataset(opts.test, opts.test_extension or opts.extension, train=False)
         test_shape = test_set.input_shape
         # a classifier takes one input size; other heads take any size of the same channels
-        if (test_shape != shape if classification else
-                getattr(test_set, "channels", shape[0]) != shape[0]):
-            raise DataError(f"{opts.test}: test images are {_fmt_shape(test_shape)}"
-                            f" but training images are {_fmt_shape(shape)}")
+        if (
+            test_shape != shape
+            if classification
+            else getattr(test_set, "channels", shape[0]) != shape[0]
+        ):
+            raise DataError(
+                f"{opts.test}: test images are {_fmt_shape(test_shape)}"
+                f" but training images are {_fmt_shape(shape)}"
+            )
         if list(test_set.classes) != list(train_set.classes):
             index = {str(c): i for i, c in enumerate(train_set.classes)}
             missing = [c for c in test_set.classes if str(c) not in index]
             if missing or not classification:
-                what = (f"class {missing[0]!r} does not occur in" if missing else
-                        "the classes differ from those of")
+                what = (
+                    f"class {missing[0]!r} does not occur in"
+                    if missing
+                    else "the classes differ from those of"
+                )
                 raise DataError(f"{opts.test}: {what} the training set {opts.train}")
             label_map = torch.tensor([index[str(c)] for c in test_set.classes])
     if opts.max_samples is not None and opts.max_samples < len(train_set):
-        rng = np.random.default_rng([opts.seed, 0x6d6178])
+        rng = np.random.default_rng([opts.seed, 0x6D6178])
         keep = np.sort(rng.choice(len(train_set), opts.max_samples, replace=False))
-        console.verbose(f"--max-samples: training on {opts.max_samples} of {len(train_set)} "
-                        "images")
+        console.verbose(f"--max-samples: training on {opts.max_samples} of {len(train_set)} images")
         train_set = SubsetDataset(train_set, keep)
     return train_set, tuple(shape), test_set, label_map
 
 
 def targets_to(targets: list[dict], device) -> list[dict]:
     """Each target dict with its tensors moved to ``device`` (other values as they are)."""
-    return [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-             for k, v in t.items()} for t in targets]
+    return [
+        {
+            k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in t.items()
+        }
+        for t in targets
+    ]
 
 
 # ----------------------------------------------------------------------------- model
 def check_trainable(model) -> None:
     """The model must add losses (a head such as R, SEG or DET)."""
     if not any(n.startswith("loss") for n in model.loss_names):
-        raise DenetError(f"the network adds no losses, so it cannot be trained: end it with a "
-                         f"head that has a loss (R, SEG, ...): {model.desc}")
+        raise DenetError(
+            f"the network adds no losses, so it cannot be trained: end it with a "
+            f"head that has a loss (R, SEG, ...): {model.desc}"
+        )
 
 
 def build_model(opts: TrainOptions, input_shape, num_classes: int, console: Console):
@@ -336,27 +176,38 @@ def build_model(opts: TrainOptions, input_shape, num_classes: int, console: Cons
         model = denet.load(opts.model)
         model.train_state = None
         if tuple(model.input_shape) != tuple(input_shape):
-            raise ModelFileError(f"{opts.model}: the model takes "
-                                 f"{_fmt_shape(model.input_shape)} inputs but {opts.train} has "
-                                 f"{_fmt_shape(input_shape)} images (model-modify --image-size "
-                                 "changes a model's input size)")
+            raise ModelFileError(
+                f"{opts.model}: the model takes "
+                f"{_fmt_shape(model.input_shape)} inputs but {opts.train} has "
+                f"{_fmt_shape(input_shape)} images (model-modify --image-size "
+                "changes a model's input size)"
+            )
         if model.classes != num_classes:
-            raise ModelFileError(f"{opts.model}: the model has {model.classes} classes but "
-                                 f"{opts.train} has {num_classes} (model-modify --class-num "
-                                 "changes a model's classifier)")
+            raise ModelFileError(
+                f"{opts.model}: the model has {model.classes} classes but "
+                f"{opts.train} has {num_classes} (model-modify --class-num "
+                "changes a model's classifier)"
+            )
         console.info(f"starting from the weights of {opts.model}")
     else:
-        model = denet.compile(opts.model_desc, input_shape, num_classes,
-                              border_mode=opts.border_mode, activation=opts.activation,
-                              weight_init=list(opts.weight_init))
+        model = denet.compile(
+            opts.model_desc,
+            input_shape,
+            num_classes,
+            border_mode=opts.border_mode,
+            activation=opts.activation,
+            weight_init=list(opts.weight_init),
+        )
     check_trainable(model)
     return model
 
 
 def check_task(model, dataset, path) -> None:
     if model.task is not None and model.task != dataset.task:
-        raise DataError(f"{path}: a {dataset.task} set, but the network is a {model.task} "
-                        f"network (its head decides: {model.desc})")
+        raise DataError(
+            f"{path}: a {dataset.task} set, but the network is a {model.task} "
+            f"network (its head decides: {model.desc})"
+        )
 
 
 def freeze_layers(model, indices) -> None:
@@ -370,8 +221,10 @@ def freeze_layers(model, indices) -> None:
                 p.requires_grad_(False)
     unknown = sorted(wanted - found)
     if unknown:
-        raise DenetError(f"--skip-layer-updates: no layer with parameters at index "
-                         f"{unknown[0]} (see the index column of the summary)")
+        raise DenetError(
+            f"--skip-layer-updates: no layer with parameters at index "
+            f"{unknown[0]} (see the index column of the summary)"
+        )
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -389,8 +242,9 @@ def task_evaluator(task, dataset, label_map=None):
     try:
         from ..eval import make_evaluator
     except ImportError as err:
-        raise DenetError(f"cannot evaluate a {task} model: denet.eval is not available "
-                         f"({err})") from None
+        raise DenetError(
+            f"cannot evaluate a {task} model: denet.eval is not available ({err})"
+        ) from None
     classes = [str(c) for c in dataset.classes]
     try:
         if task == "classification":
@@ -478,8 +332,10 @@ class Trainer:
         if model is None:
             model = build_model(opts, shape, len(classes), self.console)
         elif tuple(model.input_shape) != shape or model.classes != len(classes):
-            raise ModelFileError(f"{resume}: the checkpoint's model does not fit {opts.train} "
-                                 "any more (input size or classes changed)")
+            raise ModelFileError(
+                f"{resume}: the checkpoint's model does not fit {opts.train} "
+                "any more (input size or classes changed)"
+            )
         check_task(model, self.train_set, opts.train)
         self.task = model.task or self.train_set.task
         self.factors = loss_factors(opts.cost_factors, model.loss_names)
@@ -487,11 +343,14 @@ class Trainer:
         if opts.skip_layer_updates:
             freeze_layers(model, opts.skip_layer_updates)
         self.model = model.to(self.device)
-        self.schedule = AnnealSchedule(opts.learn_rate, opts.learn_anneal,
-                                       opts.learn_anneal_epochs)
-        self.optimizer = make_optimizer(opts.solver,
-                                        model.param_groups(opts.learn_rate, opts.learn_decay),
-                                        opts.learn_rate, opts.learn_momentum, opts.learn_decay)
+        self.schedule = AnnealSchedule(opts.learn_rate, opts.learn_anneal, opts.learn_anneal_epochs)
+        self.optimizer = make_optimizer(
+            opts.solver,
+            model.param_groups(opts.learn_rate, opts.learn_decay),
+            opts.learn_rate,
+            opts.learn_momentum,
+            opts.learn_decay,
+        )
         if state is not None:
             self._restore(resume, state)
         self._prepare_output()
@@ -501,14 +360,17 @@ class Trainer:
     def _restore(self, resume, state) -> None:
         self.start_epoch = int(state["epoch"]) + 1
         if self.start_epoch >= self.opts.epochs:
-            raise DenetError(f"{resume}: the run already finished epoch {self.start_epoch - 1} "
-                             f"of {self.opts.epochs}; give --epochs N with N > "
-                             f"{self.start_epoch} to train further")
+            raise DenetError(
+                f"{resume}: the run already finished epoch {self.start_epoch - 1} "
+                f"of {self.opts.epochs}; give --epochs N with N > "
+                f"{self.start_epoch} to train further"
+            )
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError) as err:
-            raise ModelFileError(f"{resume}: the optimizer state does not fit the model "
-                                 f"({err})") from None
+            raise ModelFileError(
+                f"{resume}: the optimizer state does not fit the model ({err})"
+            ) from None
         self.iteration = int(state["iteration"])
         self.records = [dict(r) for r in state["log"]["records"]]
         self.resume = resume
@@ -532,44 +394,68 @@ class Trainer:
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel
             from torch.utils.data.distributed import DistributedSampler
-            sampler = DistributedSampler(self.train_set, num_replicas=info.world_size,
-                                         rank=info.rank, shuffle=True, seed=opts.seed)
+
+            sampler = DistributedSampler(
+                self.train_set,
+                num_replicas=info.world_size,
+                rank=info.rank,
+                shuffle=True,
+                seed=opts.seed,
+            )
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         else:
             sampler = None
             self.net = self.model
-        self.train_loader = make_loader(self.train_set, opts.batch_size, shuffle=True,
-                                        workers=opts.thread_num, seed=opts.seed,
-                                        sampler=sampler)
+        self.train_loader = make_loader(
+            self.train_set,
+            opts.batch_size,
+            shuffle=True,
+            workers=opts.thread_num,
+            seed=opts.seed,
+            sampler=sampler,
+        )
         self.test_loader = self.evaluator = None
         if self.test_set is not None:
             self.test_loader = make_loader(
-                self.test_set, opts.batch_size, shuffle=False, workers=opts.thread_num,
-                seed=opts.seed, sampler=StridedSampler(len(self.test_set), info.rank,
-                                                       info.world_size))
+                self.test_set,
+                opts.batch_size,
+                shuffle=False,
+                workers=opts.thread_num,
+                seed=opts.seed,
+                sampler=StridedSampler(len(self.test_set), info.rank, info.world_size),
+            )
             self.evaluator = task_evaluator(self.task, self.test_set, label_map)
 
     def _describe(self, shape, classes) -> None:
         opts, console = self.opts, self.console
         nparams = sum(p.numel() for p in self.model.parameters())
-        console.info(f"model: {self.model.desc}  ({nparams:,} parameters, input "
-                     f"{_fmt_shape(shape)}, {len(classes)} classes)")
-        console.info(f"train: {opts.train} ({len(self.train_set)} images)" +
-                     (f"; test: {opts.test} ({len(self.test_set)} images)"
-                      if self.test_set is not None else ""))
+        console.info(
+            f"model: {self.model.desc}  ({nparams:,} parameters, input "
+            f"{_fmt_shape(shape)}, {len(classes)} classes)"
+        )
+        console.info(
+            f"train: {opts.train} ({len(self.train_set)} images)"
+            + (
+                f"; test: {opts.test} ({len(self.test_set)} images)"
+                if self.test_set is not None
+                else ""
+            )
+        )
         procs = f" x {self.info.world_size} processes" if self.info.distributed else ""
-        console.verbose(f"solver {opts.solver}, learning rate {opts.learn_rate}, momentum "
-                        f"{list(opts.learn_momentum)}, decay {opts.learn_decay}, batch "
-                        f"{opts.batch_size}{procs}, device {self.device}, {opts.thread_num} "
-                        "loader worker(s)")
+        console.verbose(
+            f"solver {opts.solver}, learning rate {opts.learn_rate}, momentum "
+            f"{list(opts.learn_momentum)}, decay {opts.learn_decay}, batch "
+            f"{opts.batch_size}{procs}, device {self.device}, {opts.thread_num} "
+            "loader worker(s)"
+        )
         factors = {k: f for k, f in self.factors.items() if f != 1.0}
         if factors:
-            console.verbose("cost factors: " + ", ".join(f"{k} x {f:g}"
-                                                         for k, f in factors.items()))
+            console.verbose(
+                "cost factors: " + ", ".join(f"{k} x {f:g}" for k, f in factors.items())
+            )
         if self.resume:
-            console.info(f"resuming {self.resume} at epoch {self.start_epoch} of "
-                         f"{opts.epochs}")
+            console.info(f"resuming {self.resume} at epoch {self.start_epoch} of {opts.epochs}")
 
     # ------------------------------------------------------------------ one epoch
     def train_one_epoch(self, epoch: int, on_step=None) -> dict:
@@ -585,9 +471,15 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         seen = 0
         show_bar = self.info.is_main and sys.stderr.isatty()
-        bar = tqdm(total=len(self.train_loader), desc=f"epoch {epoch}/{opts.epochs}",
-                   unit="batch", disable=not show_bar, leave=False, dynamic_ncols=True,
-                   file=sys.stderr)
+        bar = tqdm(
+            total=len(self.train_loader),
+            desc=f"epoch {epoch}/{opts.epochs}",
+            unit="batch",
+            disable=not show_bar,
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
         debug = LOG_LEVELS[opts.log_level] <= LOG_LEVELS["debug"]
         for step, (images, targets) in enumerate(self.train_loader):
             images = images.to(device, non_blocking=True)
@@ -602,28 +494,32 @@ class Trainer:
             for name, value in losses.items():
                 value = value.detach().double() * n
                 sums[name] = sums[name] + value if name in sums else value
-            loss_sum += sum(v.detach().double() for k, v in losses.items()
-                            if k.startswith("loss")) * n
+            loss_sum += (
+                sum(v.detach().double() for k, v in losses.items() if k.startswith("loss")) * n
+            )
             if show_bar:
                 bar.update(1)
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
             if debug:
-                self.console.debug(f"batch {epoch}.{step}: iteration {self.iteration}, cost "
-                                   f"{float(loss):.5f}")
+                self.console.debug(
+                    f"batch {epoch}.{step}: iteration {self.iteration}, cost {float(loss):.5f}"
+                )
             if on_step is not None:
                 on_step(epoch, step + 1)
         bar.close()
         names = list(sums)
-        totals = all_sum([float(loss_sum), *(float(sums[k]) for k in names), float(seen)],
-                         device, self.info)
+        totals = all_sum(
+            [float(loss_sum), *(float(sums[k]) for k in names), float(seen)], device, self.info
+        )
         samples = totals[-1]
         if samples == 0:
             raise DataError(f"{opts.train}: no training images in epoch {epoch}")
         train_loss = totals[0] / samples
         if not math.isfinite(train_loss):
-            raise DenetError(f"training diverged: the loss is {train_loss} in epoch {epoch}; "
-                             "lower --learn-rate")
+            raise DenetError(
+                f"training diverged: the loss is {train_loss} in epoch {epoch}; lower --learn-rate"
+            )
         record = {"train_loss": train_loss}
         record.update({f"train_{k}": v / samples for k, v in zip(names, totals[1:-1])})
         record["train_samples"] = int(samples)
@@ -660,9 +556,15 @@ class Trainer:
         if not self.info.is_main or (opts.disable_intermediate and not last):
             return
         state = ckpt.make_train_state(
-            epoch=epoch, iteration=self.iteration, args=opts.as_dict(),
-            optimizer=self.optimizer, schedule=self.schedule, log_path=self.log_path,
-            log_records=self.records, cuda=self.device.type == "cuda")
+            epoch=epoch,
+            iteration=self.iteration,
+            args=opts.as_dict(),
+            optimizer=self.optimizer,
+            schedule=self.schedule,
+            log_path=self.log_path,
+            log_records=self.records,
+            cuda=self.device.type == "cuda",
+        )
         if not opts.disable_intermediate:
             denet.save(self.model, checkpoint_path(opts.output_prefix, epoch), state)
         if last:
@@ -684,11 +586,17 @@ class Trainer:
             t0 = time.perf_counter()
             lr = self.schedule.apply(self.optimizer, epoch)
             train = self.train_one_epoch(epoch, on_step)
-            tested = self.test_loader is not None and (epoch % opts.test_epochs == 0
-                                                       or epoch == opts.epochs - 1)
+            tested = self.test_loader is not None and (
+                epoch % opts.test_epochs == 0 or epoch == opts.epochs - 1
+            )
             test = self.evaluate() if tested else self.untested()
-            record = {"epoch": epoch, "lr": lr, **train, **test,
-                      "seconds": round(time.perf_counter() - t0, 3)}
+            record = {
+                "epoch": epoch,
+                "lr": lr,
+                **train,
+                **test,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
             self.records.append(record)
             self._report(record, tested)
             if self.info.is_main:
@@ -699,10 +607,15 @@ class Trainer:
         return record
 
     def _report(self, record: dict, tested: bool) -> None:
-        stats = [f"{k[len('train_'):]} {v:.4g}" for k, v in record.items()
-                 if k.startswith("train_") and k not in ("train_loss", "train_samples")]
-        msg = (f"epoch {record['epoch']}/{self.opts.epochs}  lr {record['lr']:.6g}  "
-               f"train loss {record['train_loss']:.4f}")
+        stats = [
+            f"{k[len('train_') :]} {v:.4g}"
+            for k, v in record.items()
+            if k.startswith("train_") and k not in ("train_loss", "train_samples")
+        ]
+        msg = (
+            f"epoch {record['epoch']}/{self.opts.epochs}  lr {record['lr']:.6g}  "
+            f"train loss {record['train_loss']:.4f}"
+        )
         if stats:
             msg += f" ({', '.join(stats)})"
         if tested:
@@ -722,8 +635,12 @@ def load_checkpoint(path, given: dict | None):
     return model, state, resume_options(saved, dict(given or {}), path)
 
 
-def run(opts: TrainOptions | None = None, resume: str | None = None,
-        overrides: dict | None = None, on_step=None) -> dict:
+def run(
+    opts: TrainOptions | None = None,
+    resume: str | None = None,
+    overrides: dict | None = None,
+    on_step=None,
+) -> dict:
     """Train as ``model-train`` does; returns the last log record.
 
     With ``resume`` (a checkpoint path) the options come from the checkpoint and ``opts`` is

@@ -1,6 +1,7 @@
 """Fixtures for the model-train / model-predict tests: scikit-learn's real handwritten digits
 (8x8, 1797 images) written as a Basic Dir PNG tree, a small segmentation set in DRN's list
 format, and a runner for the bin/ tools."""
+
 import json
 import os
 import subprocess
@@ -44,8 +45,13 @@ def run_tool(tool, *args, env=None, timeout=300):
     from more, and the test machine is shared)."""
     full_env = dict(os.environ, OMP_NUM_THREADS="1")
     full_env.update(env or {})
-    return subprocess.run([sys.executable, os.path.join(ROOT, "bin", tool), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", tool), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 @pytest.fixture
@@ -74,8 +80,8 @@ def write_seglist(root, split, n, size=24, seed=0):
         for cls in (2, 1):
             x0, y0 = rng.integers(0, size - 8, 2)
             w, h = rng.integers(5, 12, 2)
-            arr[y0:y0 + h, x0:x0 + w] = SEG_COLOURS[cls]
-            lab[y0:y0 + h, x0:x0 + w] = cls
+            arr[y0 : y0 + h, x0 : x0 + w] = SEG_COLOURS[cls]
+            lab[y0 : y0 + h, x0 : x0 + w] = cls
         lab[:2], lab[-2:], lab[:, :2], lab[:, -2:] = 255, 255, 255, 255
         images.append(f"images/{split}{k:03d}.png")
         labels.append(f"labels/{split}{k:03d}.png")

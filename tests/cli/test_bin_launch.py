@@ -1,5 +1,6 @@
 """bin/ wrappers started by an interpreter without torch: they re-run with the checkout's .venv,
 or, where there is none, say so in one line with exit status 2."""
+
 import os
 import shutil
 import subprocess
@@ -17,8 +18,10 @@ def run(path, *args):
     return subprocess.run([*BARE, path, *args], capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")),
-                    reason="the checkout has no .venv")
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")),
+    reason="the checkout has no .venv",
+)
 @pytest.mark.parametrize("tool", TOOLS)
 def test_rerun_with_the_checkout_venv(tool):
     res = run(os.path.join(ROOT, "bin", tool), "--help")

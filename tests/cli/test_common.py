@@ -1,5 +1,6 @@
 """tool_main, the wrapper behind every tool's main: a DenetError is one line and status 2, an
 interrupt is status 130, anything else is a real bug and propagates."""
+
 import sys
 
 import pytest

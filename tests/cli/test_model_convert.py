@@ -1,4 +1,5 @@
 """model-convert: a torchvision ResNet becomes a denet model with the same outputs."""
+
 import os
 import subprocess
 import sys
@@ -14,8 +15,12 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def run(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "bin", "model-convert"), *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", "model-convert"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _random_torchvision(arch, classes=1000):
@@ -51,8 +56,9 @@ def _compare(tv, model):
         logits = tv(x)
     assert torch.allclose(p, torch.softmax(logits, 1), atol=1e-4)
     assert (feats["x"] - tv_feats["x"]).abs().max() < 1e-4
-    logit_ours = torch.nn.functional.conv2d(feats["x"], getattr(model, r.name).weight,
-                                            getattr(model, r.name).bias).flatten(1)
+    logit_ours = torch.nn.functional.conv2d(
+        feats["x"], getattr(model, r.name).weight, getattr(model, r.name).bias
+    ).flatten(1)
     assert torch.allclose(logit_ours, logits, rtol=1e-5, atol=1e-4)
 
 
@@ -62,8 +68,19 @@ def test_convert_tool_resnet18(tmp_path):
     torch.save(tv.state_dict(), src)
     before = src.read_bytes()
     out = tmp_path / "r18.pt"
-    res = run("--format", "torchvision", "--arch", "resnet18", "--input", str(src),
-              "--output", str(out), "--image-size", "64", "64")
+    res = run(
+        "--format",
+        "torchvision",
+        "--arch",
+        "resnet18",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--image-size",
+        "64",
+        "64",
+    )
     assert res.returncode == 0, res.stderr
     assert src.read_bytes() == before
     model = denet.load(out)
@@ -83,19 +100,44 @@ def test_convert_errors_exit_2(tmp_path):
     tv = torchvision.models.resnet18()
     src = tmp_path / "r18.pth"
     torch.save(tv.state_dict(), src)
-    res = run("--format", "torchvision", "--arch", "resnet50", "--input", str(src),
-              "--output", str(tmp_path / "x.pt"))
+    res = run(
+        "--format",
+        "torchvision",
+        "--arch",
+        "resnet50",
+        "--input",
+        str(src),
+        "--output",
+        str(tmp_path / "x.pt"),
+    )
     assert res.returncode == 2 and "is --arch right?" in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().split("\n")) == 1
-    res = run("--format", "torchvision", "--arch", "resnet18", "--input",
-              str(tmp_path / "nope.pth"), "--output", str(tmp_path / "x.pt"))
+    res = run(
+        "--format",
+        "torchvision",
+        "--arch",
+        "resnet18",
+        "--input",
+        str(tmp_path / "nope.pth"),
+        "--output",
+        str(tmp_path / "x.pt"),
+    )
     assert res.returncode == 2 and "no such file" in res.stderr
     marker = tmp_path / "pwned"
     with open(tmp_path / "evil.pth", "wb") as f:
         import pickle
+
         pickle.dump({"fc.weight": _Evil(str(marker))}, f)
-    res = run("--format", "torchvision", "--arch", "resnet18", "--input",
-              str(tmp_path / "evil.pth"), "--output", str(tmp_path / "x.pt"))
+    res = run(
+        "--format",
+        "torchvision",
+        "--arch",
+        "resnet18",
+        "--input",
+        str(tmp_path / "evil.pth"),
+        "--output",
+        str(tmp_path / "x.pt"),
+    )
     assert res.returncode == 2 and "refused" in res.stderr and not marker.exists()
     assert not (tmp_path / "x.pt").exists()
 
@@ -111,6 +153,13 @@ class _Evil:
 def test_help_documents_every_option():
     res = run("--help")
     assert res.returncode == 0
-    for opt in ("--format", "--arch", "--input", "--output", "--image-size", "--class-names",
-                "--summary"):
+    for opt in (
+        "--format",
+        "--arch",
+        "--input",
+        "--output",
+        "--image-size",
+        "--class-names",
+        "--summary",
+    ):
         assert opt in res.stdout

@@ -1,4 +1,5 @@
 """model-modify: operations, kept weights, untouched input, one-line errors with exit 2."""
+
 import hashlib
 import os
 import subprocess
@@ -14,8 +15,12 @@ DESC = "C[8,3] BN A P[2] C[16,3] BN A P.A R.B"
 
 
 def run(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "bin", "model-modify"), *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", "model-modify"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -35,9 +40,21 @@ def digest(path):
 def test_insert_append_keeps_weights_and_never_touches_input(model_file, tmp_path):
     before = digest(model_file)
     out = tmp_path / "out.pt"
-    res = run("--input", str(model_file), "--output", str(out), "--layer-remove", "2",
-              "--layer-insert", "4:SKIPSRC", "7:C[16,1] SKIP", "--layer-append", "P.A", "R.B",
-              "--summary")
+    res = run(
+        "--input",
+        str(model_file),
+        "--output",
+        str(out),
+        "--layer-remove",
+        "2",
+        "--layer-insert",
+        "4:SKIPSRC",
+        "7:C[16,1] SKIP",
+        "--layer-append",
+        "P.A",
+        "R.B",
+        "--summary",
+    )
     assert res.returncode == 0, res.stderr
     assert digest(model_file) == before
     old, new = denet.load(model_file), denet.load(out)
@@ -46,13 +63,25 @@ def test_insert_append_keeps_weights_and_never_touches_input(model_file, tmp_pat
     for a, b in [("l0_C", "l0_C"), ("l1_BN", "l1_BN"), ("l4_C", "l5_C"), ("l5_BN", "l6_BN")]:
         for k, v in getattr(old, a).state_dict().items():
             assert torch.equal(v, getattr(new, b).state_dict()[k]), (a, k)
-    assert "index" in res.stdout and "kept the weights of 4 layer(s), new weights for l7_C, l8_SKIP, l11_R" in res.stdout
+    assert (
+        "index" in res.stdout
+        and "kept the weights of 4 layer(s), new weights for l7_C, l8_SKIP, l11_R" in res.stdout
+    )
 
 
 def test_class_num_and_image_size(model_file, tmp_path):
     out = tmp_path / "out.pt"
-    res = run("--input", str(model_file), "--output", str(out), "--class-num", "7",
-              "--image-size", "32", "24")
+    res = run(
+        "--input",
+        str(model_file),
+        "--output",
+        str(out),
+        "--class-num",
+        "7",
+        "--image-size",
+        "32",
+        "24",
+    )
     assert res.returncode == 0, res.stderr
     new, old = denet.load(out), denet.load(model_file)
     assert new.classes == 7 and new.input_shape == (3, 32, 24) and new.class_names is None
@@ -65,9 +94,19 @@ def test_class_num_and_image_size(model_file, tmp_path):
 
 def test_modify_layer(model_file, tmp_path):
     out = tmp_path / "out.pt"
-    res = run("--input", str(model_file), "--output", str(out),
-              "--modify-layer", "BN", "momentum=0.99", "eps=1e-3",
-              "--modify-layer", "C", "filters=12")
+    res = run(
+        "--input",
+        str(model_file),
+        "--output",
+        str(out),
+        "--modify-layer",
+        "BN",
+        "momentum=0.99",
+        "eps=1e-3",
+        "--modify-layer",
+        "C",
+        "filters=12",
+    )
     assert res.returncode == 0, res.stderr
     new, old = denet.load(out), denet.load(model_file)
     assert new.desc.startswith("C[12,3] BN[0.99,0.001] A")
@@ -78,14 +117,17 @@ def test_modify_layer(model_file, tmp_path):
     assert res.returncode == 2 and "'BN'" in res.stderr and "did you mean" in res.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--layer-append", "C[8,3"], "unbalanced brackets"),
-    (["--layer-remove", "2", "--layer-append", "C[8,3] XYZ"], "unknown layer type 'XYZ'"),
-    (["--layer-append", "C[8,3,1,1,1]"], "at most 3 positional arguments"),
-    (["--layer-append", "C[8,x]"], "size must be an integer"),
-    (["--layer-insert", "0:SKIP[4]"], "SKIP[4] has no SKIPSRC[4]"),
-    (["--layer-insert", "7:SUM(C[4,1] | )"], "channel mismatch at SUM"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--layer-append", "C[8,3"], "unbalanced brackets"),
+        (["--layer-remove", "2", "--layer-append", "C[8,3] XYZ"], "unknown layer type 'XYZ'"),
+        (["--layer-append", "C[8,3,1,1,1]"], "at most 3 positional arguments"),
+        (["--layer-append", "C[8,x]"], "size must be an integer"),
+        (["--layer-insert", "0:SKIP[4]"], "SKIP[4] has no SKIPSRC[4]"),
+        (["--layer-insert", "7:SUM(C[4,1] | )"], "channel mismatch at SUM"),
+    ],
+)
 def test_bad_strings_exit_2_with_caret(model_file, tmp_path, args, message):
     out = tmp_path / "out.pt"
     res = run("--input", str(model_file), "--output", str(out), *args)
@@ -102,16 +144,27 @@ def test_other_errors(model_file, tmp_path):
     assert res.returncode == 2 and "never changed" in res.stderr
     res = run("--input", str(tmp_path / "nope.pt"), "--output", str(tmp_path / "o.pt"))
     assert res.returncode == 2 and "no such model file" in res.stderr
-    res = run("--input", str(model_file), "--output", str(tmp_path / "o.pt"),
-              "--layer-remove", "99")
+    res = run(
+        "--input", str(model_file), "--output", str(tmp_path / "o.pt"), "--layer-remove", "99"
+    )
     assert res.returncode == 2 and "top-level layers" in res.stderr
 
 
 def test_help_documents_every_option():
     res = run("--help")
     assert res.returncode == 0
-    for opt in ("--input", "--output", "--image-size", "--class-num", "--modify-layer",
-                "--layer-remove", "--layer-insert", "--layer-append", "--summary", "--seed"):
+    for opt in (
+        "--input",
+        "--output",
+        "--image-size",
+        "--class-num",
+        "--modify-layer",
+        "--layer-remove",
+        "--layer-insert",
+        "--layer-append",
+        "--summary",
+        "--seed",
+    ):
         assert opt in res.stdout
 
 

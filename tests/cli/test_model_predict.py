@@ -2,6 +2,7 @@
 input kinds, one-line errors for bad files), segment (label maps against the model and the
 ground truth, at the original size) and detect (boxes mapped back to original pixels, COCO
 evaluation), and modes that do not fit the model."""
+
 import json
 import os
 import shutil
@@ -56,17 +57,30 @@ def named_tree(digits_tree, tmp_path_factory):
 def expected_probs(model_path, paths):
     model = denet.load(model_path)
     model.eval()
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(p), dtype=np.float32) / 255)[None]
-                     for p in paths])
+    x = torch.stack(
+        [torch.from_numpy(np.asarray(Image.open(p), dtype=np.float32) / 255)[None] for p in paths]
+    )
     with torch.no_grad():
         return model(x)
 
 
 def test_tree_input_matches_the_model(tool, model_file, named_tree, tmp_path):
     out = tmp_path / "pred.json"
-    res = tool("model-predict", "--model", model_file, "--input", named_tree,
-               "--predict-mode", "classify", "--output", out, "--batch-size", 7,
-               "--thread-num", 2)
+    res = tool(
+        "model-predict",
+        "--model",
+        model_file,
+        "--input",
+        named_tree,
+        "--predict-mode",
+        "classify",
+        "--output",
+        out,
+        "--batch-size",
+        7,
+        "--thread-num",
+        2,
+    )
     assert res.returncode == 0, res.stderr
     results = json.loads(out.read_text())
     paths = [r["path"] for r in results]
@@ -85,24 +99,27 @@ def test_tree_input_matches_the_model(tool, model_file, named_tree, tmp_path):
 
 
 def test_single_image_and_plain_folder(tool, model_file, named_tree, tmp_path):
-    image = os.path.join(named_tree, NAMES[3], sorted(os.listdir(
-        os.path.join(named_tree, NAMES[3])))[0])
+    image = os.path.join(
+        named_tree, NAMES[3], sorted(os.listdir(os.path.join(named_tree, NAMES[3])))[0]
+    )
     out = tmp_path / "one.json"
-    res = tool("model-predict", "--model", model_file, "--input", image, "--output", out,
-               "--thread-num", 0)
+    res = tool(
+        "model-predict", "--model", model_file, "--input", image, "--output", out, "--thread-num", 0
+    )
     assert res.returncode == 0, res.stderr
     (entry,) = json.loads(out.read_text())
     assert entry["path"] == image and "label" not in entry
     want = expected_probs(model_file, [image])[0]
-    assert entry["top5"][0] == [NAMES[int(want.argmax())], pytest.approx(float(want.max()),
-                                                                          abs=1e-6)]
+    assert entry["top5"][0] == [
+        NAMES[int(want.argmax())],
+        pytest.approx(float(want.max()), abs=1e-6),
+    ]
     assert "accuracy" not in res.stdout
 
     flat = tmp_path / "flat"
     flat.mkdir()
     for k, name in enumerate((NAMES[1], NAMES[7])):
-        src = os.path.join(named_tree, name, sorted(os.listdir(os.path.join(named_tree,
-                                                                             name)))[0])
+        src = os.path.join(named_tree, name, sorted(os.listdir(os.path.join(named_tree, name)))[0])
         shutil.copy(src, flat / f"img{k}.png")
     (flat / "notes.txt").write_text("not an image")
     out = tmp_path / "flat.json"
@@ -118,13 +135,23 @@ def test_wrong_size_broken_image_and_bad_files(tool, model_file, tmp_path):
     folder.mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(folder / "a.png")
     Image.fromarray(np.zeros((10, 12), np.uint8), "L").save(folder / "b.png")
-    res = tool("model-predict", "--model", model_file, "--input", folder,
-               "--output", tmp_path / "o.json")
+    res = tool(
+        "model-predict", "--model", model_file, "--input", folder, "--output", tmp_path / "o.json"
+    )
     one_line_error(res, str(folder / "b.png"), "12x10")
     (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     for workers in (0, 1):
-        res = tool("model-predict", "--model", model_file, "--input", folder,
-                   "--output", tmp_path / "o.json", "--thread-num", workers)
+        res = tool(
+            "model-predict",
+            "--model",
+            model_file,
+            "--input",
+            folder,
+            "--output",
+            tmp_path / "o.json",
+            "--thread-num",
+            workers,
+        )
         one_line_error(res, str(folder / "b.png"))
     assert not (tmp_path / "o.json").exists()
 
@@ -133,8 +160,18 @@ def test_wrong_size_broken_image_and_bad_files(tool, model_file, tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"PK\x03\x04 not a zip")
     one_line_error(tool("model-predict", "--model", corrupt, "--input", folder), str(corrupt))
-    one_line_error(tool("model-predict", "--model", model_file, "--input", folder,
-                        "--predict-mode", "detect,mscoco"), "detect")
+    one_line_error(
+        tool(
+            "model-predict",
+            "--model",
+            model_file,
+            "--input",
+            folder,
+            "--predict-mode",
+            "detect,mscoco",
+        ),
+        "detect",
+    )
 
 
 def test_bad_description_in_a_model_file(tool, model_file, tmp_path):
@@ -154,8 +191,9 @@ def colour_segmenter(tmp_path_factory):
     background 0.2, red R - G, green G - R (a 1x1 conv with bias, then SEG)."""
     model = denet.compile("C.B[3,1] SEG", (3, 24, 24), 3)
     with torch.no_grad():
-        model.l0_C.weight.copy_(torch.tensor([[0.0, 0, 0], [1, -1, 0], [-1, 1, 0]])[..., None,
-                                                                                    None])
+        model.l0_C.weight.copy_(
+            torch.tensor([[0.0, 0, 0], [1, -1, 0], [-1, 1, 0]])[..., None, None]
+        )
         model.l0_C.bias.copy_(torch.tensor([0.2, 0.0, 0.0]))
     model.class_names = ["background", "red", "green"]
     path = tmp_path_factory.mktemp("seg-model") / "colours.pt"
@@ -170,8 +208,19 @@ def _label(path):
 def test_segment_writes_label_maps_and_prints_miou(tool, colour_segmenter, seg_tree, tmp_path):
     root, _, val = seg_tree
     out = tmp_path / "maps"
-    res = tool("model-predict", "--model", colour_segmenter, "--input", root, "--extension",
-               "seglist,val", "--output", out, "--batch-size", 5)
+    res = tool(
+        "model-predict",
+        "--model",
+        colour_segmenter,
+        "--input",
+        root,
+        "--extension",
+        "seglist,val",
+        "--output",
+        out,
+        "--batch-size",
+        5,
+    )
     assert res.returncode == 0, res.stderr
     model = denet.load(colour_segmenter).eval()
     for image in val:
@@ -186,8 +235,17 @@ def test_segment_writes_label_maps_and_prints_miou(tool, colour_segmenter, seg_t
 
     # the same images enlarged 1.5x for the model: the maps come back at the original size
     scaled = tmp_path / "scaled"
-    res = tool("model-predict", "--model", colour_segmenter, "--input", root, "--extension",
-               "seglist,val,scale=36,crop=0", "--output", scaled)
+    res = tool(
+        "model-predict",
+        "--model",
+        colour_segmenter,
+        "--input",
+        root,
+        "--extension",
+        "seglist,val,scale=36,crop=0",
+        "--output",
+        scaled,
+    )
     assert res.returncode == 0, res.stderr
     agree = total = 0
     for image in val:
@@ -200,24 +258,68 @@ def test_segment_writes_label_maps_and_prints_miou(tool, colour_segmenter, seg_t
 
     # plain images: maps named after the files, no mIoU without label maps
     plain = tmp_path / "plain"
-    res = tool("model-predict", "--model", colour_segmenter, "--input",
-               os.path.dirname(val[0]), "--output", plain, "--thread-num", 0)
+    res = tool(
+        "model-predict",
+        "--model",
+        colour_segmenter,
+        "--input",
+        os.path.dirname(val[0]),
+        "--output",
+        plain,
+        "--thread-num",
+        0,
+    )
     assert res.returncode == 0, res.stderr
-    assert sorted(os.listdir(plain)) == sorted(os.path.basename(p) for p in
-                                               os.listdir(os.path.dirname(val[0])))
+    assert sorted(os.listdir(plain)) == sorted(
+        os.path.basename(p) for p in os.listdir(os.path.dirname(val[0]))
+    )
     assert "mIoU" not in res.stdout
 
 
 def test_modes_must_fit_the_model(tool, colour_segmenter, model_file, named_tree, seg_tree):
     root, _, _ = seg_tree
-    one_line_error(tool("model-predict", "--model", colour_segmenter, "--input", root,
-                        "--predict-mode", "classify"), "classify", "segmentation")
-    one_line_error(tool("model-predict", "--model", model_file, "--input", named_tree,
-                        "--predict-mode", "segment"), "segment", "classification")
-    one_line_error(tool("model-predict", "--model", model_file, "--input", named_tree,
-                        "--predict-mode", "multicrop"), "multicrop")
-    one_line_error(tool("model-predict", "--model", colour_segmenter, "--input", root,
-                        "--extension", "npy"), "npy")
+    one_line_error(
+        tool(
+            "model-predict",
+            "--model",
+            colour_segmenter,
+            "--input",
+            root,
+            "--predict-mode",
+            "classify",
+        ),
+        "classify",
+        "segmentation",
+    )
+    one_line_error(
+        tool(
+            "model-predict",
+            "--model",
+            model_file,
+            "--input",
+            named_tree,
+            "--predict-mode",
+            "segment",
+        ),
+        "segment",
+        "classification",
+    )
+    one_line_error(
+        tool(
+            "model-predict",
+            "--model",
+            model_file,
+            "--input",
+            named_tree,
+            "--predict-mode",
+            "multicrop",
+        ),
+        "multicrop",
+    )
+    one_line_error(
+        tool("model-predict", "--model", colour_segmenter, "--input", root, "--extension", "npy"),
+        "npy",
+    )
 
 
 # ----------------------------------------------------------------------------- detect
@@ -237,18 +339,24 @@ class ColourBoxes(torch.nn.Module):
                 if len(xs):
                     boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
                     labels.append(label)
-            out.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                        "scores": torch.full((len(boxes),), 0.9),
-                        "labels": torch.tensor(labels, dtype=torch.int64)})
+            out.append(
+                {
+                    "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                    "scores": torch.full((len(boxes),), 0.9),
+                    "labels": torch.tensor(labels, dtype=torch.int64),
+                }
+            )
         return out
 
 
 def write_coco(root):
     """ROOT/annotations/instances_val2017.json and ROOT/val2017/: black images of several sizes,
     a red and a green rectangle each; returns {file name: [(label, [x0, y0, x1, y1]), ...]}."""
-    scenes = [(40, 30, [(0, (4, 5, 20, 25)), (1, (22, 2, 38, 12))]),
-              (30, 50, [(1, (3, 30, 27, 47))]),
-              (64, 48, [(0, (10, 10, 50, 40)), (1, (52, 4, 62, 20))])]
+    scenes = [
+        (40, 30, [(0, (4, 5, 20, 25)), (1, (22, 2, 38, 12))]),
+        (30, 50, [(1, (3, 30, 27, 47))]),
+        (64, 48, [(0, (10, 10, 50, 40)), (1, (52, 4, 62, 20))]),
+    ]
     os.makedirs(os.path.join(root, "val2017"))
     os.makedirs(os.path.join(root, "annotations"))
     images, anns, truth = [], [], {}
@@ -257,15 +365,28 @@ def write_coco(root):
         name = f"{k + 1:012d}.png"
         for label, (x0, y0, x1, y1) in objects:
             arr[y0:y1, x0:x1] = (230, 20, 20) if label == 0 else (20, 230, 20)
-            anns.append({"id": len(anns) + 1, "image_id": k + 1, "category_id": 5 + label,
-                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                         "iscrowd": 0})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": k + 1,
+                    "category_id": 5 + label,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
         Image.fromarray(arr).save(os.path.join(root, "val2017", name))
         images.append({"id": k + 1, "file_name": name, "width": w, "height": h})
         truth[name] = objects
     with open(os.path.join(root, "annotations", "instances_val2017.json"), "w") as fh:
-        json.dump({"images": images, "annotations": anns,
-                   "categories": [{"id": 5, "name": "red"}, {"id": 6, "name": "green"}]}, fh)
+        json.dump(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": 5, "name": "red"}, {"id": 6, "name": "green"}],
+            },
+            fh,
+        )
     return truth
 
 
@@ -279,9 +400,14 @@ def test_detect_maps_boxes_to_original_pixels_and_evaluates(tmp_path, capsys):
 
     truth = write_coco(str(tmp_path / "coco"))
     out = tmp_path / "det.json"
-    ns = argparse.Namespace(model="colour-boxes", input=str(tmp_path / "coco"),
-                            extension="mscoco,2017-val,scale=64,crop=0", output=str(out),
-                            batch_size=2, thread_num=0)
+    ns = argparse.Namespace(
+        model="colour-boxes",
+        input=str(tmp_path / "coco"),
+        extension="mscoco,2017-val,scale=64,crop=0",
+        output=str(out),
+        batch_size=2,
+        thread_num=0,
+    )
     model = ColourBoxes()
     predict.run_detect(ns, model, model.class_names, torch.device("cpu"))
     results = json.loads(out.read_text())
@@ -302,8 +428,10 @@ def test_detect_maps_boxes_to_original_pixels_and_evaluates(tmp_path, capsys):
 def test_to_original_inverts_the_geometry():
     from denet.cli.predict import to_original
 
-    target = {"scale": torch.tensor([2.0, 0.5], dtype=torch.float64),
-              "offset": torch.tensor([-3.0, 4.0], dtype=torch.float64)}
+    target = {
+        "scale": torch.tensor([2.0, 0.5], dtype=torch.float64),
+        "offset": torch.tensor([-3.0, 4.0], dtype=torch.float64),
+    }
     original = torch.tensor([[1.0, 2.0, 5.0, 10.0]])
     seen = original * torch.tensor([2.0, 0.5, 2.0, 0.5]) + torch.tensor([-3.0, 4.0, -3.0, 4.0])
     assert torch.allclose(to_original(seen, target), original.double())

@@ -12,8 +12,9 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "data"))
 from data_builders import make_coco, make_seglist  # noqa: E402
 
-DETECTOR = ("C[16,3] BN A P[2] C[32,3] BN A P[2] @f BOXES[12] @r $f RA[4,rois=r] C[64,4] BN A "
-            "DET[rois=r]")
+DETECTOR = (
+    "C[16,3] BN A P[2] C[32,3] BN A P[2] @f BOXES[12] @r $f RA[4,rois=r] C[64,4] BN A DET[rois=r]"
+)
 SEGMENTER = "C[16,3] BN A P[2] C[32,3] BN A C[4,1] PI[2] SEG"
 
 
@@ -26,8 +27,9 @@ def scenes(n, seed, size=32):
         for _ in range(rng.integers(1, 3)):
             w, h = rng.integers(8, 15, size=2)
             x0, y0 = rng.integers(0, size - w), rng.integers(0, size - h)
-            objects.append((int(x0), int(y0), int(x0 + w), int(y0 + h), int(rng.integers(3)),
-                            False))
+            objects.append(
+                (int(x0), int(y0), int(x0 + w), int(y0 + h), int(rng.integers(3)), False)
+            )
         out.append((size, size, objects))
     return out
 
@@ -43,12 +45,36 @@ def test_toy_detector_trains_evaluates_and_predicts(tool, tmp_path):
     make_coco(str(root), "train", 2017, scenes(160, 0), ext="png")
     make_coco(str(root), "val", 2017, scenes(40, 1), first_id=5000, ext="png")
     prefix = tmp_path / "out" / "det"
-    res = tool("model-train", "--model-desc", DETECTOR, "--border-mode", "half",
-               "--train", root, "--extension", "mscoco,2017-train,crop=0",
-               "--test", root, "--test-extension", "mscoco,2017-val,crop=0",
-               "--solver", "adam", "--learn-momentum", "0.9", "0.999", "--learn-rate", "0.003",
-               "--batch-size", "16", "--epochs", "6", "--thread-num", "0",
-               "--output-prefix", prefix)
+    res = tool(
+        "model-train",
+        "--model-desc",
+        DETECTOR,
+        "--border-mode",
+        "half",
+        "--train",
+        root,
+        "--extension",
+        "mscoco,2017-train,crop=0",
+        "--test",
+        root,
+        "--test-extension",
+        "mscoco,2017-val,crop=0",
+        "--solver",
+        "adam",
+        "--learn-momentum",
+        "0.9",
+        "0.999",
+        "--learn-rate",
+        "0.003",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "6",
+        "--thread-num",
+        "0",
+        "--output-prefix",
+        prefix,
+    )
     assert res.returncode == 0, res.stderr
     log = read_log(f"{prefix}_log.jsonl")
     assert {"train_loss_cls", "train_loss_box", "test_AP", "test_AP50"} <= set(log[-1])
@@ -56,8 +82,17 @@ def test_toy_detector_trains_evaluates_and_predicts(tool, tmp_path):
     assert log[-1]["train_loss_box"] < log[0]["train_loss_box"]
     assert log[-1]["test_AP50"] > 0.3, log[-1]
     out = tmp_path / "pred.json"
-    res = tool("model-predict", "--model", f"{prefix}_final.pt", "--input", root,
-               "--extension", "mscoco,2017-val,crop=0", "--output", out)
+    res = tool(
+        "model-predict",
+        "--model",
+        f"{prefix}_final.pt",
+        "--input",
+        root,
+        "--extension",
+        "mscoco,2017-val,crop=0",
+        "--output",
+        out,
+    )
     assert res.returncode == 0, res.stderr
     assert "AP" in res.stdout
 
@@ -68,19 +103,52 @@ def test_toy_segmentation_trains_evaluates_and_predicts(tool, tmp_path):
     make_seglist(str(root), "train", scenes(120, 2), ignore_border=1)
     make_seglist(str(root), "val", scenes(30, 3), ignore_border=1)
     prefix = tmp_path / "out" / "seg"
-    res = tool("model-train", "--model-desc", SEGMENTER, "--border-mode", "half",
-               "--train", root, "--extension", "seglist,train",
-               "--test", root, "--test-extension", "seglist,val",
-               "--solver", "adam", "--learn-momentum", "0.9", "0.999", "--learn-rate", "0.01",
-               "--batch-size", "16", "--epochs", "4", "--thread-num", "0",
-               "--output-prefix", prefix)
+    res = tool(
+        "model-train",
+        "--model-desc",
+        SEGMENTER,
+        "--border-mode",
+        "half",
+        "--train",
+        root,
+        "--extension",
+        "seglist,train",
+        "--test",
+        root,
+        "--test-extension",
+        "seglist,val",
+        "--solver",
+        "adam",
+        "--learn-momentum",
+        "0.9",
+        "0.999",
+        "--learn-rate",
+        "0.01",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "4",
+        "--thread-num",
+        "0",
+        "--output-prefix",
+        prefix,
+    )
     assert res.returncode == 0, res.stderr
     log = read_log(f"{prefix}_log.jsonl")
     assert {"train_loss_seg", "test_mIoU", "test_pixel_acc"} <= set(log[-1])
     assert log[-1]["train_loss_seg"] < log[0]["train_loss_seg"]
     assert log[-1]["test_mIoU"] > 0.6, log[-1]
     out = tmp_path / "pred"
-    res = tool("model-predict", "--model", f"{prefix}_final.pt", "--input", root,
-               "--extension", "seglist,val", "--output", out)
+    res = tool(
+        "model-predict",
+        "--model",
+        f"{prefix}_final.pt",
+        "--input",
+        root,
+        "--extension",
+        "seglist,val",
+        "--output",
+        out,
+    )
     assert res.returncode == 0, res.stderr
     assert "mIoU" in res.stdout

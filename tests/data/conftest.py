@@ -1,7 +1,7 @@
 """Fixtures for the data tests. Digits are scikit-learn's real 8x8 handwritten digits."""
+
 import numpy as np
 import pytest
-
 from data_builders import write_digit_tree
 
 

@@ -1,4 +1,5 @@
 """Builders of the data sets the data tests write (nothing is downloaded)."""
+
 import os
 
 import numpy as np
@@ -18,7 +19,6 @@ def write_digit_tree(root, images, targets, n=60, rgb_index=None):
         img.save(path)
         rows.append((path, int(targets[i]), images[i]))
     return rows
-
 
 
 # --------------------------------------------------------------------------- detection sets
@@ -53,13 +53,21 @@ def make_coco(root, split="val", year=2017, scenes=SCENES, first_id=1, ext="jpg"
     for k, (w, h, objects) in enumerate(scenes):
         image_id = first_id + 10 * k
         name = f"{image_id:012d}.{ext}"
-        Image.fromarray(draw_scene(w, h, objects)).save(os.path.join(image_dir, name),
-                                                        quality=95, subsampling=0)
+        Image.fromarray(draw_scene(w, h, objects)).save(
+            os.path.join(image_dir, name), quality=95, subsampling=0
+        )
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})
         for x0, y0, x1, y1, cat, crowd in objects:
-            anns.append({"id": len(anns) + 1, "image_id": image_id,
-                         "category_id": cats[cat]["id"], "iscrowd": int(crowd),
-                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": image_id,
+                    "category_id": cats[cat]["id"],
+                    "iscrowd": int(crowd),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                }
+            )
     # list images in reverse so the loader's ordering by id is not an accident of the file
     data = {"images": images[::-1], "annotations": anns, "categories": cats}
     path = os.path.join(root, "annotations", f"instances_{split}{year}.json")
@@ -81,13 +89,18 @@ def make_voc(root, year=2007, split="test", scenes=SCENES):
         file_id = f"{k:06d}"
         ids.append(file_id)
         Image.fromarray(draw_scene(w, h, objects)).save(
-            os.path.join(base, "JPEGImages", file_id + ".jpg"), quality=95, subsampling=0)
+            os.path.join(base, "JPEGImages", file_id + ".jpg"), quality=95, subsampling=0
+        )
         objs = "".join(
             f"<object><name>{VOC_NAMES[c]}</name><difficult>{int(d)}</difficult><bndbox>"
             f"<xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
-            f"</bndbox></object>" for x0, y0, x1, y1, c, d in objects)
-        xml = (f"<annotation><filename>{file_id}.jpg</filename><size><width>{w}</width>"
-               f"<height>{h}</height><depth>3</depth></size>{objs}</annotation>")
+            f"</bndbox></object>"
+            for x0, y0, x1, y1, c, d in objects
+        )
+        xml = (
+            f"<annotation><filename>{file_id}.jpg</filename><size><width>{w}</width>"
+            f"<height>{h}</height><depth>3</depth></size>{objs}</annotation>"
+        )
         with open(os.path.join(base, "Annotations", file_id + ".xml"), "w") as fh:
             fh.write(xml)
     with open(os.path.join(base, "ImageSets", "Main", f"{split}.txt"), "w") as fh:
@@ -119,6 +132,12 @@ def make_seglist(root, split="train", scenes=SCENES, ignore_border=3):
     with open(os.path.join(root, f"{split}_labels.txt"), "w") as fh:
         fh.write("\n".join(lab_lines) + "\n")
     with open(os.path.join(root, "info.json"), "w") as fh:
-        json.dump({"mean": [0.29, 0.33, 0.29], "std": [0.18, 0.19, 0.18],
-                   "classes": ["background", "cat", "dog", "bird"]}, fh)
+        json.dump(
+            {
+                "mean": [0.29, 0.33, 0.29],
+                "std": [0.18, 0.19, 0.18],
+                "classes": ["background", "cat", "dog", "bird"],
+            },
+            fh,
+        )
     return root

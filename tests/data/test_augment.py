@@ -1,13 +1,13 @@
 """Objects drawn at known places go through every augmentation; the returned boxes and label
 maps must still frame the drawn pixels, and 255 must stay 255."""
+
 import numpy as np
 import pytest
 import torch
+from data_builders import COLORS, make_coco, make_seglist
 
 from denet.data import open_dataset
 from denet.errors import DataError
-
-from data_builders import COLORS, make_coco, make_seglist
 
 SCENES = [
     (90, 70, [(20, 15, 50, 45, 0, False), (60, 30, 80, 60, 1, False)]),
@@ -38,8 +38,7 @@ GEOMETRY = [  # (extension keys, train)
 ]
 # Reflection padding shows mirrored copies of objects that have no box, so it is checked on
 # label maps only (where the padding is 255).
-REFLECT = [("crop=0,pad_mode=reflect,random_rotate=25", True),
-           ("crop=120,pad_mode=reflect", True)]
+REFLECT = [("crop=0,pad_mode=reflect,random_rotate=25", True), ("crop=120,pad_mode=reflect", True)]
 ROTATES = ("rotate", "r15", "r25")
 EPOCHS = (0, 1)
 
@@ -109,7 +108,7 @@ def test_masks_stay_aligned_and_ignore_stays_ignore(sets, keys, train):
             valid = mask != 255
             for k in range(3):
                 drawn = _color_mask(image, k) & valid
-                labelled = (mask == k + 1)
+                labelled = mask == k + 1
                 if labelled.sum() < 20:
                     continue
                 iou = (drawn & labelled).sum() / (drawn | labelled).sum()
@@ -129,8 +128,9 @@ def test_ignore_frame_survives_exactly_without_geometry(sets):
 def test_photometric_steps_leave_geometry_alone(sets):
     coco_root, seg_root = sets
     base = open_dataset(coco_root, "mscoco,2017-val,crop=0")
-    ds = open_dataset(coco_root, "mscoco,2017-val,crop=0,mirror=0,augment_photo,augment_color",
-                      train=True)
+    ds = open_dataset(
+        coco_root, "mscoco,2017-val,crop=0,mirror=0,augment_photo,augment_color", train=True
+    )
     changed = 0
     for i in range(len(ds)):
         (x, t), (x0, t0) = ds[i], base[i]

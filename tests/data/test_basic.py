@@ -1,16 +1,16 @@
 """Basic Dir and npy classification sets, --distort-mode, mirroring and determinism, on
 scikit-learn's handwritten digits written to a temporary tree."""
+
 import os
 
 import numpy as np
 import pytest
 import torch
+from data_builders import write_digit_tree
 from PIL import Image
 
 from denet.data import make_loader, open_dataset
 from denet.errors import DataError
-
-from data_builders import write_digit_tree
 
 
 def _expected(rows):
@@ -24,7 +24,7 @@ def test_basic_dir_items_match_the_digits(digit_tree):
     assert ds.classes == [str(d) for d in range(10)]
     assert ds.num_classes == 10 and len(ds) == len(rows)
     assert ds.input_shape == (1, 8, 8)  # every image greyscale -> one channel
-    for i, (path, label, pixels) in enumerate(_expected(rows)):
+    for i, (_, label, pixels) in enumerate(_expected(rows)):
         image, target = ds[i]
         assert target == {"label": label}
         assert image.dtype == torch.float32 and image.shape == (1, 8, 8)
@@ -46,7 +46,7 @@ def test_mixed_tree_becomes_rgb(tmp_path, digits):
 
 def test_npy_prefix_reads_data_and_labels(tmp_path, digits):
     images, targets = digits
-    data = (images[:30, None].astype(np.float32) / 255.0)
+    data = images[:30, None].astype(np.float32) / 255.0
     labels = targets[:30].astype(np.int32)
     prefix = str(tmp_path / "digits")
     np.save(prefix + "_data.npy", data)
@@ -93,8 +93,9 @@ def test_distort_offset_is_a_whole_pixel_shift(digit_tree):
             for dx in range(-2, 3):
                 want = np.zeros_like(ref)
                 H, W = ref.shape
-                want[max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
-                    ref[max(-dy, 0):H - max(dy, 0), max(-dx, 0):W - max(dx, 0)]
+                want[max(dy, 0) : H + min(dy, 0), max(dx, 0) : W + min(dx, 0)] = ref[
+                    max(-dy, 0) : H - max(dy, 0), max(-dx, 0) : W - max(dx, 0)
+                ]
                 if np.allclose(x, want, atol=1e-6):
                     matches.append((dx, dy))
         assert matches, f"item {i} is not a shift of at most 2 px"

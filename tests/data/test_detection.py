@@ -1,5 +1,6 @@
 """mscoco and voc sets written by the tests: every image and box comes back, letterboxing maps
 boxes exactly, and mapping back recovers the originals; pycocotools is the COCO oracle."""
+
 import contextlib
 import io
 import math
@@ -8,12 +9,11 @@ import os
 import numpy as np
 import pytest
 import torch
+from data_builders import COLORS, SCENES, make_coco, make_voc
 from pycocotools.coco import COCO
 
 from denet.data import open_dataset
 from denet.errors import DataError
-
-from data_builders import COLORS, SCENES, make_coco, make_voc
 
 
 @pytest.fixture
@@ -68,8 +68,9 @@ def test_coco_letterbox_keeps_every_image_and_box(coco_root):
             want = torch.tensor([x * sx + ox, y * sy + oy, (x + w) * sx + ox, (y + h) * sy + oy])
             assert torch.allclose(box, want, atol=1e-4)
             back = (box.double().view(2, 2) - t["offset"]) / t["scale"]
-            assert torch.allclose(back.view(4), torch.tensor([x, y, x + w, y + h],
-                                                             dtype=torch.float64), atol=0.5)
+            assert torch.allclose(
+                back.view(4), torch.tensor([x, y, x + w, y + h], dtype=torch.float64), atol=0.5
+            )
             assert ds.cat_ids[int(label)] == a["category_id"]
             assert bool(crowd) == bool(a["iscrowd"])
             _check_color(image, box.tolist(), COLORS[ds.cat_ids.index(a["category_id"])])
@@ -85,8 +86,10 @@ def test_coco_options_crowd_and_empty_images(coco_root):
     full = open_dataset(coco_root, "mscoco,2017-val,crop=0")
     assert sum(int(full[i][1]["iscrowd"].sum()) for i in range(len(full))) == 1
     no_crowd = open_dataset(coco_root, "mscoco,2017-val,crop=0,skip_crowd")
-    assert sum(len(no_crowd[i][1]["boxes"]) for i in range(len(no_crowd))) == \
-        sum(len(full[i][1]["boxes"]) for i in range(len(full))) - 1
+    assert (
+        sum(len(no_crowd[i][1]["boxes"]) for i in range(len(no_crowd)))
+        == sum(len(full[i][1]["boxes"]) for i in range(len(full))) - 1
+    )
     only_boxes = open_dataset(coco_root, "mscoco,2017-val,crop=0,bbox_only")
     assert len(only_boxes) == len(full) - 1
     # crop=0 and scale=0: the original image, boxes exactly as annotated
@@ -133,7 +136,7 @@ def test_voc_one_based_corners_and_letterbox(voc_root):
     plain = open_dataset(voc_root, "voc,2007-test,crop=0")
     assert plain.classes[:3] == ["aeroplane", "bicycle", "bird"] and plain.num_classes == 20
     assert len(plain) == len(SCENES)
-    for i, (w, h, objects) in enumerate(SCENES):
+    for i, (_, _, objects) in enumerate(SCENES):
         image, t = plain[i]
         # XML (xmin, ymin, xmax, ymax) = (x0 + 1, y0 + 1, x1, y1) -> the painted pixels exactly
         assert t["boxes"].tolist() == [[float(v) for v in o[:4]] for o in objects]
@@ -151,13 +154,14 @@ def test_voc_one_based_corners_and_letterbox(voc_root):
         assert len(t["boxes"]) == len(objects)
         for box, o in zip(t["boxes"], objects):
             back = (box.double().view(2, 2) - t["offset"]) / t["scale"]
-            assert torch.allclose(back.view(4), torch.tensor(o[:4], dtype=torch.float64),
-                                  atol=0.5)
+            assert torch.allclose(back.view(4), torch.tensor(o[:4], dtype=torch.float64), atol=0.5)
             _check_color(image, box.tolist(), COLORS[o[4]])
     easy = open_dataset(voc_root, "voc,2007-test,crop=0,skip_difficult,bbox_only")
     assert len(easy) == len(SCENES) - 1
-    assert sum(len(easy[i][1]["boxes"]) for i in range(len(easy))) == \
-        sum(len(s[2]) for s in SCENES) - 1
+    assert (
+        sum(len(easy[i][1]["boxes"]) for i in range(len(easy)))
+        == sum(len(s[2]) for s in SCENES) - 1
+    )
     assert easy.names[0] == "2007/000000"
 
 

@@ -1,4 +1,5 @@
 """The --extension parser: formats, subsets, flags, aliases and keyword overrides."""
+
 import pytest
 
 from denet.data import parse_extension
@@ -6,8 +7,10 @@ from denet.errors import DataError
 
 
 def test_formats_subsets_and_keys():
-    e = parse_extension("mscoco,2014-train,2014-val,scale=512,crop=512,augment_photo,"
-                        "crop_mode=denet,scale_mode=large,mirroring=0")
+    e = parse_extension(
+        "mscoco,2014-train,2014-val,scale=512,crop=512,augment_photo,"
+        "crop_mode=denet,scale_mode=large,mirroring=0"
+    )
     assert e.format == "mscoco" and e.subsets == ("2014-train", "2014-val")
     o = e.options
     assert (o["scale"], o["crop"], o["crop_mode"], o["scale_mode"]) == (512, 512, "denet", "large")
@@ -29,19 +32,22 @@ def test_keyword_overrides():
     assert parse_extension("png", {"distort": []}).options["distort"] is None
 
 
-@pytest.mark.parametrize("text,match", [
-    ("", "empty"),
-    ("png,crop=abc", "crop='abc'"),
-    ("png,crop", "needs a value"),
-    ("png,mirror=maybe", "boolean"),
-    ("imagenet,crop_mode=resnet", "broken in DeNet"),
-    ("imagenet,crop_mode=ssd", "not supported"),
-    ("png,area_min=0", "area_min"),
-    ("png,random_scale=0.5", "random_scale"),
-    ("npz", "npz is not supported"),
-    ("imagenet,null", "null"),
-    ("seglist,skip_difficult", "applies only to voc"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("", "empty"),
+        ("png,crop=abc", "crop='abc'"),
+        ("png,crop", "needs a value"),
+        ("png,mirror=maybe", "boolean"),
+        ("imagenet,crop_mode=resnet", "broken in DeNet"),
+        ("imagenet,crop_mode=ssd", "not supported"),
+        ("png,area_min=0", "area_min"),
+        ("png,random_scale=0.5", "random_scale"),
+        ("npz", "npz is not supported"),
+        ("imagenet,null", "null"),
+        ("seglist,skip_difficult", "applies only to voc"),
+    ],
+)
 def test_bad_extensions(text, match):
     with pytest.raises(DataError, match=match):
         parse_extension(text)

@@ -1,4 +1,5 @@
 """imagenet format: class order, the DeNet test transform against a PIL oracle, lenet crops."""
+
 import copy
 import os
 import pickle
@@ -15,7 +16,7 @@ from denet.errors import DataError
 @pytest.fixture
 def imagenet_root(tmp_path):
     rng = np.random.default_rng(0)
-    for k, wnid in enumerate(["n02", "n01", "n03"]):
+    for wnid in ["n02", "n01", "n03"]:
         os.makedirs(tmp_path / wnid)
         for j in range(3):
             w, h = (90, 60) if j % 2 else (50, 80)

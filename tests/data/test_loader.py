@@ -1,4 +1,5 @@
 """Batching: collate with varying box counts and sizes, aspect-ratio grouping, distributed use."""
+
 import pytest
 import torch
 from data_builders import SCENES, make_coco, make_seglist
@@ -75,8 +76,9 @@ def test_aspect_ratio_batches_split_across_ranks(coco_root):
     flat = [i for g in got for b in g for i in b]
     assert set(flat) == set(range(len(ds)))  # five images, three batches padded to four
     loader = make_loader(ds, 2, True, 0, seed=0, sampler=ranks[1])
-    assert [[d["image_id"] for d in t] for _, t in loader] == \
-        [[ds.records[i].image_id for i in b] for b in got[1]]
+    assert [[d["image_id"] for d in t] for _, t in loader] == [
+        [ds.records[i].image_id for i in b] for b in got[1]
+    ]
 
 
 def test_make_loader_with_distributed_sampler_and_workers(coco_root):

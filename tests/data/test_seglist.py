@@ -1,16 +1,16 @@
 """DRN's segmentation lists: list files, info.json, test split without labels, errors."""
+
 import os
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from data_builders import SCENES, draw_scene, make_seglist
 from PIL import Image
 
 from denet.data import open_dataset
 from denet.errors import DataError
-
-from data_builders import SCENES, draw_scene, make_seglist
 
 
 @pytest.fixture
@@ -28,8 +28,9 @@ def test_lists_images_and_masks(seg_root):
     assert ds.mean == (0.29, 0.33, 0.29)
     for i, (w, h, objects) in enumerate(SCENES[:2]):
         image, t = ds[i]
-        assert torch.equal(image, torch.from_numpy(draw_scene(w, h, objects)).permute(2, 0, 1)
-                           .float() / 255)
+        assert torch.equal(
+            image, torch.from_numpy(draw_scene(w, h, objects)).permute(2, 0, 1).float() / 255
+        )
         want = np.asarray(Image.open(os.path.join(seg_root, "labels", f"val{i}.png")))
         assert torch.equal(t["mask"], torch.from_numpy(want.astype(np.int64)))
         assert t["image_id"] == i and t["orig_size"].tolist() == [h, w]
@@ -85,6 +86,8 @@ def test_letterboxed_masks_match_the_nearest_resized_original(seg_root):
         ox, oy = (side - nw) // 2, (side - nh) // 2
         label = Image.open(os.path.join(seg_root, "labels", f"train{i}.png"))
         want = np.full((side, side), 255, np.int64)
-        want[oy:oy + nh, ox:ox + nw] = np.asarray(label.resize((nw, nh), Image.Resampling.NEAREST))
+        want[oy : oy + nh, ox : ox + nw] = np.asarray(
+            label.resize((nw, nh), Image.Resampling.NEAREST)
+        )
         assert torch.equal(t["mask"], torch.from_numpy(want))
         assert t["scale"].tolist() == [nw / w, nh / h] and t["offset"].tolist() == [ox, oy]

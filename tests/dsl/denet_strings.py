@@ -1,4 +1,5 @@
 """The description strings of denet-original.md section 2, verbatim, shared by tests."""
+
 DENET_STRINGS = [
     "PI[2] C.B[256,3] BNA PI[2] C.B[128,3] BNA DNC[96,100] DNS[7,24,0.01,0.1] C.B[1536,1] BNA "
     "C.B[1024,1] BNA C.B[768,1] BNA C.B[512,1] BNA DND[0.5,1,1]",
@@ -14,12 +15,14 @@ DENET_STRINGS = [
     "PI[2] C[1024,3] SKIP[2] BNA PI[2] C[512,3] SKIP[1] BNA PI[2] C[256,3] SKIP[0] BNA SPLIT "
     "DNC[128,200] DNS[7,48,0.01,0.1] C.B[2048,1] BNA C.B[1536,1] BNA C.B[1024,1] BNA C.B[768,1] "
     "BNA DND[0.5,1,1]",
-    "SKIPSRC.X[0]", "SKIPSRC.X[1]", "SKIPSRC[0]", "SKIPSRC.X[2]", "SPLIT",
+    "SKIPSRC.X[0]",
+    "SKIPSRC.X[1]",
+    "SKIPSRC[0]",
+    "SKIPSRC.X[2]",
+    "SPLIT",
     "C.B[64,7,2] BN A P[3,2,1] nRSN.O[3,64,3] nRSN.O[4,128,3,2] nRSN.O[6,256,3,2] "
     "nRSN.O[3,512,3,2] P.A[7] R.TB",
     "B[3] C[128,3] BN A C[96,2] BN A C[64,1] BN A P.A[2] D[0.2] C[256,3] BN A C[192,2] BN A "
     "C[128,1] BN A P.A[2] D[0.2] C[512,3] BN A C[384,2] BN A C[256,1] BN A D[0.2] R.C[6]",
     "C[128,3] BN A P[2] C[256,3] BN A P[2] C[512,3] BN A P.A R",
 ]
-
-

@@ -1,4 +1,5 @@
 """Build: the fx graph, split-point checkpointing, in-place activations."""
+
 import operator
 
 import torch
@@ -7,8 +8,9 @@ import denet
 
 
 def test_graph_module_is_plain_calls():
-    m = denet.compile("C[8,3] BN A SKIPSRC C[8,3] SKIP SUM(C[8,1] | ) P.A R", (3, 8, 8), 4,
-                      border_mode="half")
+    m = denet.compile(
+        "C[8,3] BN A SKIPSRC C[8,3] SKIP SUM(C[8,1] | ) P.A R", (3, 8, 8), 4, border_mode="half"
+    )
     code = m.graph_module.code
     assert "self.l0_C(images)" in code and "self.l9_R(" in code
     assert code.count(" + ") == 2 and "SKIPSRC" not in code  # identities are aliases
@@ -18,13 +20,12 @@ def test_graph_module_is_plain_calls():
 
 
 def test_relu_in_place_only_where_safe():
-    m = denet.compile("C[8,3] BN A @t A C[8,3] SUM(A | C[8,1]) A", (3, 8, 8),
-                      border_mode="half")
+    m = denet.compile("C[8,3] BN A @t A C[8,3] SUM(A | C[8,1]) A", (3, 8, 8), border_mode="half")
     # after BN with one reader: in place; the tapped tensor has two readers: not in place
     assert m.l2_A.inplace
     assert not m.l4_A.inplace
     assert not m.l7_A.inplace  # reads the conv output that another branch reads too
-    assert m.l9_A.inplace      # after the sum
+    assert m.l9_A.inplace  # after the sum
 
 
 def _same_weights(a, b):
@@ -61,6 +62,7 @@ def test_split_saves_activation_memory():
         def pack(t):
             total[0] += t.numel() * t.element_size()
             return t
+
         model.train()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(x).sum()
@@ -73,6 +75,7 @@ def test_split_saves_activation_memory():
 
 def test_deepcopy_and_torch_compile_friendly_structure():
     import copy
+
     m = denet.compile("C[8,3] BN A P.A R", (3, 8, 8), 3, border_mode="half")
     c = copy.deepcopy(m)
     assert c.desc == m.desc and c.l0_C is not m.l0_C

@@ -1,10 +1,10 @@
 """Parser: every DeNet string parses unchanged; syntax errors are one DescError with a caret."""
+
 import pytest
+from denet_strings import DENET_STRINGS
 
 from denet import DescError
 from denet.dsl import Group, Layer, Ref, Tap, parse
-
-from denet_strings import DENET_STRINGS
 
 
 @pytest.mark.parametrize("desc", DENET_STRINGS)
@@ -54,16 +54,19 @@ def _error(desc):
     return e.value
 
 
-@pytest.mark.parametrize("desc, message, column", [
-    ("C[128,3 BN", "unexpected 'BN'; expected ',' or ']'", 9),
-    ("C[128,3", "unbalanced brackets: '[' is never closed", 8),
-    ("C[128,3]] BN", "unbalanced brackets: ']' without its opening bracket", 9),
-    ("SUM(C[1] | C[2]", "unbalanced brackets: '(' is never closed", 16),
-    ("C[1] )", "unbalanced brackets: ')' without its opening bracket", 6),
-    ("C[1,,2]", "unexpected ','", 5),
-    ("C[1] ? BN", "unexpected character '?'", 6),
-    ("C.[1]", "unexpected character '.'", 2),
-])
+@pytest.mark.parametrize(
+    "desc, message, column",
+    [
+        ("C[128,3 BN", "unexpected 'BN'; expected ',' or ']'", 9),
+        ("C[128,3", "unbalanced brackets: '[' is never closed", 8),
+        ("C[128,3]] BN", "unbalanced brackets: ']' without its opening bracket", 9),
+        ("SUM(C[1] | C[2]", "unbalanced brackets: '(' is never closed", 16),
+        ("C[1] )", "unbalanced brackets: ')' without its opening bracket", 6),
+        ("C[1,,2]", "unexpected ','", 5),
+        ("C[1] ? BN", "unexpected character '?'", 6),
+        ("C.[1]", "unexpected character '.'", 2),
+    ],
+)
 def test_syntax_errors_name_the_token_with_a_caret(desc, message, column):
     err = _error(desc)
     first, shown, caret = str(err).split("\n")
@@ -81,4 +84,5 @@ def test_error_on_a_later_line_shows_that_line():
 
 def test_end_of_input_is_named_in_words():
     assert str(_error("C[8,")).startswith(
-        "unexpected end of input; expected a name or a number (column 5)")
+        "unexpected end of input; expected a name or a number (column 5)"
+    )

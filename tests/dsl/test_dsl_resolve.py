@@ -1,13 +1,12 @@
 """Resolver: argument binding, graph wiring, shape inference and the semantic error messages."""
+
 import pytest
+from denet_strings import DENET_STRINGS
 
 import denet
 from denet import DescError
 from denet.dsl import CompileOptions, parse, resolve
-from denet.layers import Arg, LayerDef, Registry, make_registry
-from denet.layers import conv
-
-from denet_strings import DENET_STRINGS
+from denet.layers import Arg, LayerDef, conv, make_registry
 
 
 def graph(desc, shape=(3, 32, 32), classes=10, **options):
@@ -31,8 +30,9 @@ def caret_column(err):
 def test_cifar_readme_shapes():
     g = graph("C[128,3] BN A P[2] C[256,3] BN A P[2] C[512,3] BN A P.A R", border_mode="half")
     shapes = [str(n.shape) for n in g.nodes]
-    assert shapes == ["128x32x32"] * 3 + ["128x16x16"] + ["256x16x16"] * 3 + ["256x8x8"] + \
-        ["512x8x8"] * 3 + ["512x1x1", "10"]
+    assert shapes == ["128x32x32"] * 3 + ["128x16x16"] + ["256x16x16"] * 3 + ["256x8x8"] + [
+        "512x8x8"
+    ] * 3 + ["512x1x1", "10"]
     assert g.nodes[7].shape.stride == 4
 
 
@@ -41,7 +41,7 @@ def test_simple_cifar10_shapes_with_border_same():
     g = graph(desc, border_mode="same")
     by_token = [(n.token, str(n.shape)) for n in g.nodes]
     assert by_token[0] == ("B[3]", "3x38x38")
-    assert by_token[4] == ("C[96,2]", "96x38x38")       # even kernel keeps the size
+    assert by_token[4] == ("C[96,2]", "96x38x38")  # even kernel keeps the size
     assert ("P.A[2]", "64x19x19") in by_token
     assert by_token[-1] == ("R.C[6]", "10")
 
@@ -62,23 +62,33 @@ def test_later_layer_types_fail_with_the_unknown_type_message(desc):
     assert err.column == len(base) + desc.index("DNC") + 1
 
 
-@pytest.mark.parametrize("desc, start, column", [
-    ("C[8,3,1,2]", "C[8,3,1,2]: C takes at most 3 positional arguments (C[filters, size=…, "
-                   "stride=…]), got 4", 9),
-    ("C.X[8,3]", "C.X[8,3]: C needs kw", 1),
-    ("C[8,3.5]", "C[8,3.5]: size must be an integer, not 3.5", 5),
-    ("C[8,abc]", "C[8,abc]: size must be an integer, not 'abc'", 5),
-    ("C[0,3]", "C[0,3]: filters must be >= 1, not 0", 3),
-    ("D[1.5]", "D[1.5]: rate must be <= 1, not 1.5", 3),
-    ("C[8,3,dilaton=2]", "C[8,3,dilaton=2]: C has no argument 'dilaton'; did you mean "
-                         "'dilation'?", 7),
-    ("C[8,3,size=3]", "C[8,3,size=3]: argument 'size' given twice", 7),
-    ("C.Q[8]", "C.Q[8]: C has no tag 'Q' (its tags: B, X)", 1),
-    ("BN[0.9,1e-5,2]", "BN[0.9,1e-5,2]: batch renormalisation is not supported", 13),
-    ("A[sigmod]", "A[sigmod]: kind must be one of none, sigmoid", 3),
-    ("C[8,3,init=he-sideways]", "C[8,3,init=he-sideways]: unknown weight init", 7),
-    ("SPLIT[1]", "SPLIT[1]: SPLIT takes no positional arguments", 7),
-])
+@pytest.mark.parametrize(
+    "desc, start, column",
+    [
+        (
+            "C[8,3,1,2]",
+            "C[8,3,1,2]: C takes at most 3 positional arguments (C[filters, size=…, "
+            "stride=…]), got 4",
+            9,
+        ),
+        ("C.X[8,3]", "C.X[8,3]: C needs kw", 1),
+        ("C[8,3.5]", "C[8,3.5]: size must be an integer, not 3.5", 5),
+        ("C[8,abc]", "C[8,abc]: size must be an integer, not 'abc'", 5),
+        ("C[0,3]", "C[0,3]: filters must be >= 1, not 0", 3),
+        ("D[1.5]", "D[1.5]: rate must be <= 1, not 1.5", 3),
+        (
+            "C[8,3,dilaton=2]",
+            "C[8,3,dilaton=2]: C has no argument 'dilaton'; did you mean 'dilation'?",
+            7,
+        ),
+        ("C[8,3,size=3]", "C[8,3,size=3]: argument 'size' given twice", 7),
+        ("C.Q[8]", "C.Q[8]: C has no tag 'Q' (its tags: B, X)", 1),
+        ("BN[0.9,1e-5,2]", "BN[0.9,1e-5,2]: batch renormalisation is not supported", 13),
+        ("A[sigmod]", "A[sigmod]: kind must be one of none, sigmoid", 3),
+        ("C[8,3,init=he-sideways]", "C[8,3,init=he-sideways]: unknown weight init", 7),
+        ("SPLIT[1]", "SPLIT[1]: SPLIT takes no positional arguments", 7),
+    ],
+)
 def test_argument_errors(desc, start, column):
     err = error(desc)
     assert str(err).startswith(start), str(err)
@@ -98,8 +108,9 @@ def test_skipsrc_after_skip_is_too_late():
 
 def test_channel_mismatch_at_a_merge():
     err = error("C[8,3] SUM(C[16,3] | C[8,3])")
-    assert str(err).startswith("SUM(…): channel mismatch at SUM: branch 1 gives 16x28x28, "
-                               "branch 2 gives 8x28x28")
+    assert str(err).startswith(
+        "SUM(…): channel mismatch at SUM: branch 1 gives 16x28x28, branch 2 gives 8x28x28"
+    )
     assert err.column == 8
     err = error("C[8,3] MAX(C[8,3] | C[8,1])")
     assert "shape mismatch at MAX" in str(err)
@@ -135,13 +146,21 @@ def test_split_inside_a_branch_is_refused():
 
 def test_rep_repeats_with_own_names():
     g = graph("REP[3](C[8,3] BN)", border_mode="half")
-    assert [n.name for n in g.nodes] == ["l1_C_0", "l2_BN_0", "l1_C_1", "l2_BN_1", "l1_C_2",
-                                         "l2_BN_2"]
+    assert [n.name for n in g.nodes] == [
+        "l1_C_0",
+        "l2_BN_0",
+        "l1_C_1",
+        "l2_BN_1",
+        "l1_C_2",
+        "l2_BN_2",
+    ]
 
 
 def test_aspp_in_one_string():
-    desc = ("C[64,3] SUM(C.B[21,3,dilation=6] | C.B[21,3,dilation=12] | C.B[21,3,dilation=18] "
-            "| C.B[21,3,dilation=24])")
+    desc = (
+        "C[64,3] SUM(C.B[21,3,dilation=6] | C.B[21,3,dilation=12] | C.B[21,3,dilation=18] "
+        "| C.B[21,3,dilation=24])"
+    )
     g = graph(desc, shape=(3, 65, 65), border_mode="half")
     assert str(g.output_shape) == "21x65x65"
     assert [n.args["dilation"] for n in g.nodes if n.type == "C"][1:] == [6, 12, 18, 24]

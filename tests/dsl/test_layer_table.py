@@ -21,7 +21,8 @@ def read(name):
 def test_layer_table_in_docs_is_the_registry():
     text = read("docs/language.md")
     assert with_table(text, layer_table(REGISTRY)) == text, (
-        "docs/language.md is out of date: run python -m denet.dsl.layer_table --write")
+        "docs/language.md is out of date: run python -m denet.dsl.layer_table --write"
+    )
     table = text.split(START)[1].split(END)[0]
     for name in REGISTRY.names():
         assert f"| `{name}` |" in table

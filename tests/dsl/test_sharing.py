@@ -55,17 +55,25 @@ def test_shared_weights_survive_save_and_load(tmp_path):
 
 
 def test_taps_inside_a_shared_body_are_local_to_each_application():
-    m = denet.compile("C[4,3] @x SHARE[b](@t C[4,3] SUM( | $t)) @y $x USE[b] SUM( | $y)",
-                      (1, 8, 8), border_mode="half")
+    m = denet.compile(
+        "C[4,3] @x SHARE[b](@t C[4,3] SUM( | $t)) @y $x USE[b] SUM( | $y)",
+        (1, 8, 8),
+        border_mode="half",
+    )
     assert len([k for k in m.state_dict()]) == 2
 
 
-@pytest.mark.parametrize("desc, message", [
-    ("C[4,3] USE[head]", "USE[head]: no SHARE[head](...) before it"),
-    ("C[4,3] @a SHARE[h](C[2,1]) $a C[8,1] USE[h]",
-     "USE[h]: the shared sub-network 'h' was defined on 4 channels"),
-    ("SHARE[h](C[2,1]) SHARE[h](C[2,1])", "SHARE[h](…): a sub-network named 'h' is already"),
-])
+@pytest.mark.parametrize(
+    "desc, message",
+    [
+        ("C[4,3] USE[head]", "USE[head]: no SHARE[head](...) before it"),
+        (
+            "C[4,3] @a SHARE[h](C[2,1]) $a C[8,1] USE[h]",
+            "USE[h]: the shared sub-network 'h' was defined on 4 channels",
+        ),
+        ("SHARE[h](C[2,1]) SHARE[h](C[2,1])", "SHARE[h](…): a sub-network named 'h' is already"),
+    ],
+)
 def test_sharing_errors(desc, message):
     with pytest.raises(DescError) as err:
         denet.compile(desc, (1, 8, 8), border_mode="half")

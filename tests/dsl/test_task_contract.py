@@ -47,8 +47,12 @@ def test_a_string_without_a_head_returns_its_tensor_and_cannot_train():
 
 
 def test_named_outputs_come_back_as_a_dict_with_out_first():
-    m = denet.compile("C[4,3] @a OUT[feat] C[3,1] PI[2] SEG OUT[last] $a C[3,1] SEG[name=aux]",
-                      (1, 8, 8), 3, border_mode="half").eval()
+    m = denet.compile(
+        "C[4,3] @a OUT[feat] C[3,1] PI[2] SEG OUT[last] $a C[3,1] SEG[name=aux]",
+        (1, 8, 8),
+        3,
+        border_mode="half",
+    ).eval()
     y = m(torch.randn(2, 1, 8, 8))
     assert list(y) == ["out", "feat", "last", "aux"]
     assert y["out"].shape == (2, 3, 16, 16) and y["feat"].shape == (2, 4, 8, 8)
@@ -63,19 +67,26 @@ def test_the_end_of_the_string_is_out_unless_a_layer_takes_the_name():
 
 
 def test_the_training_graph_adds_every_loss_of_every_branch():
-    m = denet.compile("C[3,3] @a SEG $a C[8,3] C[3,1] SEG[name=aux]", (1, 8, 8), 3,
-                      border_mode="half").train()
+    m = denet.compile(
+        "C[3,3] @a SEG $a C[8,3] C[3,1] SEG[name=aux]", (1, 8, 8), 3, border_mode="half"
+    ).train()
     out = m(torch.randn(1, 1, 8, 8), [{"mask": torch.zeros(8, 8, dtype=torch.long)}])
     assert list(out) == ["loss_seg", "loss_seg_aux"]
     assert list(m.eval()(torch.randn(1, 1, 8, 8))) == ["out", "aux"]
 
 
-@pytest.mark.parametrize("desc, message", [
-    ("C[3,3] @a P.A R $a P[2] R", "R: loss_cls is already added by R"),
-    ("C[3,3] SEG P.A R", "R: a classification head in a segmentation model"),
-    ("C[3,3] SEG SPLIT C[3,1]", "SEG: it reads the targets, so it must come after the last split"),
-    ("C[4,3] SEG", "SEG: SEG takes one logit per class: 3 channels, not 4"),
-])
+@pytest.mark.parametrize(
+    "desc, message",
+    [
+        ("C[3,3] @a P.A R $a P[2] R", "R: loss_cls is already added by R"),
+        ("C[3,3] SEG P.A R", "R: a classification head in a segmentation model"),
+        (
+            "C[3,3] SEG SPLIT C[3,1]",
+            "SEG: it reads the targets, so it must come after the last split",
+        ),
+        ("C[4,3] SEG", "SEG: SEG takes one logit per class: 3 channels, not 4"),
+    ],
+)
 def test_contract_errors_are_desc_errors(desc, message):
     with pytest.raises(DescError) as err:
         denet.compile(desc, (1, 8, 8), 3, border_mode="half")

@@ -1,6 +1,7 @@
 """CocoEvaluator: known answers (perfect boxes, boxes at a known IoU), and pycocotools itself run
 on COCO json dicts written here in original pixels, while the evaluator sees the boxes, masks
 and keypoints in the pixels of a scaled and shifted image."""
+
 import copy
 import json
 import math
@@ -42,23 +43,29 @@ def returned(xy, scale, offset):
     return xy * np.tile(scale, xy.shape[-1] // 2) + np.tile(offset, xy.shape[-1] // 2)
 
 
-def target(image_id, boxes, labels, crowd=None, scale=(1.0, 1.0), offset=(0.0, 0.0),
-           size=(480, 640)):
+def target(
+    image_id, boxes, labels, crowd=None, scale=(1.0, 1.0), offset=(0.0, 0.0), size=(480, 640)
+):
     scale, offset = np.asarray(scale, float), np.asarray(offset, float)
-    t = {"image_id": image_id,
-         "boxes": torch.from_numpy(returned(np.reshape(boxes, (-1, 4)), scale, offset)),
-         "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
-         "scale": torch.from_numpy(scale), "offset": torch.from_numpy(offset),
-         "orig_size": torch.tensor(size, dtype=torch.int64)}
+    t = {
+        "image_id": image_id,
+        "boxes": torch.from_numpy(returned(np.reshape(boxes, (-1, 4)), scale, offset)),
+        "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
+        "scale": torch.from_numpy(scale),
+        "offset": torch.from_numpy(offset),
+        "orig_size": torch.tensor(size, dtype=torch.int64),
+    }
     if crowd is not None:
         t["iscrowd"] = torch.as_tensor(crowd, dtype=torch.bool)
     return t
 
 
 def output(boxes, scores, labels, scale=(1.0, 1.0), offset=(0.0, 0.0)):
-    return {"boxes": torch.from_numpy(returned(np.reshape(boxes, (-1, 4)), scale, offset)),
-            "scores": torch.as_tensor(scores, dtype=torch.float32).reshape(-1),
-            "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1)}
+    return {
+        "boxes": torch.from_numpy(returned(np.reshape(boxes, (-1, 4)), scale, offset)),
+        "scores": torch.as_tensor(scores, dtype=torch.float32).reshape(-1),
+        "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
+    }
 
 
 # original-pixel boxes of three sizes: small (20x20), medium (50x40), large (200x100)
@@ -105,24 +112,41 @@ def test_scale_and_offset_are_undone():
     # a prediction 3 px off in original pixels
     box, pred = [[60, 60, 100, 100]], [[63, 60, 103, 100]]
     ev = CocoEvaluator(num_classes=1)
-    ev.update([output(pred, [0.9], [0], (0.5, 0.5), (7, 11))],
-              [target(1, box, [0], None, (0.5, 0.5), (7, 11))])
+    ev.update(
+        [output(pred, [0.9], [0], (0.5, 0.5), (7, 11))],
+        [target(1, box, [0], None, (0.5, 0.5), (7, 11))],
+    )
     m = ev.compute()
     iou = 37 * 40 / (2 * 1600 - 37 * 40)  # 0.86: passes thresholds 0.50 ... 0.85 (8 of 10)
     assert iou == pytest.approx(0.8605, abs=1e-4)
     assert m["APm"] == pytest.approx(0.8) and m["AP"] == pytest.approx(0.8)
     assert math.isnan(m["APs"]) and math.isnan(m["APl"])
     # against real ground truth in original pixels: only mapped-back predictions match it
-    gt = {"images": [{"id": 1, "height": 480, "width": 640}], "categories": [{"id": 1}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [60, 60, 40, 40],
-                           "area": 1600, "iscrowd": 0}]}
+    gt = {
+        "images": [{"id": 1, "height": 480, "width": 640}],
+        "categories": [{"id": 1}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [60, 60, 40, 40],
+                "area": 1600,
+                "iscrowd": 0,
+            }
+        ],
+    }
     real = CocoEvaluator(coco_gt=coco_from(gt))
-    real.update([output(box, [0.9], [0], (0.5, 0.5), (7, 11))],
-                [target(1, [], [], None, (0.5, 0.5), (7, 11))])
+    real.update(
+        [output(box, [0.9], [0], (0.5, 0.5), (7, 11))],
+        [target(1, [], [], None, (0.5, 0.5), (7, 11))],
+    )
     assert real.compute()["AP"] == pytest.approx(1.0, abs=1e-12)
     unmapped = CocoEvaluator(coco_gt=coco_from(gt))
-    unmapped.update([output(box, [0.9], [0], (0.5, 0.5), (7, 11))], [{"image_id": 1,
-                     "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    unmapped.update(
+        [output(box, [0.9], [0], (0.5, 0.5), (7, 11))],
+        [{"image_id": 1, "boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}],
+    )
     assert unmapped.compute()["AP"] == 0.0
 
 
@@ -130,8 +154,11 @@ def random_case(seed, images=8):
     """Hand-written COCO dicts in original pixels, and the same data as the evaluator sees it."""
     rng = np.random.default_rng(seed)
     cat_ids, names = [3, 7, 11], ["cat", "dog", "bird"]
-    gt = {"images": [], "annotations": [],
-          "categories": [{"id": c, "name": n} for c, n in zip(cat_ids, names)]}
+    gt = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": c, "name": n} for c, n in zip(cat_ids, names)],
+    }
     results, outputs, targets = [], [], []
     for i in range(images):
         image_id = 1000 + 37 * i
@@ -145,23 +172,39 @@ def random_case(seed, images=8):
         labels = rng.integers(0, 3, m)
         crowd = rng.random(m) < 0.1
         for b, c, k in zip(boxes, labels, crowd):
-            gt["annotations"].append({
-                "id": len(gt["annotations"]) + 1, "image_id": image_id,
-                "category_id": cat_ids[c], "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                "area": (b[2] - b[0]) * (b[3] - b[1]), "iscrowd": int(k)})
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": cat_ids[c],
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "area": (b[2] - b[0]) * (b[3] - b[1]),
+                    "iscrowd": int(k),
+                }
+            )
         n = int(rng.integers(0, 9))
         src = rng.integers(0, max(m, 1), n)
         near = (rng.random(n) < 0.75) & (m > 0)
-        pred = np.where(near[:, None], boxes[src % max(m, 1)] if m else 0.0,
-                        rng.uniform(0, 150, (n, 4)) + [0, 0, 150, 150])
+        pred = np.where(
+            near[:, None],
+            boxes[src % max(m, 1)] if m else 0.0,
+            rng.uniform(0, 150, (n, 4)) + [0, 0, 150, 150],
+        )
         pred = pred + rng.normal(0, 4, (n, 4)) * (pred[:, 2:3] - pred[:, 0:1] + 10) / 60
         pred[:, 2:] = np.maximum(pred[:, 2:], pred[:, :2] + 1)
-        plabels = np.where(rng.random(n) < 0.85, labels[src % max(m, 1)] if m else 0,
-                           rng.integers(0, 3, n))
+        plabels = np.where(
+            rng.random(n) < 0.85, labels[src % max(m, 1)] if m else 0, rng.integers(0, 3, n)
+        )
         scores = rng.random(n).astype(np.float32)
         for b, c, s in zip(pred, plabels, scores):
-            results.append({"image_id": image_id, "category_id": cat_ids[c], "score": float(s),
-                            "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": cat_ids[c],
+                    "score": float(s),
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                }
+            )
         outputs.append(output(pred, scores, plabels, scale, offset))
         targets.append(target(image_id, boxes, labels, crowd, scale, offset, (h, w)))
     return gt, results, outputs, targets, names, cat_ids
@@ -174,7 +217,7 @@ def test_random_case_against_pycocotools(seed, tmp_path):
     assert 0 < want[0] < 1
     built = CocoEvaluator(classes=names, category_ids=cat_ids)  # ground truth from the targets
     for s in range(0, len(outputs), 3):
-        built.update(outputs[s:s + 3], targets[s:s + 3])
+        built.update(outputs[s : s + 3], targets[s : s + 3])
     path = tmp_path / "instances.json"
     path.write_text(json.dumps(gt))
     for ev in (built, CocoEvaluator(coco_gt=coco_from(gt)), CocoEvaluator(coco_gt=str(path))):
@@ -191,8 +234,10 @@ def test_random_case_against_pycocotools(seed, tmp_path):
 def test_merge_pickle_and_repeated_images():
     gt, results, outputs, targets, names, cat_ids = random_case(5)
     want = pycocotools_stats(gt, results)
-    a, b = CocoEvaluator(classes=names, category_ids=cat_ids), \
-        CocoEvaluator(classes=names, category_ids=cat_ids)
+    a, b = (
+        CocoEvaluator(classes=names, category_ids=cat_ids),
+        CocoEvaluator(classes=names, category_ids=cat_ids),
+    )
     a.update(outputs[:5], targets[:5])
     b.update(outputs[5:], targets[5:])
     b.update(outputs[:2], targets[:2])  # repeats padding a distributed test set count once
@@ -217,8 +262,11 @@ def test_empty_predictions_and_no_images():
     ev = CocoEvaluator(num_classes=2)
     assert all(math.isnan(v) for v in ev.compute().values())
     assert "no images" in ev.summary()
-    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
-             "labels": torch.zeros(0, dtype=torch.int64)}
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "scores": torch.zeros(0),
+        "labels": torch.zeros(0, dtype=torch.int64),
+    }
     ev.update([empty, empty], [target(1, GT, [0, 1, 1]), target(2, [], [])])
     m = ev.compute()
     assert m["AP"] == 0.0 and m["AR100"] == 0.0 and m["APs"] == 0.0
@@ -226,8 +274,9 @@ def test_empty_predictions_and_no_images():
     ev.update([output(GT[:1], [0.5], [0])], [target(3, [], [])])  # only a false positive
     assert ev.compute()["AP"] == 0.0
     with pytest.raises(ValueError, match="not in the COCO ground truth"):
-        gt = CocoEvaluator(coco_gt=coco_from({"images": [{"id": 5}], "annotations": [],
-                                              "categories": [{"id": 1}]}))
+        gt = CocoEvaluator(
+            coco_gt=coco_from({"images": [{"id": 5}], "annotations": [], "categories": [{"id": 1}]})
+        )
         gt.update([empty], [target(6, [], [])])
         gt.compute()
 
@@ -249,11 +298,17 @@ def test_masks_against_pycocotools_rles():
         objs = [rect_mask(h, w, 2, 3, 17, 20), rect_mask(h, w, 20, 5, 38, 28)]
         for m in objs:
             rle = mask_util.encode(np.asfortranarray(m))
-            gt["annotations"].append({
-                "id": len(gt["annotations"]) + 1, "image_id": image_id, "category_id": 1,
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                "area": float(m.sum()), "iscrowd": 0,
-                "bbox": [float(v) for v in mask_util.toBbox(rle)]})
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                    "area": float(m.sum()),
+                    "iscrowd": 0,
+                    "bbox": [float(v) for v in mask_util.toBbox(rle)],
+                }
+            )
         pred = [objs[0] * (rng.random((h, w)) < 0.9), objs[1] if i else objs[1][::-1]]
         probs = []
         for m in pred:  # each original pixel is a 2x2 block, shifted by the offset
@@ -261,9 +316,14 @@ def test_masks_against_pycocotools_rles():
             big[6:, 4:] = np.kron(m, np.ones((2, 2))) * 0.8 + 0.1  # 0.9 inside, 0.1 outside
             probs.append(big)
             rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-            results.append({"image_id": image_id, "category_id": 1, "score": 0.9 - len(results)
-                            * 0.1, "segmentation": {"size": rle["size"],
-                                                    "counts": rle["counts"].decode()}})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "score": 0.9 - len(results) * 0.1,
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                }
+            )
         boxes = [[2, 3, 17, 20], [20, 5, 38, 28]]
         out = output(boxes, [r["score"] for r in results[-2:]], [0, 0], s, o)
         out["masks"] = torch.tensor(np.array(probs), dtype=torch.float32)[:, None]
@@ -285,11 +345,22 @@ def test_masks_against_pycocotools_rles():
 def test_keypoints_with_real_ground_truth():
     rng = np.random.default_rng(1)
     kps = np.concatenate([rng.uniform(50, 150, (17, 2)), np.full((17, 1), 2.0)], 1)
-    gt = {"images": [{"id": 9, "height": 200, "width": 200}],
-          "categories": [{"id": 1, "name": "person"}],
-          "annotations": [{"id": 1, "image_id": 9, "category_id": 1, "iscrowd": 0,
-                           "bbox": [40, 40, 120, 120], "area": 120 * 120.0,
-                           "keypoints": kps.reshape(-1).tolist(), "num_keypoints": 17}]}
+    gt = {
+        "images": [{"id": 9, "height": 200, "width": 200}],
+        "categories": [{"id": 1, "name": "person"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 9,
+                "category_id": 1,
+                "iscrowd": 0,
+                "bbox": [40, 40, 120, 120],
+                "area": 120 * 120.0,
+                "keypoints": kps.reshape(-1).tolist(),
+                "num_keypoints": 17,
+            }
+        ],
+    }
     s, o = (1.5, 0.75), (10.0, -5.0)
     box = [[40, 40, 160, 160]]
     for noise, want_ap in ((0.0, 1.0), (25.0, None)):
@@ -297,17 +368,35 @@ def test_keypoints_with_real_ground_truth():
         pred[:, :2] += rng.normal(0, noise, (17, 2)) if noise else 0
         out = output(box, [0.9], [0], s, o)
         out["keypoints"] = torch.from_numpy(
-            np.concatenate([returned(pred[:, :2], s, o), np.ones((17, 1))], 1))[None]
+            np.concatenate([returned(pred[:, :2], s, o), np.ones((17, 1))], 1)
+        )[None]
         ev = CocoEvaluator(coco_gt=coco_from(gt))
         ev.update([out], [target(9, box, [0], None, s, o, (200, 200))])
         m = ev.compute()
         assert m["AP"] == pytest.approx(1.0, abs=1e-12)
-        oracle = [{"image_id": 9, "category_id": 1, "score": 0.9,
-                   "keypoints": np.concatenate([pred[:, :2], np.ones((17, 1))], 1)
-                   .reshape(-1).tolist()}]
+        oracle = [
+            {
+                "image_id": 9,
+                "category_id": 1,
+                "score": 0.9,
+                "keypoints": np.concatenate([pred[:, :2], np.ones((17, 1))], 1)
+                .reshape(-1)
+                .tolist(),
+            }
+        ]
         want = pycocotools_stats(gt, oracle, "keypoints")
-        keys = ["kp_AP", "kp_AP50", "kp_AP75", "kp_APm", "kp_APl",
-                "kp_AR", "kp_AR50", "kp_AR75", "kp_ARm", "kp_ARl"]
+        keys = [
+            "kp_AP",
+            "kp_AP50",
+            "kp_AP75",
+            "kp_APm",
+            "kp_APl",
+            "kp_AR",
+            "kp_AR50",
+            "kp_AR75",
+            "kp_ARm",
+            "kp_ARl",
+        ]
         assert [m[k] for k in keys] == pytest.approx(want, abs=1e-12, nan_ok=True)
         if want_ap is not None:
             assert m["kp_AP"] == pytest.approx(want_ap, abs=1e-12)

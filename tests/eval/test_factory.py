@@ -1,4 +1,5 @@
 """make_evaluator, the shared interface, and merging evaluators across two real processes."""
+
 import json
 import math
 import pickle
@@ -16,7 +17,6 @@ from denet.eval import (
     VocEvaluator,
     make_evaluator,
     merge_across_ranks,
-    target_list,
 )
 
 
@@ -53,17 +53,6 @@ def test_factory_errors_name_the_problem():
         Evaluator()  # abstract
 
 
-def test_target_list_splits_collated_batches():
-    batched = {"boxes": [torch.zeros(2, 4), torch.ones(1, 4)], "image_id": torch.tensor([4, 5]),
-               "scale": torch.tensor([[1.0, 2.0], [3.0, 4.0]])}
-    items = target_list(batched)
-    assert len(items) == 2 and int(items[1]["image_id"]) == 5
-    assert items[1]["boxes"].shape == (1, 4) and items[0]["scale"].tolist() == [1.0, 2.0]
-    assert target_list(items) == items
-    with pytest.raises(ValueError):
-        target_list({"a": [1, 2], "b": torch.zeros(3)})
-
-
 def test_no_process_group_is_a_no_op():
     ev = MIoUEvaluator(2)
     assert merge_across_ranks(ev) is ev
@@ -77,11 +66,21 @@ def shard(rank):
     for i in ids:
         box = torch.tensor([[10.0 * i, 0, 10.0 * i + 30, 40]], dtype=torch.float64)
         dx = 12.0 if i == 0 else 3.0 * (i % 2)  # image 0's box is a false positive (IoU 0.43)
-        outs.append({"boxes": box + torch.tensor([[dx, 0, dx, 0]]),
-                     "scores": torch.tensor([0.5 + 0.1 * i]),
-                     "labels": torch.tensor([i % 2])})
-        tgts.append({"image_id": i, "boxes": box, "labels": torch.tensor([i % 2]),
-                     "difficult": torch.tensor([i == 3])})
+        outs.append(
+            {
+                "boxes": box + torch.tensor([[dx, 0, dx, 0]]),
+                "scores": torch.tensor([0.5 + 0.1 * i]),
+                "labels": torch.tensor([i % 2]),
+            }
+        )
+        tgts.append(
+            {
+                "image_id": i,
+                "boxes": box,
+                "labels": torch.tensor([i % 2]),
+                "difficult": torch.tensor([i == 3]),
+            }
+        )
     g = torch.Generator().manual_seed(rank)
     logits = torch.randn(2, 3, 5, 5, generator=g)
     masks = [{"mask": torch.randint(0, 3, (5, 5), generator=g)} for _ in range(2)]
@@ -103,23 +102,36 @@ def coco_gt():
     from pycocotools.coco import COCO
 
     gt = COCO()
-    gt.dataset = {"images": [{"id": i} for i in range(4)],
-                  "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
-                  "annotations": [{"id": i + 1, "image_id": i, "category_id": i % 2 + 1,
-                                   "bbox": [10.0 * i, 0, 30, 40], "area": 1200.0, "iscrowd": 0}
-                                  for i in range(4)]}
+    gt.dataset = {
+        "images": [{"id": i} for i in range(4)],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        "annotations": [
+            {
+                "id": i + 1,
+                "image_id": i,
+                "category_id": i % 2 + 1,
+                "bbox": [10.0 * i, 0, 30, 40],
+                "area": 1200.0,
+                "iscrowd": 0,
+            }
+            for i in range(4)
+        ],
+    }
     gt.createIndex()
     return gt
 
 
 def make_all():
-    return [CocoEvaluator(coco_gt=coco_gt()), VocEvaluator(["a", "b"]), MIoUEvaluator(3),
-            TopKEvaluator()]
+    return [
+        CocoEvaluator(coco_gt=coco_gt()),
+        VocEvaluator(["a", "b"]),
+        MIoUEvaluator(3),
+        TopKEvaluator(),
+    ]
 
 
 def worker(rank, path):
-    dist.init_process_group("gloo", init_method=f"file://{path}.store", rank=rank,
-                            world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{path}.store", rank=rank, world_size=2)
     try:
         evs = make_all()
         fill(evs, rank)

@@ -1,5 +1,6 @@
 """MIoUEvaluator against scikit-learn's confusion_matrix / jaccard_score, and a numpy bilinear
 upsampling written out here for the resize-then-crop rule."""
+
 import math
 import pickle
 import warnings
@@ -31,9 +32,14 @@ def sklearn_metrics(gt: np.ndarray, pred: np.ndarray, k=K, ignore=255):
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true": intended
         warnings.simplefilter("ignore", UserWarning)
         mean_acc = balanced_accuracy_score(y, p)
-    return {"cm": cm, "mIoU": iou.mean(), "pixel_acc": accuracy_score(y, p),
-            "mean_acc": mean_acc, "iou": iou_full,
-            "fwIoU": np.nansum(freq * iou_full)}
+    return {
+        "cm": cm,
+        "mIoU": iou.mean(),
+        "pixel_acc": accuracy_score(y, p),
+        "mean_acc": mean_acc,
+        "iou": iou_full,
+        "fwIoU": np.nansum(freq * iou_full),
+    }
 
 
 def check(ev, ref):
@@ -77,6 +83,7 @@ def test_random_batches_match_sklearn():
 
 def bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """``[C, h, w]`` -> ``[C, out_h, out_w]``, half-pixel centres, edges clamped."""
+
     def axis(n_in, n_out):
         src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
         i0 = np.floor(src).astype(int)
@@ -104,13 +111,15 @@ def test_low_resolution_logits_are_resized_to_the_padded_size_then_cropped():
         gts.append(masks[i].numpy().ravel())
     check(ev, sklearn_metrics(np.concatenate(gts), np.concatenate(preds)))
     # resizing each image's logits to its own mask instead gives other counts
-    wrong = np.concatenate([bilinear(logits[i].numpy(), h, w).argmax(0).ravel()
-                            for i, (h, w) in enumerate(sizes)])
-    assert not np.array_equal(sklearn_metrics(np.concatenate(gts), wrong)["cm"],
-                              ev.confusion.numpy())
+    wrong = np.concatenate(
+        [bilinear(logits[i].numpy(), h, w).argmax(0).ravel() for i, (h, w) in enumerate(sizes)]
+    )
+    assert not np.array_equal(
+        sklearn_metrics(np.concatenate(gts), wrong)["cm"], ev.confusion.numpy()
+    )
 
 
-def test_crop_is_top_left_and_collated_masks_agree():
+def test_crop_is_top_left_and_padding_is_left_out():
     masks = [torch.full((4, 6), 1), torch.full((6, 3), 2)]
     masks[0][0, 0] = 3
     logits = torch.zeros(2, K, 6, 6)
@@ -123,10 +132,10 @@ def test_crop_is_top_left_and_collated_masks_agree():
     m = ev.compute()
     assert m["pixel_acc"] == 1.0 and m["mIoU"] == 1.0 and int(ev.confusion.sum()) == 24 + 18
     assert math.isnan(m["IoU_0"])  # class 0 lies only in the padding
-    collated = torch.full((2, 6, 6), 255)
-    collated[0, :4, :6], collated[1, :6, :3] = masks
+    padded = torch.full((2, 6, 6), 255)  # the masks padded with ignore count the same
+    padded[0, :4, :6], padded[1, :6, :3] = masks
     other = MIoUEvaluator(K)
-    other.update({"out": logits}, {"mask": collated, "image_id": torch.tensor([0, 1])})
+    other.update({"out": logits}, [{"mask": m} for m in padded])
     assert torch.equal(other.confusion, ev.confusion)
 
 
@@ -144,8 +153,10 @@ def test_merge_pickle_ignore_index_and_errors():
     zero_ignored = MIoUEvaluator(K, ignore_index=0)
     zero_ignored.update(la, [{"mask": m} for m in ma])
     gt, pred = ma.numpy().ravel(), la.argmax(1).numpy().ravel()
-    assert torch.equal(zero_ignored.confusion, torch.from_numpy(
-        sklearn_metrics(np.where(gt == 0, 255, gt), pred)["cm"]).long())
+    assert torch.equal(
+        zero_ignored.confusion,
+        torch.from_numpy(sklearn_metrics(np.where(gt == 0, 255, gt), pred)["cm"]).long(),
+    )
     with pytest.raises(ValueError):
         MIoUEvaluator(K, ignore_index=0).merge(a)
     with pytest.raises(ValueError):

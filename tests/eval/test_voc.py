@@ -1,5 +1,6 @@
 """VocEvaluator against APs worked out on paper, and against a transcription of py-faster-rcnn's
 ``voc_eval.py`` (with its +1 pixel widths) on random data."""
+
 import math
 import pickle
 
@@ -12,14 +13,19 @@ from denet.eval.voc import voc_ap
 
 
 def out(boxes, scores, labels):
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "scores": torch.tensor(scores, dtype=torch.float32),
-            "labels": torch.tensor(labels, dtype=torch.int64)}
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor(scores, dtype=torch.float32),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+    }
 
 
 def tgt(image_id, boxes, labels, difficult=None, **geometry):
-    t = {"image_id": image_id, "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-         "labels": torch.tensor(labels, dtype=torch.int64)}
+    t = {
+        "image_id": image_id,
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+    }
     if difficult is not None:
         t["difficult"] = torch.tensor(difficult, dtype=torch.bool)
     t.update({k: torch.tensor(v, dtype=torch.float64) for k, v in geometry.items()})
@@ -33,9 +39,14 @@ CLASSES = ["cat", "dog", "bird"]
 #   area: 1/3 * 1 + 1/3 * 2/3 + 1/3 * 0 = 5/9
 # "dog": one ground-truth box, never detected: AP 0. "bird": no ground truth: nan, not averaged.
 CASE = [
-    (out([[50, 50, 60, 60], [1, 0, 11, 10], [0, 0, 10, 10], [70, 70, 80, 80]],
-         [0.6, 0.8, 0.9, 0.95], [0, 0, 0, 2]),
-     tgt(0, [[0, 0, 10, 10], [20, 20, 30, 30], [40, 0, 50, 10]], [0, 0, 1])),
+    (
+        out(
+            [[50, 50, 60, 60], [1, 0, 11, 10], [0, 0, 10, 10], [70, 70, 80, 80]],
+            [0.6, 0.8, 0.9, 0.95],
+            [0, 0, 0, 2],
+        ),
+        tgt(0, [[0, 0, 10, 10], [20, 20, 30, 30], [40, 0, 50, 10]], [0, 0, 1]),
+    ),
     (out([[0, 0, 10, 10]], [0.7], [0]), tgt(1, [[0, 0, 10, 10]], [0])),
 ]
 
@@ -140,8 +151,11 @@ def devkit_voc_eval(dets, gts, classname, use_07_metric):
             iw = np.maximum(ixmax - ixmin + 1.0, 0.0)
             ih = np.maximum(iymax - iymin + 1.0, 0.0)
             inters = iw * ih
-            uni = ((bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
-                   + (BBGT[:, 2] - BBGT[:, 0] + 1.0) * (BBGT[:, 3] - BBGT[:, 1] + 1.0) - inters)
+            uni = (
+                (bb[2] - bb[0] + 1.0) * (bb[3] - bb[1] + 1.0)
+                + (BBGT[:, 2] - BBGT[:, 0] + 1.0) * (BBGT[:, 3] - BBGT[:, 1] + 1.0)
+                - inters
+            )
             overlaps = inters / uni
             ovmax = np.max(overlaps)
             jmax = np.argmax(overlaps)
@@ -183,13 +197,17 @@ def random_voc(seed, images=12, classes=3):
         gts[image] = [(c, d, *b) for c, d, b in zip(gl, diff, gt)]
         n = int(rng.integers(0, 7))
         pick = rng.integers(0, max(m, 1), n)
-        det = np.where((rng.random(n) < 0.7)[:, None] & (m > 0),
-                       gt[pick % max(m, 1)] if m else 0, rng.integers(0, 80, (n, 4)))
+        det = np.where(
+            (rng.random(n) < 0.7)[:, None] & (m > 0),
+            gt[pick % max(m, 1)] if m else 0,
+            rng.integers(0, 80, (n, 4)),
+        )
         det = np.sort(det.reshape(n, 2, 2), axis=1).reshape(n, 4)  # x1 <= x2 after noise
         det = det + rng.normal(0, 2.5, (n, 4))
         det[:, 2:] = np.maximum(det[:, 2:], det[:, :2] + 1)
-        dl = np.where(rng.random(n) < 0.8, gl[pick % max(m, 1)] if m else 0,
-                      rng.integers(0, classes, n))
+        dl = np.where(
+            rng.random(n) < 0.8, gl[pick % max(m, 1)] if m else 0, rng.integers(0, classes, n)
+        )
         sc = rng.random(n)
         dets += [(image, c, s, *b) for c, s, b in zip(dl, sc, det)]
         outputs.append(out(det, sc, dl))

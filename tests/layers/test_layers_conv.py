@@ -1,4 +1,5 @@
 """C / DC / B: border modes against Theano's output-size formulas and float64 references."""
+
 import math
 
 import pytest
@@ -21,8 +22,9 @@ def theano_conv_out(h, k, s, mode):
     return math.ceil((h + 2 * mode - k + 1) / s)
 
 
-@pytest.mark.parametrize("mode, s", [(m, s) for m in ("valid", "half", "full", 2)
-                                     for s in (1, 2, 3)] + [("same", 1)])
+@pytest.mark.parametrize(
+    "mode, s", [(m, s) for m in ("valid", "half", "full", 2) for s in (1, 2, 3)] + [("same", 1)]
+)
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 def test_border_mode_output_sizes(mode, k, s):
     h = 11
@@ -41,14 +43,14 @@ def test_same_border_is_a_cropped_full_convolution_float64():
         w = m.l0_C.weight
         full = F.conv2d(x, w, padding=k - 1)
         y0 = (k - 1) // 2
-        ref = full[:, :, y0:y0 + 7, y0:y0 + 9]
+        ref = full[:, :, y0 : y0 + 7, y0 : y0 + 9]
         assert torch.allclose(m(x), ref, atol=1e-12)
 
 
 def test_c_bias_follows_denet_code():
     m = denet.compile("C[4,3] C.B[4,3] C.X[4,1,3,1,2]", (2, 9, 9))
-    assert m.l0_C.bias is None               # plain C: no bias
-    assert m.l1_C.bias is not None           # C.B: bias ON (code, not README)
+    assert m.l0_C.bias is None  # plain C: no bias
+    assert m.l1_C.bias is not None  # C.B: bias ON (code, not README)
     assert m.l2_C.weight.shape == (4, 4, 1, 3) and m.l2_C.stride == (1, 2)
 
 
@@ -68,28 +70,36 @@ def test_deconv_output_size_and_bias():
         h = 5 * s - 2 * (k // 2) + k - 1
         w = 6 * s - 2 * (k // 2) + k - 1
         assert m.graph.nodes[0].shape.height == h and m.graph.nodes[0].shape.width == w
-        assert m(torch.randn(1, 3, 5, 6)).shape[2:] == (h - 2 * (k // 2) + k - 1,
-                                                        w - 2 * (k // 2) + k - 1)
+        assert m(torch.randn(1, 3, 5, 6)).shape[2:] == (
+            h - 2 * (k // 2) + k - 1,
+            w - 2 * (k // 2) + k - 1,
+        )
         assert m.l0_DC.bias is not None and m.l1_DC.bias is None
 
 
 def test_weight_init_statistics():
     torch.manual_seed(0)
-    m = denet.compile("C[256,3] C[128,3,init=he-forward] C[64,3,init=xavier-backward-uniform] "
-                      "C[8,1,init=0] C[8,1,init=0.5]", (64, 16, 16), border_mode="half")
+    m = denet.compile(
+        "C[256,3] C[128,3,init=he-forward] C[64,3,init=xavier-backward-uniform] "
+        "C[8,1,init=0] C[8,1,init=0.5]",
+        (64, 16, 16),
+        border_mode="half",
+    )
     assert m.l0_C.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 256)), rel=0.03)
     assert m.l1_C.weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 256)), rel=0.03)
     b = math.sqrt(1 / (9 * 64))
-    assert m.l2_C.weight.abs().max().item() <= b and \
-        m.l2_C.weight.std().item() == pytest.approx(b / math.sqrt(3), rel=0.05)
+    assert m.l2_C.weight.abs().max().item() <= b and m.l2_C.weight.std().item() == pytest.approx(
+        b / math.sqrt(3), rel=0.05
+    )
     assert m.l3_C.weight.abs().sum().item() == 0
     assert m.l4_C.weight.std().item() == pytest.approx(0.5, rel=0.2)
 
 
 def test_global_weight_init_list_is_per_token():
     torch.manual_seed(0)
-    m = denet.compile("C[64,3] C[64,3] C[64,3]", (64, 8, 8), border_mode="half",
-                      weight_init=["0.0", 1.0])
+    m = denet.compile(
+        "C[64,3] C[64,3] C[64,3]", (64, 8, 8), border_mode="half", weight_init=["0.0", 1.0]
+    )
     assert m.l0_C.weight.abs().sum() == 0
     assert m.l1_C.weight.std().item() == pytest.approx(1.0, rel=0.05)
     assert m.l2_C.weight.std().item() == pytest.approx(1.0, rel=0.05)

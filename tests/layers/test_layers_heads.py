@@ -33,8 +33,11 @@ def test_boxes_are_centred_on_every_position_of_the_map():
 
 @pytest.mark.parametrize("aligned", [0, 1])
 def test_ra_is_torchvision_roi_align_at_the_map_stride(aligned):
-    m = denet.compile(f"C[4,3] P[2] @f BOXES[5] @r $f RA[3,rois=r,aligned={aligned}]",
-                      (1, 10, 10), border_mode="half").eval()
+    m = denet.compile(
+        f"C[4,3] P[2] @f BOXES[5] @r $f RA[3,rois=r,aligned={aligned}]",
+        (1, 10, 10),
+        border_mode="half",
+    ).eval()
     x = torch.randn(2, 1, 10, 10)
     feat = m.l1_P(m.l0_C(x))
     rois = m.l3_BOXES(feat)
@@ -61,9 +64,13 @@ def features(m, x):
     return rois, m.l10_A(m.l9_C(m.l8_RA(f, rois=rois))).flatten(1)
 
 
-TARGETS = [{"boxes": torch.tensor([[1.0, 1.0, 7.0, 6.0], [8.0, 9.0, 15.0, 15.0]]),
-            "labels": torch.tensor([1, 0])},
-           {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+TARGETS = [
+    {
+        "boxes": torch.tensor([[1.0, 1.0, 7.0, 6.0], [8.0, 9.0, 15.0, 15.0]]),
+        "labels": torch.tensor([1, 0]),
+    },
+    {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+]
 
 
 def test_det_training_matches_torchvision_fast_rcnn_targets_and_losses():
@@ -83,8 +90,7 @@ def test_det_training_matches_torchvision_fast_rcnn_targets_and_losses():
     fg = want_labels > 0
     assert fg.sum() >= 2  # the case exercises foreground boxes of both classes
     want_cls = F.cross_entropy(logits, want_labels)
-    want_box = F.smooth_l1_loss(deltas[fg], want_goals[fg], beta=1 / 9,
-                                reduction="sum") / len(rois)
+    want_box = F.smooth_l1_loss(deltas[fg], want_goals[fg], beta=1 / 9, reduction="sum") / len(rois)
     m.train()
     for mod in m.modules():  # keep BN on its running statistics, as above
         if isinstance(mod, torch.nn.BatchNorm2d):

@@ -1,4 +1,5 @@
 """BN family, activations, dropout, crop-mirror."""
+
 import pytest
 import torch
 
@@ -51,13 +52,20 @@ def test_affine_channel_and_group_norm():
         denet.compile("GN[3]", (4, 3, 3))
 
 
-@pytest.mark.parametrize("name, fn", [
-    ("none", lambda x: x), ("sigmoid", torch.sigmoid), ("relu", torch.relu),
-    ("relu-safe", lambda x: torch.clamp_min(x, 0)), ("elu", torch.nn.functional.elu),
-    ("tanh", torch.tanh), ("softmax", lambda x: torch.softmax(x, 1)),
-    ("softplus", torch.nn.functional.softplus),
-    ("leaky-relu", lambda x: torch.where(x > 0, x, 0.01 * x)),
-])
+@pytest.mark.parametrize(
+    "name, fn",
+    [
+        ("none", lambda x: x),
+        ("sigmoid", torch.sigmoid),
+        ("relu", torch.relu),
+        ("relu-safe", lambda x: torch.clamp_min(x, 0)),
+        ("elu", torch.nn.functional.elu),
+        ("tanh", torch.tanh),
+        ("softmax", lambda x: torch.softmax(x, 1)),
+        ("softplus", torch.nn.functional.softplus),
+        ("leaky-relu", lambda x: torch.where(x > 0, x, 0.01 * x)),
+    ],
+)
 def test_activations(name, fn):
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     m = denet.compile("A", (3, 4, 4), activation=name)
@@ -89,6 +97,9 @@ def test_crop_mirror():
     assert y.shape == (16, 1, 4, 4)
     # every training crop is a mirrored 4x4 window of the input
     for b in range(16):
-        found = any(torch.equal(y[b, 0], x[b, 0, i:i + 4, j:j + 4].flip(1))
-                    for i in range(3) for j in range(3))
+        found = any(
+            torch.equal(y[b, 0], x[b, 0, i : i + 4, j : j + 4].flip(1))
+            for i in range(3)
+            for j in range(3)
+        )
         assert found

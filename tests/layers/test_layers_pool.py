@@ -1,4 +1,5 @@
 """P / PI: pooling against Theano's pool_2d semantics computed in float64."""
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ def theano_pool(x, k, s, pad, mode, ignore_border):
     xp = np.zeros((b, c, h + 2 * pad, w + 2 * pad))
     if mode == "max":
         xp[:] = -np.inf
-    xp[:, :, pad:pad + h, pad:pad + w] = x
+    xp[:, :, pad : pad + h, pad : pad + w] = x
     r = h + 2 * pad
 
     def out_len(r):
@@ -24,14 +25,15 @@ def theano_pool(x, k, s, pad, mode, ignore_border):
     out = np.zeros((b, c, oh, ow))
     for i in range(oh):
         for j in range(ow):
-            win = xp[:, :, i * s:min(i * s + k, r), j * s:min(j * s + k, w + 2 * pad)]
+            win = xp[:, :, i * s : min(i * s + k, r), j * s : min(j * s + k, w + 2 * pad)]
             out[:, :, i, j] = win.max(axis=(2, 3)) if mode == "max" else win.mean(axis=(2, 3))
     return out
 
 
 @pytest.mark.parametrize("tags", ["", ".A", ".B", ".AB"])
-@pytest.mark.parametrize("k, s, pad", [(2, 2, 0), (3, 2, 0), (3, 2, 1), (3, 3, 0), (2, 1, 1),
-                                       (3, 1, 0)])
+@pytest.mark.parametrize(
+    "k, s, pad", [(2, 2, 0), (3, 2, 0), (3, 2, 1), (3, 3, 0), (2, 1, 1), (3, 1, 0)]
+)
 @pytest.mark.parametrize("h", [7, 8])
 def test_pool_matches_theano(tags, k, s, pad, h):
     x = torch.randn(2, 3, h, h + 1, dtype=torch.float64)

@@ -1,4 +1,5 @@
 """R (classifier) and SKIPSRC / SKIP against float64 references."""
+
 import pytest
 import torch
 
@@ -54,8 +55,9 @@ def test_skip_projection_add_and_concat():
 
 
 def test_sum_cat_max_merges():
-    m = denet.compile("C[4,1] SUM(C[4,1] | | A[tanh]) MAX(A[sigmoid] | ) CAT(C[2,1] | )",
-                      (2, 3, 3)).double()
+    m = denet.compile(
+        "C[4,1] SUM(C[4,1] | | A[tanh]) MAX(A[sigmoid] | ) CAT(C[2,1] | )", (2, 3, 3)
+    ).double()
     x = torch.randn(1, 2, 3, 3, dtype=torch.float64)
     a = m.l0_C(x)
     s = m.l2_C(a) + a + torch.tanh(a)
@@ -65,13 +67,17 @@ def test_sum_cat_max_merges():
 
 
 def test_lr_multiplier_frozen_and_weight_decay_groups():
-    m = denet.compile("C.B[4,3,lr=0.1] BN[frozen=1] C[4,3,frozen=1] BN R.B[lr=10]", (2, 8, 8),
-                      3)
+    m = denet.compile("C.B[4,3,lr=0.1] BN[frozen=1] C[4,3,frozen=1] BN R.B[lr=10]", (2, 8, 8), 3)
     assert not m.l1_BN.weight.requires_grad and not m.l2_C.weight.requires_grad
     groups = m.param_groups(0.5, 1e-4)
     by = {(g["lr"], g["weight_decay"]): sum(p.numel() for p in g["params"]) for g in groups}
-    assert by == {(0.05, 1e-4): 4 * 2 * 9, (0.05, 0.0): 4, (0.5, 0.0): 8,
-                  (5.0, 1e-4): 3 * 4 * 4 * 4, (5.0, 0.0): 3}
+    assert by == {
+        (0.05, 1e-4): 4 * 2 * 9,
+        (0.05, 0.0): 4,
+        (0.5, 0.0): 8,
+        (5.0, 1e-4): 3 * 4 * 4 * 4,
+        (5.0, 0.0): 3,
+    }
     with pytest.raises(denet.DescError, match="lr must be >= 0"):
         denet.compile("C[4,3,lr=-1]", (2, 8, 8))
     with pytest.raises(denet.DescError, match="A has no argument 'lr'"):

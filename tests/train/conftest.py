@@ -1,6 +1,7 @@
 """Fixtures for the trainer tests: scikit-learn's real handwritten digits as DeNet's npy format
 (PREFIX_data.npy float32 [B,1,8,8] in [0, 1], PREFIX_labels.npy int32 [B]) and a runner for
 bin/model-train."""
+
 import os
 import subprocess
 import sys
@@ -20,8 +21,9 @@ def digits_npy(tmp_path_factory):
     d = load_digits()
     data = (d.images / 16.0).astype(np.float32)[:, None]
     labels = d.target.astype(np.int32)
-    train, test = train_test_split(np.arange(len(labels)), test_size=0.25, random_state=0,
-                                   stratify=labels)
+    train, test = train_test_split(
+        np.arange(len(labels)), test_size=0.25, random_state=0, stratify=labels
+    )
     root = tmp_path_factory.mktemp("digits-npy")
     prefixes = []
     for name, ids in (("train", train), ("test", test)):
@@ -37,8 +39,7 @@ def model_train(*args, env=None, timeout=300, launcher=None, program=None):
     ``program`` (a list: a script and its first arguments) replaces bin/model-train."""
     full_env = dict(os.environ, OMP_NUM_THREADS="1")
     full_env.update(env or {})
-    program = [str(p) for p in program] if program else [os.path.join(ROOT, "bin",
-                                                                       "model-train")]
+    program = [str(p) for p in program] if program else [os.path.join(ROOT, "bin", "model-train")]
     cmd = (launcher or [sys.executable]) + program + [*map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
 

@@ -1,4 +1,5 @@
 """Checkpoints: RNG states, optimizer state and the log survive a model file round trip."""
+
 import random
 
 import numpy as np
@@ -13,8 +14,13 @@ from denet.train.solvers import make_optimizer
 
 
 def draws():
-    return (random.random(), random.gauss(0, 1), float(np.random.rand()),
-            float(np.random.randn()), torch.rand(3).tolist())
+    return (
+        random.random(),
+        random.gauss(0, 1),
+        float(np.random.rand()),
+        float(np.random.randn()),
+        torch.rand(3).tolist(),
+    )
 
 
 def test_rng_states_round_trip_through_a_model_file(tmp_path):
@@ -46,9 +52,15 @@ def test_train_state_round_trip_restores_the_optimizer(tmp_path):
         opt.step()
         opt.zero_grad()
     records = [{"epoch": 0, "train_loss": 1.5}, {"epoch": 1, "train_loss": 1.25}]
-    state = ckpt.make_train_state(epoch=1, iteration=2, args={"seed": 5}, optimizer=opt,
-                                  schedule=AnnealSchedule(0.1, 0.5), log_path="p_log.jsonl",
-                                  log_records=records)
+    state = ckpt.make_train_state(
+        epoch=1,
+        iteration=2,
+        args={"seed": 5},
+        optimizer=opt,
+        schedule=AnnealSchedule(0.1, 0.5),
+        log_path="p_log.jsonl",
+        log_records=records,
+    )
     path = tmp_path / "p_epoch001.pt"
     denet.save(model, path, state)
     loaded = denet.load(path)
@@ -71,8 +83,9 @@ def test_log_rewrite_truncates(tmp_path):
     for r in recs + [{"epoch": 2, "train_loss": 0.125}]:
         ckpt.append_log(path, r)
     ckpt.rewrite_log(path, recs)
-    assert path.read_bytes() == (b'{"epoch": 0, "train_loss": 0.5}\n'
-                                 b'{"epoch": 1, "train_loss": 0.25}\n')
+    assert path.read_bytes() == (
+        b'{"epoch": 0, "train_loss": 0.5}\n{"epoch": 1, "train_loss": 0.25}\n'
+    )
 
 
 def test_a_model_without_train_state_cannot_be_resumed(tmp_path):

@@ -1,6 +1,7 @@
 """model-train under torchrun (two CPU processes, Gloo): the same program trains one model with
 DistributedDataParallel; rank 0 alone writes the log and checkpoints, and the logged counts cover
 the whole training and test sets."""
+
 import json
 import sys
 
@@ -15,12 +16,36 @@ LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--npro
 def test_two_processes_train_one_model(train_tool, digits_npy, tmp_path):
     train, test, n_train, n_test = digits_npy
     prefix = tmp_path / "ddp"
-    res = train_tool("--model-desc", "C[16,3] BN A P[2] C[32,3] BN A P.A R.B",
-                     "--border-mode", "half", "--extension", "npy", "--train", train,
-                     "--test", test, "--epochs", 3, "--batch-size", 16, "--solver", "sgd",
-                     "--learn-rate", "0.1", "--learn-momentum", "0.9", "--thread-num", 0,
-                     "--output-prefix", prefix, "--device", "cpu", launcher=LAUNCH,
-                     timeout=600)
+    res = train_tool(
+        "--model-desc",
+        "C[16,3] BN A P[2] C[32,3] BN A P.A R.B",
+        "--border-mode",
+        "half",
+        "--extension",
+        "npy",
+        "--train",
+        train,
+        "--test",
+        test,
+        "--epochs",
+        3,
+        "--batch-size",
+        16,
+        "--solver",
+        "sgd",
+        "--learn-rate",
+        "0.1",
+        "--learn-momentum",
+        "0.9",
+        "--thread-num",
+        0,
+        "--output-prefix",
+        prefix,
+        "--device",
+        "cpu",
+        launcher=LAUNCH,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     with open(f"{prefix}_log.jsonl", encoding="utf-8") as fh:
         log = [json.loads(line) for line in fh]

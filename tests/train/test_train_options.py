@@ -1,5 +1,6 @@
 """The trainer's pieces that need no training: --resume's option check, --cost-factors, the
 weighted loss, targets on the device, log entries from metrics, and the data helpers."""
+
 import math
 
 import pytest
@@ -7,42 +8,54 @@ import torch
 
 from denet.data import StridedSampler, SubsetDataset
 from denet.errors import DenetError
-from denet.train.trainer import (
-    TrainOptions,
-    loss_factors,
-    metrics_record,
-    resume_options,
-    targets_to,
-    total_loss,
-)
+from denet.train.options import TrainOptions, loss_factors, resume_options, total_loss
+from denet.train.trainer import metrics_record, targets_to
 
-SAVED = TrainOptions(train="data/train", model_desc="C[8,3] BN A P.A R", learn_rate=0.02,
-                     learn_momentum=[0.9], cost_factors=["loss_cls=2"], epochs=4)
+SAVED = TrainOptions(
+    train="data/train",
+    model_desc="C[8,3] BN A P.A R",
+    learn_rate=0.02,
+    learn_momentum=[0.9],
+    cost_factors=["loss_cls=2"],
+    epochs=4,
+)
 
 
 def test_resume_accepts_the_same_options_written_differently():
-    given = {"train": "data//train/", "model_desc": "C[8,3]  BN A P.A R", "learn_rate": 0.020,
-             "learn_momentum": [0.9], "cost_factors": ["loss_cls=2.0"], "epochs": 9,
-             "thread_num": 0, "output_prefix": "elsewhere/p"}
+    given = {
+        "train": "data//train/",
+        "model_desc": "C[8,3]  BN A P.A R",
+        "learn_rate": 0.020,
+        "learn_momentum": [0.9],
+        "cost_factors": ["loss_cls=2.0"],
+        "epochs": 9,
+        "thread_num": 0,
+        "output_prefix": "elsewhere/p",
+    }
     opts = resume_options(SAVED, given, "p_epoch001.pt")
     assert opts.epochs == 9 and opts.thread_num == 0 and opts.output_prefix == "elsewhere/p"
     assert opts.learn_rate == 0.02 and opts.model_desc == SAVED.model_desc
     assert SAVED.epochs == 4  # the saved options are not changed
 
 
-@pytest.mark.parametrize("name, value, before, after", [
-    ("learn_rate", 0.5, "0.02", "0.5"),
-    ("model_desc", "C[8,3] BN A P.A R.B", "'C[8,3] BN A P.A R'", "'C[8,3] BN A P.A R.B'"),
-    ("learn_momentum", [0.9, 0.99], "0.9", "0.9 0.99"),
-    ("cost_factors", ["2"], "loss_cls=2", "2"),
-    ("test", "data/test", "None", "data/test"),
-    ("augment_mirror", True, "False", "True")])
+@pytest.mark.parametrize(
+    "name, value, before, after",
+    [
+        ("learn_rate", 0.5, "0.02", "0.5"),
+        ("model_desc", "C[8,3] BN A P.A R.B", "'C[8,3] BN A P.A R'", "'C[8,3] BN A P.A R.B'"),
+        ("learn_momentum", [0.9, 0.99], "0.9", "0.9 0.99"),
+        ("cost_factors", ["2"], "loss_cls=2", "2"),
+        ("test", "data/test", "None", "data/test"),
+        ("augment_mirror", True, "False", "True"),
+    ],
+)
 def test_resume_names_a_changed_option_and_both_values(name, value, before, after):
     with pytest.raises(DenetError) as err:
         resume_options(SAVED, {name: value}, "p_epoch001.pt")
     text = str(err.value)
-    assert "\n" not in text and text.startswith("--resume p_epoch001.pt: --" +
-                                                 name.replace("_", "-") + " ")
+    assert "\n" not in text and text.startswith(
+        "--resume p_epoch001.pt: --" + name.replace("_", "-") + " "
+    )
     assert f"was {before} in the saved run, not {after} " in text
 
 
@@ -53,9 +66,14 @@ def test_loss_factors_by_name_and_by_position():
     assert loss_factors([0.5, "3"], names) == {"loss_cls": 0.5, "loss_box": 3.0}
     assert loss_factors(["loss_box=4"], names) == {"loss_cls": 1.0, "loss_box": 4.0}
     assert loss_factors(["2", "loss_box=4"], names) == {"loss_cls": 2.0, "loss_box": 4.0}
-    for bad, needle in ((["1", "2", "3"], "3 factors"), (["top1=2"], "no loss 'top1'"),
-                        (["loss_cls=1", "loss_cls=2"], "twice"), (["2", "loss_cls=1"], "twice"),
-                        (["loss=x"], "loss=x"), (["inf"], "finite")):
+    for bad, needle in (
+        (["1", "2", "3"], "3 factors"),
+        (["top1=2"], "no loss 'top1'"),
+        (["loss_cls=1", "loss_cls=2"], "twice"),
+        (["2", "loss_cls=1"], "twice"),
+        (["loss=x"], "loss=x"),
+        (["inf"], "finite"),
+    ):
         with pytest.raises(DenetError, match=needle) as err:
             loss_factors(bad, names)
         assert "\n" not in str(err.value)
@@ -88,8 +106,14 @@ def test_metrics_record_nulls_nan_and_counts_samples():
 
 
 class _Items:
-    classes, num_classes, task, input_shape, seed, epoch = ["a", "b"], 2, "classification", \
-        (1, 2, 2), 5, 0
+    classes, num_classes, task, input_shape, seed, epoch = (
+        ["a", "b"],
+        2,
+        "classification",
+        (1, 2, 2),
+        5,
+        0,
+    )
 
     def __getitem__(self, i):
         return i * 10
@@ -105,8 +129,12 @@ def test_subset_dataset_and_strided_sampler():
     full = _Items()
     sub = SubsetDataset(full, [7, 2])
     assert len(sub) == 2 and [sub[0], sub[1]] == [70, 20]
-    assert (sub.classes, sub.num_classes, sub.task, sub.input_shape) == \
-        (full.classes, 2, "classification", (1, 2, 2))
+    assert (sub.classes, sub.num_classes, sub.task, sub.input_shape) == (
+        full.classes,
+        2,
+        "classification",
+        (1, 2, 2),
+    )
     sub.set_epoch(3)
     sub.seed = 9
     assert full.epoch == 3 and full.seed == 9 and sub.epoch == 3

@@ -2,6 +2,7 @@
 repeating its command line with --resume appended, logs exactly the per-epoch losses of an
 uninterrupted run with the same seed and thread count, and ends with the same weights. The kill
 comes from the test: a launcher installs model-train's on_step hook."""
+
 import json
 import os
 import signal
@@ -15,10 +16,32 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 # dropout (global torch RNG), augmentation (per-item RNG), DeNet's EMA sgd (optimizer state),
 # an annealed rate (schedule) and two loader workers: everything --resume has to restore.
-ARGS = ("--model-desc", "C[16,3] BN A D[0.2] P[2] C[32,3] BN A P.A R.B", "--border-mode", "half",
-        "--extension", "npy", "--solver", "sgd", "--learn-rate", "0.1", "--learn-momentum",
-        "0.9", "--learn-anneal", "0.8", "--learn-decay", "0.0001", "--distort-mode", "o1",
-        "--batch-size", "64", "--thread-num", "2", "--seed", "7")
+ARGS = (
+    "--model-desc",
+    "C[16,3] BN A D[0.2] P[2] C[32,3] BN A P.A R.B",
+    "--border-mode",
+    "half",
+    "--extension",
+    "npy",
+    "--solver",
+    "sgd",
+    "--learn-rate",
+    "0.1",
+    "--learn-momentum",
+    "0.9",
+    "--learn-anneal",
+    "0.8",
+    "--learn-decay",
+    "0.0001",
+    "--distort-mode",
+    "o1",
+    "--batch-size",
+    "64",
+    "--thread-num",
+    "2",
+    "--seed",
+    "7",
+)
 
 # model-train with a hook that kills the process (like a crash: no clean-up, no final files)
 # after optimizer step STEP (counted from 1) of epoch EPOCH: kill_at.py EPOCH STEP ARGS...
@@ -92,8 +115,9 @@ def test_killed_and_resumed_equals_uninterrupted(train_tool, digits_npy, tmp_pat
 
 
 @pytest.mark.slow
-def test_resume_accepts_the_command_line_and_names_a_changed_option(train_tool, digits_npy,
-                                                                     tmp_path):
+def test_resume_accepts_the_command_line_and_names_a_changed_option(
+    train_tool, digits_npy, tmp_path
+):
     train, _, _, _ = digits_npy
     prefix = tmp_path / "run"
     first = (*ARGS, "--train", train, "--max-samples", 128, "--output-prefix", prefix)
@@ -102,8 +126,9 @@ def test_resume_accepts_the_command_line_and_names_a_changed_option(train_tool, 
     res = train_tool("--resume", f"{prefix}_epoch000.pt")
     assert res.returncode == 2 and "--epochs N" in res.stderr and "Traceback" not in res.stderr
 
-    res = train_tool(*first, "--epochs", 2, "--resume", f"{prefix}_epoch000.pt",
-                     "--learn-rate", "0.5")
+    res = train_tool(
+        *first, "--epochs", 2, "--resume", f"{prefix}_epoch000.pt", "--learn-rate", "0.5"
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     line = res.stderr.splitlines()[0]
     assert "--learn-rate" in line and "0.1" in line and "0.5" in line
@@ -111,9 +136,25 @@ def test_resume_accepts_the_command_line_and_names_a_changed_option(train_tool, 
     # the same options written differently: the description as tokens, 0.10 for 0.1
     tokens = ("--model-desc", *ARGS[1].split())
     assert ARGS[8:10] == ("--learn-rate", "0.1")
-    res = train_tool(*tokens, *ARGS[2:8], "--learn-rate", "0.10", *ARGS[10:], "--train", train,
-                     "--max-samples", 128, "--output-prefix", prefix, "--epochs", 2,
-                     "--resume", f"{prefix}_epoch000.pt", "--thread-num", 0)
+    res = train_tool(
+        *tokens,
+        *ARGS[2:8],
+        "--learn-rate",
+        "0.10",
+        *ARGS[10:],
+        "--train",
+        train,
+        "--max-samples",
+        128,
+        "--output-prefix",
+        prefix,
+        "--epochs",
+        2,
+        "--resume",
+        f"{prefix}_epoch000.pt",
+        "--thread-num",
+        0,
+    )
     assert res.returncode == 0, res.stderr
     assert [r["epoch"] for r in read_log(prefix)] == [0, 1]
 

@@ -1,4 +1,5 @@
 """DeNet's learning-rate schedule: after epoch e, lr *= anneal if e+1 is listed (or always)."""
+
 import pytest
 import torch
 
@@ -30,8 +31,10 @@ def test_matches_denet_loop():
 
 def test_apply_keeps_layer_multipliers_and_round_trips():
     p, q = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
-    opt = torch.optim.SGD([{"params": [p], "lr": 0.2, "lr_mult": 1.0},
-                           {"params": [q], "lr": 0.02, "lr_mult": 0.1}], lr=0.2)
+    opt = torch.optim.SGD(
+        [{"params": [p], "lr": 0.2, "lr_mult": 1.0}, {"params": [q], "lr": 0.02, "lr_mult": 0.1}],
+        lr=0.2,
+    )
     s = AnnealSchedule(0.2, 0.5, [1])
     assert s.apply(opt, 3) == 0.1
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.1, 0.01])

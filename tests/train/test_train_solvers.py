@@ -1,5 +1,6 @@
 """DeNet's update rules (denet-original.md section 5.1) against steps computed by hand in
 float64: literal numbers first, then numpy recurrences over several steps with weight decay."""
+
 import io
 
 import numpy as np
@@ -21,8 +22,9 @@ def run_steps(opt, params, grads):
 
 def scalar_run(solver, momentum, grads, lr=0.1, decay=0.0, p0=1.0):
     p = torch.tensor([p0], dtype=torch.float64, requires_grad=True)
-    opt = make_optimizer(solver, [{"params": [p], "lr": lr, "weight_decay": decay}], lr,
-                         momentum, decay)
+    opt = make_optimizer(
+        solver, [{"params": [p], "lr": lr, "weight_decay": decay}], lr, momentum, decay
+    )
     return run_steps(opt, [p], [[[g]] for g in grads])[0][0]
 
 
@@ -59,8 +61,7 @@ def test_adam_literal_step():
 
 
 # ----------------------------------------------------------------------------- recurrences
-GRADS = [[[0.5, -1.0], [0.2]], [[0.1, 0.3], [-0.4]], [[-0.7, 0.9], [0.6]],
-         [[0.2, 0.2], [0.1]]]
+GRADS = [[[0.5, -1.0], [0.2]], [[0.1, 0.3], [-0.4]], [[-0.7, 0.9], [0.6]], [[0.2, 0.2], [0.1]]]
 P0 = [np.array([1.0, -2.0]), np.array([0.5])]
 LR, DECAY = 0.05, 0.01
 
@@ -72,8 +73,10 @@ def make_params():
 def groups(params):
     # params[0] plays a weight (decayed), params[1] a bias (never decayed), as
     # Model.param_groups gives them; the bias group also has a layer lr multiplier of 2.
-    return [{"params": [params[0]], "lr": LR, "weight_decay": DECAY},
-            {"params": [params[1]], "lr": 2 * LR, "weight_decay": 0.0}]
+    return [
+        {"params": [params[0]], "lr": LR, "weight_decay": DECAY},
+        {"params": [params[1]], "lr": 2 * LR, "weight_decay": 0.0},
+    ]
 
 
 def hand(rule, **kw):
@@ -105,13 +108,16 @@ def hand(rule, **kw):
     return out
 
 
-@pytest.mark.parametrize("solver,momentum,rule,kw", [
-    ("sgd", [0.9, 0.0], "sgd", {"rho": 0.9}),
-    ("nesterov", [0.9], "nesterov", {"mu": 0.9}),
-    ("torch", [0.7, 0.0], "nesterov", {"mu": 0.7}),
-    ("adam", [0.9, 0.999], "adam", {"betas": (0.9, 0.999)}),
-    ("adam", [0.0, 0.0], "adam", {"betas": (0.0, 0.0)}),  # DeNet's default momentum
-])
+@pytest.mark.parametrize(
+    "solver,momentum,rule,kw",
+    [
+        ("sgd", [0.9, 0.0], "sgd", {"rho": 0.9}),
+        ("nesterov", [0.9], "nesterov", {"mu": 0.9}),
+        ("torch", [0.7, 0.0], "nesterov", {"mu": 0.7}),
+        ("adam", [0.9, 0.999], "adam", {"betas": (0.9, 0.999)}),
+        ("adam", [0.0, 0.0], "adam", {"betas": (0.0, 0.0)}),  # DeNet's default momentum
+    ],
+)
 def test_update_rule_matches_hand_computation(solver, momentum, rule, kw):
     params = make_params()
     opt = make_optimizer(solver, groups(params), LR, momentum, DECAY)
