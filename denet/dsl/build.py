@@ -178,7 +178,7 @@ def build(
     if mode == TRAINING and not graph.losses:
         raise DenetError(
             "the description adds no losses, so it cannot be trained: end it with a "
-            "head that has a loss (R, SEG, DET...; docs/language.md, Tasks)"
+            "head that has a loss (docs/language.md, Tasks)"
         )
     if built is None:
         built = build_modules(graph, registry)
