@@ -1,4 +1,5 @@
-"""The public API: compile a description string into a :class:`Model`, summarise, save, load."""
+"""The public API: compile a description string into a :class:`Model` and summarise it (saving
+and loading are in :mod:`denet.model_file`)."""
 
 from __future__ import annotations
 

@@ -407,7 +407,7 @@ def open_inputs(ns, model, task):
         raise DataError(
             f"{ns.input}: {len(ds.classes)} classes, but {ns.model} has {model.classes}"
         )
-    return ds, ds._paths(), ds.root, True
+    return ds, ds.image_paths(), ds.root, True
 
 
 def detection_evaluator(ds):

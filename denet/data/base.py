@@ -118,10 +118,10 @@ class ImageDataset(Dataset, abc.ABC):
 
     def image_sizes(self):
         """(W, H) of every original image, from annotations or headers (no decoding)."""
-        return [image_header(p)[1] for p in self._paths()]
+        return [image_header(p)[1] for p in self.image_paths()]
 
     @abc.abstractmethod
-    def _paths(self):
+    def image_paths(self):
         """Image file of every item, in item order."""
 
     def aspect_ratios(self):
@@ -282,7 +282,7 @@ class DetectionDataset(ImageDataset):
     def __len__(self):
         return len(self.records)
 
-    def _paths(self):
+    def image_paths(self):
         return [r.path for r in self.records]
 
     def image_sizes(self):

@@ -80,7 +80,7 @@ class DirDataset(ImageDataset):
     def __len__(self):
         return len(self.items)
 
-    def _paths(self):
+    def image_paths(self):
         return [p for p, _ in self.items]
 
     def image_sizes(self):
@@ -171,7 +171,7 @@ class ArrayDataset(ImageDataset):
     def __len__(self):
         return len(self.data)
 
-    def _paths(self):
+    def image_paths(self):
         return [self.root + "_data.npy"] * len(self)
 
     def image_sizes(self):

@@ -79,7 +79,7 @@ class SegListDataset(ImageDataset):
     def __len__(self):
         return len(self.images)
 
-    def _paths(self):
+    def image_paths(self):
         return list(self.images)
 
     def image_sizes(self):
