@@ -92,6 +92,8 @@ def build_modules(graph: LayerGraph, registry=None) -> dict:
 
 
 def _emit(g: fx.Graph, node: Node, built, env: dict, modules: dict, mode: str, losses: list):
+    if node.name in env:  # a side output, set by its layer
+        return
     args = [env[i] for i in node.inputs]
     kwargs = {k: env[v] for k, v in node.kwinputs.items()}
     train = mode == TRAINING
@@ -115,11 +117,16 @@ def _emit(g: fx.Graph, node: Node, built, env: dict, modules: dict, mode: str, l
     target = node.shared or node.name
     modules[target] = b
     result = g.call_module(target, tuple(args), kwargs)
-    if train and node.losses:
-        env[node.name] = g.call_function(operator.getitem, (result, 0))
-        losses.append(g.call_function(operator.getitem, (result, 1)))
-    else:
+    if not node.sides and not (train and node.losses):
         env[node.name] = result
+        return
+    env[node.name] = g.call_function(operator.getitem, (result, 0))
+    if node.sides:
+        sides = g.call_function(operator.getitem, (result, 1))
+        for sym, side in node.sides.items():
+            env[side] = g.call_function(operator.getitem, (sides, sym))
+    if train and node.losses:
+        losses.append(g.call_function(operator.getitem, (result, -1)))
 
 
 def _segments(graph: LayerGraph):

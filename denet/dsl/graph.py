@@ -23,7 +23,7 @@ class Node:
 
     name: str
     index: int  # position of the token in the string (reading order)
-    type: str  # layer type, or "@" for a tap, "$" for a reference
+    type: str  # layer type, or "@" for a tap, "$" for a reference, "^" for a side output
     tags: str
     args: dict  # every argument, defaults filled in
     inputs: tuple[str, ...]  # names of the input nodes ("input" is the image)
@@ -40,6 +40,7 @@ class Node:
     reads_targets: bool = False
     output_name: str | None = None
     shared: str | None = None
+    sides: dict[str, str] = field(default_factory=dict)  # side-output symbol -> its node
 
     @property
     def token(self) -> str:

@@ -304,6 +304,23 @@ class Context:
             output_name=ltype.output_name(call),
         )
         call.name = name
+        node = self.nodes[-1]
+        for sym, side_shape in ltype.side_outputs(call).items():
+            if sym in self.symbols:
+                first = self.symbol_items[sym]
+                self.fail_at(item, f"{sym} is made twice (first at column {first.column})")
+            side = self.add_node(
+                item,
+                "^",
+                "",
+                {"side": sym},
+                [name],
+                side_shape,
+                label=f"{item.type}_{sym.rpartition('.')[2]}",
+            )
+            node.sides[sym] = side
+            self.symbols[sym] = side
+            self.symbol_items[sym] = item
         sym = ltype.defines(call)
         if sym is not None:
             if sym in self.symbols:
@@ -345,9 +362,11 @@ class Context:
             else " (no @taps so far)"
         )
 
-    def add_node(self, item, type_, tags, args, inputs, shape, call=None, split=False, **extra):
+    def add_node(
+        self, item, type_, tags, args, inputs, shape, call=None, split=False, label=None, **extra
+    ):
         idx = self.index[id(item)]
-        label = {"@": "tap", "$": "ref"}.get(type_, type_)
+        label = label or {"@": "tap", "$": "ref"}.get(type_, type_)
         tags = "".join(sorted(set(tags)))
         node = Node(
             f"l{idx}_{label}{self.suffix}",
@@ -444,7 +463,7 @@ class Context:
             stack.extend(node.inputs)
             stack.extend(node.kwinputs.values())
         for n in graph.nodes:
-            if n.name not in live and n.type not in ("@", "$"):
+            if n.name not in live and n.type not in ("@", "$", "^"):
                 raise self.error(
                     f"{_head(n.item)}: its output is never used (nothing after it "
                     f"reads it: a $reference or an unread @tap leaves it behind)",

@@ -239,6 +239,12 @@ class LayerDef:
         size."""
         return False
 
+    def side_outputs(self, call: Call) -> dict[str, ShapeSpec]:
+        """Values this layer makes besides its main output, by symbol name (``DNC.sample``),
+        for later layers to read through :meth:`uses`. Its module then returns
+        ``(output, {symbol: value})`` (and the losses third, in training)."""
+        return {}
+
     def output_name(self, call: Call) -> str | None:
         """The name under which this layer's output is a final output (``out``, ``aux``)."""
         return None

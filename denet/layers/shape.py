@@ -11,6 +11,7 @@ KINDS = {
     "vector": "a vector",  # [B, C], e.g. class probabilities
     "boxes": "a set of boxes",  # [R, 5] rows (batch index, x1, y1, x2, y2), torchvision's RoIs
     "detections": "a list of detections",  # one dict per image (boxes, scores, labels)
+    "corners": "corner log-probabilities",  # [B, 2, K, H, W], DeNet's DNC
 }
 
 
