@@ -1,9 +1,11 @@
 """model-modify: change a model file's input size, classifier or layers, keeping the weights of
 every layer that is unchanged.
 
-Operations run in DeNet's order: ``--image-size`` / ``--class-num``, ``--modify-layer``,
+Operations run in DeNet's order: ``--image-size`` / ``--class-num``, ``--merge``,
+``--use-cudnn-pool``, ``--convert-bn-relu``, ``--modify-bn``, ``--modify-layer``,
 ``--layer-remove``, ``--layer-insert`` (applied one after another), ``--layer-append``. Layer
 indices are top-level item positions, as ``--summary`` shows them. The input file is only read.
+The edits themselves are in :mod:`denet.cli.modify_ops`.
 """
 
 from __future__ import annotations
@@ -13,86 +15,16 @@ import os
 
 import torch
 
-from ..errors import DenetError, DescError
+from ..errors import DenetError
+from . import modify_ops as ops
 from ._common import tool_main
+from .modify_ops import modify_layer  # noqa: F401  (public since the first model-modify)
 
 
 def _parse_items(desc: str):
     from ..dsl import parse
 
     return list(parse(desc).items)
-
-
-def _parse_value(text: str):
-    from ..dsl import parse
-
-    try:
-        items = parse(f"X[{text}]").items
-    except DescError:
-        raise DenetError(f"--modify-layer: cannot read the value {text!r}") from None
-    return items[0].args[0].value
-
-
-def modify_layer(items, type_: str, assignments: list[str]):
-    """Set ``k=v`` on the first item of type ``type_`` (searching branches too)."""
-    from ..dsl import ast
-    from ..layers import REGISTRY
-
-    def find(seq):
-        for k, it in enumerate(seq):
-            if isinstance(it, (ast.Layer, ast.Group)) and it.type == type_:
-                return seq, k
-            if isinstance(it, ast.Group):
-                for b in it.branches:
-                    r = find(list(b))
-                    if r:
-                        return r
-        return None
-
-    ltype = REGISTRY.get(type_)
-    if ltype is None:
-        hint = REGISTRY.suggest(type_)
-        raise DenetError(
-            f"--modify-layer: unknown layer type {type_!r}"
-            + ("; did you mean " + " or ".join(map(repr, hint)) + "?" if hint else "")
-        )
-    for it in items:
-        if isinstance(it, (ast.Layer, ast.Group)) and it.type == type_:
-            break
-    else:
-        if not any(
-            isinstance(i, (ast.Layer, ast.Group)) and i.type == type_ for i in ast.walk(items)
-        ):
-            raise DenetError(f"--modify-layer: the model has no {type_} layer")
-    # top-level first; otherwise the first in reading order inside groups
-    found = None
-    for k, it in enumerate(items):
-        if isinstance(it, (ast.Layer, ast.Group)) and it.type == type_:
-            found = (items, k)
-            break
-    if found is None:
-        raise DenetError(
-            f"--modify-layer: the first {type_} is inside a group; edit the "
-            f"group with --layer-remove/--layer-insert instead"
-        )
-    seq, k = found
-    item = seq[k]
-    pos_names = [a.name for a in ltype.positional(item.tags)]
-    args = list(item.args)
-    for assignment in assignments:
-        key, eq, text = assignment.partition("=")
-        if not eq or not key:
-            raise DenetError(f"--modify-layer: expected k=v, not {assignment!r}")
-        value = _parse_value(text)
-        positional = [a for a in args if a.name is None]
-        if key in pos_names and pos_names.index(key) < len(positional):
-            target = positional[pos_names.index(key)]
-            args[args.index(target)] = ast.Arg(value, None, target.line, target.column, text)
-        else:
-            args = [a for a in args if a.name != key]
-            args.append(ast.Arg(value, key, item.line, item.column, text))
-    seq[k] = type(item)(**{**item.__dict__, "args": tuple(args)})
-    return k
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +54,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="new number of classes: the classifier (R) gets N outputs and new "
         "weights; stored class names are dropped",
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="remove the split points (DeNet's --merge): SPLIT items go, SKIPSRC.X[i] becomes "
+        "SKIPSRC[i]; the maths is unchanged",
+    )
+    p.add_argument(
+        "--use-cudnn-pool",
+        action="store_true",
+        help="DeNet's cuDNN pooling: every ceil-mode P.B[k,s] becomes the padded floor-mode "
+        "P[k,s,1] (same size on even inputs, windows shifted by one pixel; see "
+        "docs/model-modify.md)",
+    )
+    p.add_argument(
+        "--convert-bn-relu",
+        action="store_true",
+        help="every BN directly followed by a relu A becomes one BNA (weights kept, same maths); "
+        "residual blocks are left as they are",
+    )
+    p.add_argument(
+        "--modify-bn",
+        nargs=3,
+        metavar=("ENABLED", "MOMENTUM", "EPS"),
+        help="set momentum (DeNet-style, e.g. 0.9) and eps of every BN, BNA and residual "
+        "block; ENABLED is read as DeNet did, bool(string), so any value (even 0) means on",
     )
     p.add_argument(
         "--modify-layer",
@@ -165,7 +123,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import denet
 
-    from ..dsl import print_items
+    from ..dsl import ast, print_items
     from ..model_file import model_from_payload, read_payload
 
     if args.output is None and not args.summary:
@@ -174,11 +132,13 @@ def main(argv=None) -> int:
         )
     if args.output is not None and os.path.abspath(args.output) == os.path.abspath(args.input):
         raise DenetError("--output must differ from --input (the input file is never changed)")
+    bn = ops.parse_modify_bn(args.modify_bn) if args.modify_bn else None
     payload = read_payload(args.input)
     old = model_from_payload(payload, args.input)
 
     items = list(old.graph.desc.items)
-    origin: list[int | None] = list(range(len(items)))  # old top-level index of each item
+    lineage = ops.Lineage()  # which input item each edited item stands for
+    notes = []
     input_shape = tuple(old.input_shape)
     classes = old.classes
     class_names = old.class_names
@@ -191,17 +151,28 @@ def main(argv=None) -> int:
             raise DenetError("--class-num must be positive")
         if args.class_num != classes:
             classes, class_names = args.class_num, None
+    if args.merge:
+        n = ops.merge(items, lineage)
+        notes.append(f"--merge: {n} split point(s) removed")
+    if args.use_cudnn_pool:
+        n = ops.use_cudnn_pool(items, lineage)
+        notes.append(f"--use-cudnn-pool: {n} ceil-mode pool(s) P.B now padded P[k,s,1]")
+    if args.convert_bn_relu:
+        n = ops.convert_bn_relu(items, lineage, old.options.get("activation", "relu"))
+        notes.append(f"--convert-bn-relu: {n} BN A pair(s) now BNA")
+    if bn is not None:
+        n = ops.modify_bn(items, lineage, *bn)
+        notes.append(f"--modify-bn: momentum {bn[0]:g}, eps {bn[1]:g} on {n} layer(s)")
     for spec in args.modify_layer or []:
         if len(spec) < 2:
             raise DenetError("--modify-layer needs TYPE and at least one k=v")
-        modify_layer(items, spec[0], spec[1:])
+        ops.modify_layer(items, spec[0], spec[1:], lineage)
     if args.layer_remove:
         if not 0 < args.layer_remove <= len(items):
             raise DenetError(
                 f"--layer-remove {args.layer_remove}: the model has {len(items)} top-level layers"
             )
         del items[len(items) - args.layer_remove :]
-        del origin[len(origin) - args.layer_remove :]
     for spec in args.layer_insert:
         idx, colon, desc = spec.partition(":")
         if not colon or not idx.strip().isdigit():
@@ -212,51 +183,55 @@ def main(argv=None) -> int:
                 f"--layer-insert {spec}: index {idx} is past the end "
                 f"({len(items)} top-level layers)"
             )
-        new = _parse_items(desc)
-        items[idx:idx] = new
-        origin[idx:idx] = [None] * len(new)
+        items[idx:idx] = _parse_items(desc)
     for desc in args.layer_append:
-        new = _parse_items(desc)
-        items.extend(new)
-        origin.extend([None] * len(new))
+        items.extend(_parse_items(desc))
 
     desc = print_items(items)
     torch.manual_seed(args.seed)
     model = denet.compile(desc, input_shape, classes, **old.options)
     model.class_names = class_names
 
-    # map the modules of every kept item, node by node, and copy what still fits
-    old_by_top: dict[int, list] = {}
+    # Token j of the new string stands for token origin[j] of the old one (None: a new item);
+    # state-dict keys are l{token}_{TYPE}..., so the same layer may have a new name. The nodes
+    # of one token (several for REP copies) are matched in order.
+    old_index = {id(it): i for i, it in enumerate(ast.walk(old.graph.desc.items))}
+    origin = [old_index.get(id(lineage.original(it))) for it in ast.walk(items)]
+    old_by_token: dict[int, list] = {}
     for n in old.graph.nodes:
-        old_by_top.setdefault(n.top, []).append(n.name)
-    new_by_top: dict[int, list] = {}
+        old_by_token.setdefault(n.index, []).append(n.name)
+    new_by_token: dict[int, list] = {}
     for n in model.graph.nodes:
-        new_by_top.setdefault(n.top, []).append(n.name)
+        new_by_token.setdefault(n.index, []).append(n.name)
     old_state = old.state_dict()
     new_state = model.state_dict()
     kept, fresh = 0, []
     with torch.no_grad():
-        for new_top, old_top in enumerate(origin):
-            for k, name in enumerate(new_by_top.get(new_top, [])):
-                keys = [key for key in new_state if key.startswith(name + ".")]
-                if not keys:
-                    continue
-                old_name = old_by_top[old_top][k] if old_top is not None else None
-                ok = old_name is not None and all(
-                    old_name + key[len(name) :] in old_state
-                    and old_state[old_name + key[len(name) :]].shape == new_state[key].shape
-                    for key in keys
-                )
-                if ok:
-                    for key in keys:
-                        new_state[key].copy_(old_state[old_name + key[len(name) :]])
-                    kept += 1
-                else:
-                    fresh.append(name)
+        for n in model.graph.nodes:
+            name = n.name
+            keys = [key for key in new_state if key.startswith(name + ".")]
+            if not keys:
+                continue
+            k = new_by_token[n.index].index(name)
+            old_names = old_by_token.get(origin[n.index], []) if origin[n.index] is not None else []
+            old_name = old_names[k] if k < len(old_names) else None
+            ok = old_name is not None and all(
+                old_name + key[len(name) :] in old_state
+                and old_state[old_name + key[len(name) :]].shape == new_state[key].shape
+                for key in keys
+            )
+            if ok:
+                for key in keys:
+                    new_state[key].copy_(old_state[old_name + key[len(name) :]])
+                kept += 1
+            else:
+                fresh.append(name)
     if args.output is not None:
         denet.save(model, args.output)
     if args.summary:
         print(denet.summary(model))
+    for note in notes:
+        print(note)
     done = f"wrote {args.output}" if args.output is not None else "not written (no --output)"
     print(
         f"{done}: kept the weights of {kept} layer(s)"

@@ -164,6 +164,10 @@ def test_help_documents_every_option():
         "--layer-append",
         "--summary",
         "--seed",
+        "--merge",
+        "--use-cudnn-pool",
+        "--convert-bn-relu",
+        "--modify-bn",
     ):
         assert opt in res.stdout
 
@@ -177,3 +181,260 @@ def test_summary_without_output_writes_nothing(model_file, tmp_path):
     res = run("--input", str(model_file), "--class-num", "3")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "--output M2 is required" in res.stderr.splitlines()[0]
+
+
+# -- DeNet's base-model surgery options -----------------------------------------------------------
+# Run in-process (main() returns the exit status) to keep the tests quick; the launcher is the
+# same for every option and is exercised by the tests above.
+NET = (
+    "C[8,3] BN[0.95,0.001,lr=2] A SPLIT P.B[3,2] SKIPSRC.X[0] SUM(C[8,3] BN A | C[8,1] BN A[relu]) "
+    "REP[2](BN A C[8,3]) SKIP[0] nRSN[2,8,3] BN A[sigmoid] P.A R.B"
+)
+
+
+def modify(capsys, *args):
+    from denet.cli.modify import main
+
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def randomise_bn(model):
+    g = torch.Generator().manual_seed(1)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            n = mod.num_features
+            mod.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
+            mod.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            mod.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            mod.bias.data.copy_(torch.rand(n, generator=g) * 2 - 1)
+
+
+@pytest.fixture
+def net_file(tmp_path):
+    torch.manual_seed(0)
+    m = denet.compile(NET, (3, 16, 16), 5, border_mode="half")
+    randomise_bn(m)
+    path = tmp_path / "net.pt"
+    denet.save(m, path)
+    return path
+
+
+def outputs(a, b, shape=(2, 3, 16, 16)):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    a.eval(), b.eval()
+    with torch.no_grad():
+        return a(x), b(x)
+
+
+def test_convert_bn_relu(net_file, tmp_path, capsys):
+    out = tmp_path / "out.pt"
+    rc, stdout, err = modify(capsys, "--input", net_file, "--output", out, "--convert-bn-relu")
+    assert rc == 0, err
+    old, new = denet.load(net_file), denet.load(out)
+    assert new.desc == (
+        "C[8,3] BNA[0.95,0.001,lr=2] SPLIT P.B[3,2] SKIPSRC.X SUM(C[8,3] BNA | C[8] BNA) "
+        "REP[2](BNA C[8,3]) SKIP nRSN[2,8,3] BN A[sigmoid] P.A R.B"
+    )  # A[sigmoid] is not a relu; the blocks of nRSN are modules and stay as they are
+    assert "4 BN A pair(s) now BNA" in stdout and "kept the weights of 13 layer(s)" in stdout
+    # the BN weights under their new names, later tokens renumbered (REP copies too)
+    renamed = [
+        ("l1_BN", "l1_BNA"),
+        ("l7_C", "l6_C"),
+        ("l8_BN", "l7_BNA"),
+        ("l14_BN_0", "l11_BNA_0"),
+        ("l14_BN_1", "l11_BNA_1"),
+        ("l16_C_1", "l12_C_1"),
+        ("l18_nRSN", "l14_nRSN"),
+        ("l19_BN", "l15_BN"),
+    ]
+    for a, b in renamed:
+        sa, sb = getattr(old, a).state_dict(), getattr(new, b).state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), (a, b)
+    assert new.l1_BNA.momentum == pytest.approx(0.05) and new.l1_BNA.eps == 1e-3
+    ya, yb = outputs(old, new)
+    assert torch.equal(ya, yb)  # the same maths in eval mode ...
+    old.train(), new.train()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(old(x), new(x))  # ... and in training (batch statistics)
+    assert torch.equal(old.l8_BN.running_var, new.l7_BNA.running_var)
+
+
+def test_convert_bn_relu_only_for_relu(tmp_path, capsys):
+    m = denet.compile("C[4,3] BN A C[4,3] BN A[relu] BN A[tanh] R", (3, 8, 8), 3, activation="elu")
+    denet.save(m, tmp_path / "in.pt")
+    rc, _, err = modify(
+        capsys, "--input", tmp_path / "in.pt", "--output", tmp_path / "o.pt", "--convert-bn-relu"
+    )
+    assert rc == 0, err
+    assert denet.load(tmp_path / "o.pt").desc == "C[4,3] BN A C[4,3] BNA BN A[tanh] R"
+
+
+def test_modify_bn(net_file, tmp_path, capsys):
+    out = tmp_path / "out.pt"
+    # DeNet's quirk: ENABLED is bool(string), so "0" means enabled
+    rc, stdout, err = modify(
+        capsys, "--input", net_file, "--output", out, "--modify-bn", "0", "0.99", "1e-5"
+    )
+    assert rc == 0, err
+    old, new = denet.load(net_file), denet.load(out)
+    assert new.desc == (
+        "C[8,3] BN[0.99,lr=2] A SPLIT P.B[3,2] SKIPSRC.X SUM(C[8,3] BN[0.99] A | C[8] BN[0.99] "
+        "A[relu]) REP[2](BN[0.99] A C[8,3]) SKIP nRSN[2,8,3,momentum=0.99] BN[0.99] A[sigmoid] "
+        "P.A R.B"
+    )
+    assert "on 6 layer(s)" in stdout
+    bns = lambda m: [x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)]  # noqa: E731
+    assert len(bns(new)) == len(bns(old)) == 10
+    assert all(b.momentum == pytest.approx(0.01) and b.eps == 1e-5 for b in bns(new))
+    sa, sb = old.state_dict(), new.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    ya, yb = outputs(old, new)
+    assert not torch.equal(ya, yb)  # l1_BN's eps went from 1e-3 to 1e-5 ...
+    # ... which is the only change of the maths (momentum acts in training only): do it by
+    # hand on the original and the outputs agree exactly
+    old.l1_BN.eps = 1e-5
+    ya, yb = outputs(old, new)
+    assert torch.equal(ya, yb)
+
+
+def test_modify_bn_eps_and_bna(tmp_path, capsys):
+    m = denet.compile("C[4,3] BNA[0.8] RSN.O[4,3,eps=0.01] BN R", (3, 8, 8), 3)
+    randomise_bn(m)
+    denet.save(m, tmp_path / "in.pt")
+    out = tmp_path / "o.pt"
+    rc, _, err = modify(
+        capsys, "--input", tmp_path / "in.pt", "--output", out, "--modify-bn", "x", "0.5", "0.1"
+    )
+    assert rc == 0, err
+    new, old = denet.load(out), denet.load(tmp_path / "in.pt")
+    assert new.desc == "C[4,3] BNA[0.5,0.1] RSN.O[4,3,momentum=0.5,eps=0.1] BN[0.5,0.1] R"
+    ya, yb = outputs(old, new, (2, 3, 8, 8))
+    assert not torch.allclose(ya, yb)  # eps is part of the maths
+    for b in old.modules():
+        if isinstance(b, torch.nn.BatchNorm2d):
+            b.eps = 0.1
+    ya, yb = outputs(old, new, (2, 3, 8, 8))
+    assert torch.equal(ya, yb)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (["1", "x", "1e-5"], "--modify-bn: MOMENTUM must be a number, not 'x'"),
+        (["1", "0.9", "1e-5x"], "--modify-bn: EPS must be a number, not '1e-5x'"),
+        (["1", "1.5", "1e-5"], "--modify-bn: MOMENTUM must be between 0 and 1, not '1.5'"),
+        (["1", "0.9", "-1"], "--modify-bn: EPS must be at least 0, not '-1'"),
+        (["1", "0.9", "inf"], "--modify-bn: EPS must be at least 0, not 'inf'"),
+        (["", "0.9", "1e-5"], "an empty ENABLED is False in DeNet"),
+    ],
+)
+def test_modify_bn_errors(net_file, tmp_path, capsys, values, message):
+    out = tmp_path / "out.pt"
+    out.write_bytes(b"old")
+    rc, _, err = modify(capsys, "--input", net_file, "--output", out, "--modify-bn", *values)
+    assert rc == 2 and message in err
+    assert len(err.strip().splitlines()) == 1 and "error: " in err
+    assert out.read_bytes() == b"old"  # never a half-written or replaced output
+
+
+def test_use_cudnn_pool_resnet_stem(tmp_path, capsys):
+    torch.manual_seed(0)
+    stem = denet.compile("C[8,7,2] BNA P.B[3,2]", (3, 224, 224), border_mode="half")
+    randomise_bn(stem)
+    denet.save(stem, tmp_path / "stem.pt")
+    for size, pooled in ((224, 56), (512, 128), (225, 57)):
+        out = tmp_path / f"{size}.pt"
+        args = ["--use-cudnn-pool", "--image-size", size, size]
+        rc, stdout, err = modify(capsys, "--input", tmp_path / "stem.pt", "--output", out, *args)
+        assert rc == 0, err
+        new = denet.load(out)
+        assert new.desc == "C[8,7,2] BNA P[3,2,1]" and "1 ceil-mode pool(s)" in stdout
+        ceil = denet.compile("C[8,7,2] BNA P.B[3,2]", (3, size, size), border_mode="half")
+        # the conv gives 112, 256, 113: the same size for an even map, one more for an odd one
+        assert new.graph.nodes[-1].shape.h == pooled
+        assert ceil.graph.nodes[-1].shape.h == {224: 56, 512: 128, 225: 56}[size]
+    # the maths: the window grid moves up and left by one pixel (windows 2i-1..2i+1 instead of
+    # 2i..2i+2), as DeNet's switch to the padded cuDNN pool did
+    x = torch.randn(1, 8, 112, 112)
+    padded = torch.nn.functional.max_pool2d(x, 3, 2, 1)
+    shifted = torch.nn.functional.pad(x, (1, 0, 1, 0), value=-float("inf"))
+    assert torch.equal(padded, torch.nn.functional.max_pool2d(shifted, 3, 2, ceil_mode=True))
+    new, old = denet.load(tmp_path / "224.pt"), denet.load(tmp_path / "stem.pt")
+    assert torch.equal(new.l1_BNA.running_var, old.l1_BNA.running_var)
+
+
+def test_use_cudnn_pool_cases(tmp_path, capsys):
+    m = denet.compile(
+        "C[4,3] P.AB[2] SUM(P.B[3,2] | C[4] P.B[3,2]) P.B[2,2,1] P.B R", (3, 12, 12), 3
+    )
+    denet.save(m, tmp_path / "in.pt")
+    out = tmp_path / "o.pt"
+    rc, stdout, err = modify(
+        capsys, "--input", tmp_path / "in.pt", "--output", out, "--use-cudnn-pool"
+    )
+    assert rc == 0, err
+    # global pooling has no border and stays; an existing pad becomes 1, as in DeNet
+    assert (
+        denet.load(out).desc == "C[4,3] P.A[2,pad=1] SUM(P[3,2,1] | C[4] P[3,2,1]) P[2,2,1] P.B R"
+    )
+    assert "4 ceil-mode pool(s)" in stdout
+    m = denet.compile("C[4,3] P.B[1] R", (3, 8, 8), 3)
+    denet.save(m, tmp_path / "in1.pt")
+    rc, _, err = modify(capsys, "--input", tmp_path / "in1.pt", "--output", out, "--use-cudnn-pool")
+    assert rc == 2 and "--use-cudnn-pool: P.B[1] cannot become a padded pool" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_merge(net_file, tmp_path, capsys):
+    out = tmp_path / "out.pt"
+    rc, stdout, err = modify(capsys, "--input", net_file, "--output", out, "--merge")
+    assert rc == 0, err
+    old, new = denet.load(net_file), denet.load(out)
+    assert new.desc == (
+        "C[8,3] BN[0.95,0.001,lr=2] A P.B[3,2] SKIPSRC SUM(C[8,3] BN A | C[8] BN A[relu]) "
+        "REP[2](BN A C[8,3]) SKIP nRSN[2,8,3] BN A[sigmoid] P.A R.B"
+    )
+    assert "2 split point(s) removed" in stdout and "kept the weights of 13 layer(s)" in stdout
+    assert not any(n.split for n in new.graph.nodes)
+    # SPLIT was token 3: every later token, and its state-dict keys, moves down by one
+    sa, sb = old.state_dict(), new.state_dict()
+    assert len(sa) == len(sb) and "l17_nRSN.0.conv1.weight" in sb
+    for k, v in sb.items():
+        idx, rest = k[1:].split("_", 1)
+        old_key = f"l{int(idx) + (int(idx) >= 3)}_{rest}"
+        assert torch.equal(v, sa[old_key]), k
+    ya, yb = outputs(old, new)
+    assert torch.equal(ya, yb)
+    old.train(), new.train()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(old(x), new(x))  # checkpointing changes memory, not the maths
+
+
+def test_denet34_style_surgery(tmp_path, capsys):
+    """The shape of papers/dss/denet34.sh's base-model surgery, on a narrow ResNet: every option
+    in one call, in DeNet's order (merge, cudnn pool, convert, modify-bn, remove, insert, append)."""
+    torch.manual_seed(0)
+    base = "C.B[8,7,2] BN A P.B[3,2] nRSN.O[2,8,3] nRSN.O[2,16,3,2] nRSN.O[2,32,3,2] P.A R.BT"
+    m = denet.compile(base, (3, 64, 64), 10, border_mode="half")
+    randomise_bn(m)
+    denet.save(m, tmp_path / "r.pt")
+    out = tmp_path / "skip.pt"
+    args = ["--modify-bn", "1", "0.9", "1e-5", "--convert-bn-relu", "--use-cudnn-pool"]
+    args += ["--class-num", "4", "--image-size", "96", "96", "--layer-remove", "2"]
+    args += ["--layer-insert", "4:SKIPSRC.X[0]", "6:SKIPSRC.X[1]"]
+    args += ["--layer-append", "PI[2] C[16,3] SKIP[1] BNA PI[2] C[8,3] SKIP[0] BNA P.A R"]
+    rc, stdout, err = modify(capsys, "--input", tmp_path / "r.pt", "--output", out, *args)
+    assert rc == 0, err
+    new, old = denet.load(out), denet.load(tmp_path / "r.pt")
+    assert new.desc == (
+        "C.B[8,7,2] BNA P[3,2,1] nRSN.O[2,8,3] SKIPSRC.X nRSN.O[2,16,3,2] SKIPSRC.X[1] "
+        "nRSN.O[2,32,3,2] PI[2] C[16,3] SKIP[1] BNA PI[2] C[8,3] SKIP BNA P.A R"
+    )
+    assert new.classes == 4 and new.input_shape == (3, 96, 96)
+    assert torch.equal(new.l1_BNA.running_mean, old.l1_BN.running_mean)
+    for a, b in [(old.l4_nRSN, new.l3_nRSN), (old.l6_nRSN, new.l7_nRSN)]:
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert "kept the weights of 5 layer(s)" in stdout
