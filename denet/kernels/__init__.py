@@ -4,6 +4,7 @@ Signatures follow ``torchvision.ops`` wherever torchvision has the operator."""
 
 from .deform_conv2d import DeformConv2d, deform_conv2d
 from .deform_roi_pool import DeformRoIPool, deform_roi_pool
+from .denet_rois import denet_rois
 from .nms import batched_nms, box_iou, denet_nms, nms, soft_nms
 from .pool_inv import PoolInv, pool_inv
 from .ps_roi_align import PSRoIAlign, ps_roi_align
@@ -17,6 +18,7 @@ __all__ = [
     "deform_conv2d",
     "DeformRoIPool",
     "deform_roi_pool",
+    "denet_rois",
     "batched_nms",
     "box_iou",
     "denet_nms",
