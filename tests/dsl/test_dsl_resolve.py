@@ -58,9 +58,9 @@ def test_later_layer_types_fail_with_the_unknown_type_message(desc):
     # the skip sources these strings expect (model-modify inserted them into the backbone)
     base = "C[64,3] " + "".join(f"SKIPSRC[{i}] P[2] " for i in range(desc.count("SKIP[")))
     err = error(base + desc, shape=(3, 64, 64), border_mode="half")
-    # DNC exists; DNS (DeNet detection issue) does not yet
-    assert str(err).startswith("unknown layer type 'DNS'")
-    assert err.column == len(base) + desc.index("DNS") + 1
+    # DNC and DNS exist; DND (DeNet detection issue) does not yet
+    assert str(err).startswith("unknown layer type 'DND'")
+    assert err.column == len(base) + desc.index("DND") + 1
 
 
 @pytest.mark.parametrize(
