@@ -54,13 +54,18 @@ def test_unknown_type_did_you_mean():
 
 
 @pytest.mark.parametrize("desc", [d for d in DENET_STRINGS if "DNC" in d])
-def test_later_layer_types_fail_with_the_unknown_type_message(desc):
+def test_denet_detector_strings_compile_with_the_papers_head_shapes(desc):
     # the skip sources these strings expect (model-modify inserted them into the backbone)
     base = "C[64,3] " + "".join(f"SKIPSRC[{i}] P[2] " for i in range(desc.count("SKIP[")))
-    err = error(base + desc, shape=(3, 64, 64), border_mode="half")
-    # DNC and DNS exist; DND (DeNet detection issue) does not yet
-    assert str(err).startswith("unknown layer type 'DND'")
-    assert err.column == len(base) + desc.index("DND") + 1
+    m = denet.compile(base + desc, (3, 64, 64), 80, border_mode="half")
+    dns = next(n for n in m.graph.nodes if n.type == "DNS")
+    dnc = next(n for n in m.graph.nodes if n.type == "DNC")
+    g, sn, f = dns.args["grid_size"], dns.args["sample_num"], dnc.args["sample_feat"]
+    # reference section 2.4: 576 RoIs x 4706 features (DeNet-34 std/skip), 2304 x 4802 (wide),
+    # 6274 features for DeNet-101
+    want = {(7, 24, 96): 4706, (10, 48, 48): 4802, (7, 24, 128): 6274, (7, 48, 128): 6274}
+    assert (dns.shape.channels, dns.shape.height, dns.shape.width) == (want[g, sn, f], sn, sn)
+    assert m.task == "detection" and m.loss_names == ("loss_corner", "loss_cls", "loss_box")
 
 
 @pytest.mark.parametrize(
