@@ -16,16 +16,36 @@ DETECTOR = (
     "C[16,3] BN A P[2] C[32,3] BN A P[2] @f BOXES[12] @r $f RA[4,rois=r] C[64,4] BN A DET[rois=r]"
 )
 SEGMENTER = "C[16,3] BN A P[2] C[32,3] BN A C[4,1] PI[2] SEG"
+# A DeNet detector (DNC corners at stride 4, 8x8 sparse RoIs, DND) in the shape of the paper's
+DENET = (
+    "C[16,3] BNA P[2] C[32,3] BNA P[2] C[32,3] BNA DNC[16] DNS[3,8,0.01,0.1] C.B[64,1] BNA "
+    "DND[0.5,1,1]"
+)
+DENET_RECIPE = (
+    "--border-mode",
+    "half",
+    "--solver",
+    "adam",
+    "--learn-momentum",
+    "0.9",
+    "0.999",
+    "--learn-rate",
+    "0.003",
+    "--batch-size",
+    "16",
+    "--thread-num",
+    "0",
+)
 
 
-def scenes(n, seed, size=32):
+def scenes(n, seed, size=32, sides=(8, 15)):
     """n grey images with one or two coloured rectangles (3 classes), 8 to 14 pixels a side."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         objects = []
         for _ in range(rng.integers(1, 3)):
-            w, h = rng.integers(8, 15, size=2)
+            w, h = rng.integers(*sides, size=2)
             x0, y0 = rng.integers(0, size - w), rng.integers(0, size - h)
             objects.append(
                 (int(x0), int(y0), int(x0 + w), int(y0 + h), int(rng.integers(3)), False)
@@ -152,3 +172,83 @@ def test_toy_segmentation_trains_evaluates_and_predicts(tool, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "mIoU" in res.stdout
+
+
+def ap50(stdout):
+    line = next(x for x in stdout.splitlines() if "IoU=0.50 " in x and "area=   all" in x)
+    return float(line.rsplit("=", 1)[1])
+
+
+@pytest.mark.slow
+def test_denet_detector_reaches_ap50_through_model_predict(tool, tmp_path):
+    root = tmp_path / "coco"
+    make_coco(str(root), "train", 2017, scenes(300, 0, 64, (14, 30)), ext="png")
+    make_coco(str(root), "val", 2017, scenes(60, 1, 64, (14, 30)), first_id=5000, ext="png")
+    prefix = tmp_path / "out" / "denet"
+    res = tool(
+        "model-train",
+        "--model-desc",
+        DENET,
+        *DENET_RECIPE,
+        "--epochs",
+        "8",
+        "--train",
+        root,
+        "--extension",
+        "mscoco,2017-train,crop=0",
+        "--test",
+        root,
+        "--test-extension",
+        "mscoco,2017-val,crop=0",
+        "--output-prefix",
+        prefix,
+    )
+    assert res.returncode == 0, res.stderr
+    log = read_log(f"{prefix}_log.jsonl")
+    assert {"train_loss_corner", "train_loss_cls", "train_loss_box"} <= set(log[-1])
+    assert log[-1]["train_loss_corner"] < log[0]["train_loss_corner"]
+    res = tool(
+        "model-predict",
+        "--model",
+        f"{prefix}_final.pt",
+        "--input",
+        root,
+        "--extension",
+        "mscoco,2017-val,crop=0",
+        "--output",
+        tmp_path / "det.json",
+    )
+    assert res.returncode == 0, res.stderr
+    assert ap50(res.stdout) >= 0.5, res.stdout
+    assert ap50(res.stdout) == pytest.approx(log[-1]["test_AP50"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_denet_detector_resumes_exactly(tool, tmp_path):
+    root = tmp_path / "coco"
+    make_coco(str(root), "train", 2017, scenes(64, 2, 64, (14, 30)), ext="png")
+    common = (
+        "--model-desc",
+        DENET,
+        *DENET_RECIPE,
+        "--train",
+        root,
+        "--extension",
+        "mscoco,2017-train,crop=0",
+    )
+    whole, part = tmp_path / "whole" / "m", tmp_path / "part" / "m"
+    assert tool("model-train", *common, "--epochs", "3", "--output-prefix", whole).returncode == 0
+    assert tool("model-train", *common, "--epochs", "2", "--output-prefix", part).returncode == 0
+    res = tool(
+        "model-train",
+        *common,
+        "--epochs",
+        "3",
+        "--output-prefix",
+        part,
+        "--resume",
+        f"{part}_epoch001.pt",
+    )
+    assert res.returncode == 0, res.stderr
+    drop = lambda log: [{k: v for k, v in r.items() if k != "seconds"} for r in log]  # noqa: E731
+    assert drop(read_log(f"{part}_log.jsonl")) == drop(read_log(f"{whole}_log.jsonl"))
