@@ -16,6 +16,7 @@ Must start without ``TRITON_INTERPRET`` set: Triton reads it when the kernels ar
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import pkgutil
@@ -136,11 +137,12 @@ def main():
     import denet.kernels
     from denet.kernels import _dispatch
 
-    # Every Triton module binds the real ``interpreting`` before it is patched below.
+    # Every Triton module binds the real ``interpreting`` before it is patched below. An
+    # operator without one (denet_rois: pure torch on every device) has nothing to compile.
     triton_modules = {
         info.name: importlib.import_module(f"denet.kernels.{info.name}.triton")
         for info in pkgutil.iter_modules(denet.kernels.__path__)
-        if info.ispkg
+        if info.ispkg and importlib.util.find_spec(f"denet.kernels.{info.name}.triton") is not None
     }
     dcn_triton = triton_modules["deform_conv2d"]
     # CPU tensors may take the Triton path (the launches compile and return) ...
