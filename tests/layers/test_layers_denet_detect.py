@@ -98,3 +98,32 @@ def test_detections_are_pr_threshold_and_per_class_denet_nms():
 def test_dnd_errors(desc, message):
     with pytest.raises(denet.DescError, match=message):
         denet.compile(desc, (3, 16, 16), 3, border_mode="half")
+
+
+@pytest.mark.parametrize(
+    "name, params, rois, features",
+    [
+        ("denet34-std", 32_809_401, 24, 4706),
+        ("denet34-skip", 32_807_481, 24, 4706),
+        # 1,536 more than a count that takes the wide head's first FC as C[1536,1] (the skip
+        # string's): the wide string of the paper script has C.B[1536,1], with a bias
+        ("denet34-wide", 33_020_809, 48, 4802),
+    ],
+)
+def test_published_denet34_models_have_the_papers_shapes_and_sizes(name, params, rois, features):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "dsl"))
+    from denet_strings import DENET_STRINGS
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples", f"{name}.desc")
+    with open(path, encoding="utf-8") as f:
+        desc = f.read()
+    head = desc[desc.index("PI[2]") :].strip()
+    assert head in DENET_STRINGS[:3]  # the script's head string, verbatim
+    with torch.device("meta"):
+        m = denet.compile(desc, (3, 512, 512), 80, border_mode="half")
+    assert sum(p.numel() for p in m.parameters()) == params
+    dns = next(n for n in m.graph.nodes if n.type == "DNS")
+    assert (dns.shape.channels, dns.shape.height) == (features, rois)
