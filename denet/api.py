@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from .dsl import INFERENCE, TRAINING, CompileOptions, LayerGraph, build, parse, print_graph, resolve
-from .dsl.build import build_modules
+from .dsl.build import NO_LOSSES, build_modules
 from .errors import DenetError, DescError
 
 
@@ -66,10 +66,7 @@ class Model(nn.Module):
         if targets is None or not self.training:
             return self._forward_code(self, images)
         if self._training_code is None:
-            raise DenetError(
-                "this network adds no losses, so it cannot be trained: end it with "
-                "a head that has a loss (docs/language.md, Tasks)"
-            )
+            raise DenetError(NO_LOSSES)
         return self._training_code(self, images, targets)
 
     def extra_repr(self) -> str:

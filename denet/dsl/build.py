@@ -11,6 +11,7 @@ concatenations and maxima are plain ``call_function`` nodes; identities (taps, `
 from __future__ import annotations
 
 import operator
+from collections import Counter
 
 import torch
 from torch import fx, nn
@@ -21,6 +22,10 @@ from ..layers import REGISTRY, FunctionOp
 from .graph import INPUT, TARGETS, LayerGraph, Node
 
 INFERENCE, TRAINING = "inference", "training"
+NO_LOSSES = (
+    "the description adds no losses, so it cannot be trained: end it with a head that has a "
+    "loss (docs/language.md, Tasks)"
+)
 
 
 class CheckpointSegment(nn.Module):
@@ -142,13 +147,14 @@ def _segments(graph: LayerGraph):
 def _inplace_activations(g: fx.Graph, modules: dict):
     """Let a ReLU work in place where its input has no other reader and its producer's backward
     does not need that input (as torchvision's ReLU(inplace=True) after conv/BN/add)."""
+    calls = Counter(n.target for n in g.nodes if n.op == "call_module")
     for n in g.nodes:
         if n.op != "call_module":
             continue
         m = modules.get(n.target)
         if not isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.ELU)) or len(n.args) != 1:
             continue
-        if sum(1 for u in g.nodes if u.op == "call_module" and u.target == n.target) > 1:
+        if calls[n.target] > 1:
             continue  # a shared module: another call may not allow it
         src = n.args[0]
         if not isinstance(src, fx.Node) or len(src.users) != 1:
@@ -183,10 +189,7 @@ def build(
     segments). To build the other mode's graph over the same modules, pass the first call's
     ``build_modules`` result as ``built`` and its module dict as ``segments``."""
     if mode == TRAINING and not graph.losses:
-        raise DenetError(
-            "the description adds no losses, so it cannot be trained: end it with a "
-            "head that has a loss (docs/language.md, Tasks)"
-        )
+        raise DenetError(NO_LOSSES)
     if built is None:
         built = build_modules(graph, registry)
     modules: dict[str, nn.Module] = {}

@@ -19,8 +19,10 @@ from ..layers import REGISTRY, Call, Registry, ShapeSpec
 from ..layers.activation import ACTIVATIONS
 from ..layers.init import WeightInit, parse_weight_init
 from ..layers.registry import BORDER_MODES, REQUIRED, Arg
+from ..layers.shape import KINDS
 from . import ast
 from .graph import INPUT, TARGETS, LayerGraph, Node
+from .printer import print_item
 
 __all__ = ["INPUT", "TARGETS", "CompileOptions", "Context", "LayerGraph", "Node", "resolve"]
 
@@ -504,8 +506,6 @@ class Context:
 
 
 def _kinds(kinds) -> str:
-    from ..layers.shape import KINDS
-
     return " or ".join(KINDS[k] for k in kinds)
 
 
@@ -514,8 +514,6 @@ def _head(item) -> str:
     written = getattr(item, "written", "")
     if written:
         return written + ("(…)" if isinstance(item, ast.Group) else "")
-    from .printer import print_item
-
     return print_item(item, shallow=True)
 
 

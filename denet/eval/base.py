@@ -63,6 +63,14 @@ class Evaluator(abc.ABC):
                 )
 
 
+def per_image(outputs, targets) -> list[tuple]:
+    """``(output, target)`` for every image of a detector's batch; the counts must agree."""
+    outputs, targets = list(outputs), list(targets)
+    if len(outputs) != len(targets):
+        raise ValueError(f"{len(outputs)} outputs for {len(targets)} targets")
+    return list(zip(outputs, targets))
+
+
 def finite_geometry(target) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(scale, offset)`` as float64 ``[2]`` (x, y) when the target has both, finite and with a
     non-zero scale; else None (no geometry, or a rotation, for which they are NaN)."""

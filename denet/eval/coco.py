@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Evaluator, finite_geometry, nan_if_negative
+from .base import Evaluator, finite_geometry, nan_if_negative, per_image
 
 BOX_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 KP_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
@@ -154,11 +154,7 @@ class CocoEvaluator(Evaluator):
         return state
 
     def update(self, outputs, targets) -> None:
-        targets = list(targets)
-        outputs = list(outputs)
-        if len(outputs) != len(targets):
-            raise ValueError(f"{len(outputs)} outputs for {len(targets)} targets")
-        for out, tgt in zip(outputs, targets):
+        for out, tgt in per_image(outputs, targets):
             self.records.append(self._record(out, tgt))
         self._cache = None
 

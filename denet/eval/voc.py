@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from .base import Evaluator, finite_geometry
+from .base import Evaluator, finite_geometry, per_image
 from .coco import _np, _unmap_xy
 
 
@@ -86,11 +86,7 @@ class VocEvaluator(Evaluator):
         self.records: list[dict] = []
 
     def update(self, outputs, targets) -> None:
-        targets = list(targets)
-        outputs = list(outputs)
-        if len(outputs) != len(targets):
-            raise ValueError(f"{len(outputs)} outputs for {len(targets)} targets")
-        for out, tgt in zip(outputs, targets):
+        for out, tgt in per_image(outputs, targets):
             geom = finite_geometry(tgt)
             labels = _np(tgt["labels"], np.int64).reshape(-1)
             rec = {

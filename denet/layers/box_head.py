@@ -24,41 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import batched_nms, box_iou
+from .box_coding import decode, encode
 from .registry import Arg, Call, LayerDef
 from .shape import ShapeSpec
 
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 CLAMP = math.log(1000.0 / 16)  # largest exp() of a size delta, as torchvision
-
-
-def encode(gt: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-    """Deltas (dx, dy, dw, dh) that move ``rois`` onto ``gt`` (both [N, 4] xyxy)."""
-    wx, wy, ww, wh = WEIGHTS
-    rw, rh = rois[:, 2] - rois[:, 0], rois[:, 3] - rois[:, 1]
-    rx, ry = rois[:, 0] + 0.5 * rw, rois[:, 1] + 0.5 * rh
-    gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
-    gx, gy = gt[:, 0] + 0.5 * gw, gt[:, 1] + 0.5 * gh
-    return torch.stack(
-        [
-            wx * (gx - rx) / rw,
-            wy * (gy - ry) / rh,
-            ww * torch.log(gw / rw),
-            wh * torch.log(gh / rh),
-        ],
-        1,
-    )
-
-
-def decode(deltas: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`encode`."""
-    wx, wy, ww, wh = WEIGHTS
-    rw, rh = rois[:, 2] - rois[:, 0], rois[:, 3] - rois[:, 1]
-    rx, ry = rois[:, 0] + 0.5 * rw, rois[:, 1] + 0.5 * rh
-    dx, dy = deltas[:, 0] / wx, deltas[:, 1] / wy
-    dw = (deltas[:, 2] / ww).clamp(max=CLAMP)
-    dh = (deltas[:, 3] / wh).clamp(max=CLAMP)
-    cx, cy, w, h = rx + dx * rw, ry + dy * rh, rw * torch.exp(dw), rh * torch.exp(dh)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], 1)
 
 
 class BoxHead(nn.Module):
@@ -99,14 +70,14 @@ class BoxHead(nn.Module):
             best, which = box_iou(boxes, gt).max(1)
             gt_labels = torch.as_tensor(t["labels"], device=rois.device).long()
             labels[sel] = torch.where(best >= self.iou, gt_labels[which] + 1, 0)
-            goals[sel] = encode(gt[which], boxes)
+            goals[sel] = encode(gt[which], boxes, WEIGHTS)
         return labels, goals
 
     @torch.no_grad()
     def detections(self, logits, deltas, rois, images):
         height, width = images.shape[-2:]
         probs = logits.softmax(1)[:, 1:]
-        boxes = decode(deltas, rois[:, 1:])
+        boxes = decode(deltas, rois[:, 1:], WEIGHTS, CLAMP)
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         out = []

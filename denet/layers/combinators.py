@@ -13,13 +13,12 @@ import operator
 import torch
 
 from .registry import Call, FunctionOp, LayerDef
+from .shape import ANY_KIND
 
 
 def _same_maps(call: Call, what: str):
     first = call.inputs[0]
     for n, s in enumerate(call.inputs[1:], start=2):
-        if s.height is None or first.height is None:
-            call.fail(f"{call.type} merges feature maps, not vectors")
         if (s.height, s.width) != (first.height, first.width) or (
             what == "all" and s.channels != first.channels
         ):
@@ -71,4 +70,4 @@ class Max(LayerDef):
 class Identity(LayerDef):
     type = "I"
     doc = "Identity."
-    accepts = ("map", "vector", "boxes", "detections")
+    accepts = ANY_KIND

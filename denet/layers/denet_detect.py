@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import box_iou, denet_nms
+from .box_coding import decode, encode
 from .denet_sparse import COUNTS, ROIS
 from .registry import Arg, Call, LayerDef
 from .shape import ShapeSpec
@@ -48,24 +49,6 @@ def soft_targets(rois, gt, labels, classes: int, threshold: float) -> torch.Tens
         t[:, :classes].clamp_(max=1.0)  # two boxes of one class: still that class once
     t[:, classes] = (t[:, :classes].sum(1) == 0).to(rois.dtype)
     return t / t.sum(1, keepdim=True)
-
-
-def box_deltas(gt, rois) -> torch.Tensor:
-    """DeNet's regression targets of ``gt`` relative to ``rois`` (both [N, 4] xyxy)."""
-    sw, sh = rois[:, 2] - rois[:, 0], rois[:, 3] - rois[:, 1]
-    gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
-    dx = (gt[:, 0] + gw / 2 - rois[:, 0] - sw / 2) / sw
-    dy = (gt[:, 1] + gh / 2 - rois[:, 1] - sh / 2) / sh
-    return torch.stack([dx, dy, torch.log(gw / sw), torch.log(gh / sh)], 1)
-
-
-def decode(deltas, rois) -> torch.Tensor:
-    """Boxes from ``deltas`` (dx, dy, dw, dh) applied to ``rois`` (xyxy)."""
-    sw, sh = rois[..., 2] - rois[..., 0], rois[..., 3] - rois[..., 1]
-    cx = deltas[..., 0] * sw + rois[..., 0] + sw / 2
-    cy = deltas[..., 1] * sh + rois[..., 1] + sh / 2
-    w, h = torch.exp(deltas[..., 2]) * sw, torch.exp(deltas[..., 3]) * sh
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
 
 
 class DetectionClassifier(nn.Module):
@@ -110,7 +93,7 @@ class DetectionClassifier(nn.Module):
             if deltas is not None and len(gt):
                 best, which = box_iou(rois[i], gt).max(1)
                 valid = best > self.bbox_overlap
-                goal = box_deltas(gt[which[valid]], rois[i][valid])
+                goal = encode(gt[which[valid]], rois[i][valid])
                 box_terms.append(
                     F.smooth_l1_loss(deltas[i][valid], goal, beta=1.0, reduction="sum")
                 )

@@ -17,14 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import Arg, Call, LayerDef
-
-_ANY = ("map", "vector", "boxes", "detections")
+from .shape import ANY_KIND
 
 
 class Output(LayerDef):
     type = "OUT"
     doc = "Makes the current value a final output named `name` (identity in the chain)."
-    accepts = _ANY
+    accepts = ANY_KIND
     args = (Arg("name", "str", doc="output name (`out` is the main one)"),)
 
     def output_name(self, call: Call):

@@ -13,6 +13,7 @@ KINDS = {
     "detections": "a list of detections",  # one dict per image (boxes, scores, labels)
     "corners": "corner log-probabilities",  # [B, 2, K, H, W], DeNet's DNC
 }
+ANY_KIND = tuple(KINDS)  # what identities, outputs and sub-networks accept
 
 
 @dataclass(frozen=True)

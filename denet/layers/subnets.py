@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .registry import Arg, Call, LayerDef
+from .shape import ANY_KIND
 
 
 class Repeat(LayerDef):
@@ -23,7 +24,7 @@ class Repeat(LayerDef):
     doc = "Repeats its single branch n times in sequence, each copy with its own weights."
     is_group = True
     min_branches = max_branches = 1
-    accepts = ("map", "vector", "boxes", "detections")
+    accepts = ANY_KIND
     args = (Arg("n", "int", min=1, doc="number of repetitions"),)
 
     def expand(self, ctx, item, call: Call, current: str) -> str:
@@ -54,7 +55,7 @@ class Share(LayerDef):
     )
     is_group = True
     min_branches = max_branches = 1
-    accepts = ("map", "vector", "boxes", "detections")
+    accepts = ANY_KIND
     args = (Arg("name", "str", doc="name of the shared sub-network"),)
 
     def expand(self, ctx, item, call: Call, current: str) -> str:
@@ -84,7 +85,7 @@ class Use(LayerDef):
         "Applies the sub-network defined by SHARE[name] to the current tensor, with the "
         "same modules and weights."
     )
-    accepts = ("map", "vector", "boxes", "detections")
+    accepts = ANY_KIND
     args = (Arg("name", "str", doc="name given to SHARE"),)
 
     def expand(self, ctx, item, call: Call, current: str) -> str:

@@ -21,7 +21,8 @@ DENET = (
     "C[16,3] BNA P[2] C[32,3] BNA P[2] C[32,3] BNA DNC[16] DNS[3,8,0.01,0.1] C.B[64,1] BNA "
     "DND[0.5,1,1]"
 )
-DENET_RECIPE = (
+# Adam, batch 16, in the training process; every test trains this way
+RECIPE = (
     "--border-mode",
     "half",
     "--solver",
@@ -29,13 +30,12 @@ DENET_RECIPE = (
     "--learn-momentum",
     "0.9",
     "0.999",
-    "--learn-rate",
-    "0.003",
     "--batch-size",
     "16",
     "--thread-num",
     "0",
 )
+COCO_TRAIN, COCO_VAL = "mscoco,2017-train,crop=0", "mscoco,2017-val,crop=0"
 
 
 def scenes(n, seed, size=32, sides=(8, 15)):
@@ -59,49 +59,32 @@ def read_log(path):
         return [json.loads(line) for line in fh]
 
 
-@pytest.mark.slow
-def test_toy_detector_trains_evaluates_and_predicts(tool, tmp_path):
-    root = tmp_path / "coco"
-    make_coco(str(root), "train", 2017, scenes(160, 0), ext="png")
-    make_coco(str(root), "val", 2017, scenes(40, 1), first_id=5000, ext="png")
-    prefix = tmp_path / "out" / "det"
-    res = tool(
+def train(tool, desc, root, extension, prefix, learn_rate, epochs, test_extension=None, *more):
+    """``bin/model-train`` on ``root`` (tested on the ``test_extension`` subset when given);
+    returns the result of the run."""
+    test = ("--test", root, "--test-extension", test_extension) if test_extension else ()
+    return tool(
         "model-train",
         "--model-desc",
-        DETECTOR,
-        "--border-mode",
-        "half",
+        desc,
+        *RECIPE,
+        "--learn-rate",
+        learn_rate,
+        "--epochs",
+        epochs,
         "--train",
         root,
         "--extension",
-        "mscoco,2017-train,crop=0",
-        "--test",
-        root,
-        "--test-extension",
-        "mscoco,2017-val,crop=0",
-        "--solver",
-        "adam",
-        "--learn-momentum",
-        "0.9",
-        "0.999",
-        "--learn-rate",
-        "0.003",
-        "--batch-size",
-        "16",
-        "--epochs",
-        "6",
-        "--thread-num",
-        "0",
+        extension,
+        *test,
         "--output-prefix",
         prefix,
+        *more,
     )
-    assert res.returncode == 0, res.stderr
-    log = read_log(f"{prefix}_log.jsonl")
-    assert {"train_loss_cls", "train_loss_box", "test_AP", "test_AP50"} <= set(log[-1])
-    assert log[-1]["train_loss_cls"] < log[0]["train_loss_cls"]
-    assert log[-1]["train_loss_box"] < log[0]["train_loss_box"]
-    assert log[-1]["test_AP50"] > 0.3, log[-1]
-    out = tmp_path / "pred.json"
+
+
+def predict(tool, prefix, root, extension, output):
+    """``bin/model-predict`` of the run's final model on a data set; its stdout."""
     res = tool(
         "model-predict",
         "--model",
@@ -109,12 +92,28 @@ def test_toy_detector_trains_evaluates_and_predicts(tool, tmp_path):
         "--input",
         root,
         "--extension",
-        "mscoco,2017-val,crop=0",
+        extension,
         "--output",
-        out,
+        output,
     )
     assert res.returncode == 0, res.stderr
-    assert "AP" in res.stdout
+    return res.stdout
+
+
+@pytest.mark.slow
+def test_toy_detector_trains_evaluates_and_predicts(tool, tmp_path):
+    root = tmp_path / "coco"
+    make_coco(str(root), "train", 2017, scenes(160, 0), ext="png")
+    make_coco(str(root), "val", 2017, scenes(40, 1), first_id=5000, ext="png")
+    prefix = tmp_path / "out" / "det"
+    res = train(tool, DETECTOR, root, COCO_TRAIN, prefix, "0.003", "6", COCO_VAL)
+    assert res.returncode == 0, res.stderr
+    log = read_log(f"{prefix}_log.jsonl")
+    assert {"train_loss_cls", "train_loss_box", "test_AP", "test_AP50"} <= set(log[-1])
+    assert log[-1]["train_loss_cls"] < log[0]["train_loss_cls"]
+    assert log[-1]["train_loss_box"] < log[0]["train_loss_box"]
+    assert log[-1]["test_AP50"] > 0.3, log[-1]
+    assert "AP" in predict(tool, prefix, root, COCO_VAL, tmp_path / "pred.json")
 
 
 @pytest.mark.slow
@@ -123,55 +122,13 @@ def test_toy_segmentation_trains_evaluates_and_predicts(tool, tmp_path):
     make_seglist(str(root), "train", scenes(120, 2), ignore_border=1)
     make_seglist(str(root), "val", scenes(30, 3), ignore_border=1)
     prefix = tmp_path / "out" / "seg"
-    res = tool(
-        "model-train",
-        "--model-desc",
-        SEGMENTER,
-        "--border-mode",
-        "half",
-        "--train",
-        root,
-        "--extension",
-        "seglist,train",
-        "--test",
-        root,
-        "--test-extension",
-        "seglist,val",
-        "--solver",
-        "adam",
-        "--learn-momentum",
-        "0.9",
-        "0.999",
-        "--learn-rate",
-        "0.01",
-        "--batch-size",
-        "16",
-        "--epochs",
-        "4",
-        "--thread-num",
-        "0",
-        "--output-prefix",
-        prefix,
-    )
+    res = train(tool, SEGMENTER, root, "seglist,train", prefix, "0.01", "4", "seglist,val")
     assert res.returncode == 0, res.stderr
     log = read_log(f"{prefix}_log.jsonl")
     assert {"train_loss_seg", "test_mIoU", "test_pixel_acc"} <= set(log[-1])
     assert log[-1]["train_loss_seg"] < log[0]["train_loss_seg"]
     assert log[-1]["test_mIoU"] > 0.6, log[-1]
-    out = tmp_path / "pred"
-    res = tool(
-        "model-predict",
-        "--model",
-        f"{prefix}_final.pt",
-        "--input",
-        root,
-        "--extension",
-        "seglist,val",
-        "--output",
-        out,
-    )
-    assert res.returncode == 0, res.stderr
-    assert "mIoU" in res.stdout
+    assert "mIoU" in predict(tool, prefix, root, "seglist,val", tmp_path / "pred")
 
 
 def ap50(stdout):
@@ -185,69 +142,25 @@ def test_denet_detector_reaches_ap50_through_model_predict(tool, tmp_path):
     make_coco(str(root), "train", 2017, scenes(300, 0, 64, (14, 30)), ext="png")
     make_coco(str(root), "val", 2017, scenes(60, 1, 64, (14, 30)), first_id=5000, ext="png")
     prefix = tmp_path / "out" / "denet"
-    res = tool(
-        "model-train",
-        "--model-desc",
-        DENET,
-        *DENET_RECIPE,
-        "--epochs",
-        "8",
-        "--train",
-        root,
-        "--extension",
-        "mscoco,2017-train,crop=0",
-        "--test",
-        root,
-        "--test-extension",
-        "mscoco,2017-val,crop=0",
-        "--output-prefix",
-        prefix,
-    )
+    res = train(tool, DENET, root, COCO_TRAIN, prefix, "0.003", "8", COCO_VAL)
     assert res.returncode == 0, res.stderr
     log = read_log(f"{prefix}_log.jsonl")
     assert {"train_loss_corner", "train_loss_cls", "train_loss_box"} <= set(log[-1])
     assert log[-1]["train_loss_corner"] < log[0]["train_loss_corner"]
-    res = tool(
-        "model-predict",
-        "--model",
-        f"{prefix}_final.pt",
-        "--input",
-        root,
-        "--extension",
-        "mscoco,2017-val,crop=0",
-        "--output",
-        tmp_path / "det.json",
-    )
-    assert res.returncode == 0, res.stderr
-    assert ap50(res.stdout) >= 0.5, res.stdout
-    assert ap50(res.stdout) == pytest.approx(log[-1]["test_AP50"], abs=1e-3)
+    stdout = predict(tool, prefix, root, COCO_VAL, tmp_path / "det.json")
+    assert ap50(stdout) >= 0.5, stdout
+    assert ap50(stdout) == pytest.approx(log[-1]["test_AP50"], abs=1e-3)
 
 
 @pytest.mark.slow
 def test_denet_detector_resumes_exactly(tool, tmp_path):
     root = tmp_path / "coco"
     make_coco(str(root), "train", 2017, scenes(64, 2, 64, (14, 30)), ext="png")
-    common = (
-        "--model-desc",
-        DENET,
-        *DENET_RECIPE,
-        "--train",
-        root,
-        "--extension",
-        "mscoco,2017-train,crop=0",
-    )
     whole, part = tmp_path / "whole" / "m", tmp_path / "part" / "m"
-    assert tool("model-train", *common, "--epochs", "3", "--output-prefix", whole).returncode == 0
-    assert tool("model-train", *common, "--epochs", "2", "--output-prefix", part).returncode == 0
-    res = tool(
-        "model-train",
-        *common,
-        "--epochs",
-        "3",
-        "--output-prefix",
-        part,
-        "--resume",
-        f"{part}_epoch001.pt",
+    assert train(tool, DENET, root, COCO_TRAIN, whole, "0.003", "3").returncode == 0
+    assert train(tool, DENET, root, COCO_TRAIN, part, "0.003", "2").returncode == 0
+    res = train(
+        tool, DENET, root, COCO_TRAIN, part, "0.003", "3", None, "--resume", f"{part}_epoch001.pt"
     )
     assert res.returncode == 0, res.stderr
     drop = lambda log: [{k: v for k, v in r.items() if k != "seconds"} for r in log]  # noqa: E731

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 
 import denet
 from denet.kernels import denet_nms
-from denet.layers.denet_detect import box_deltas, decode, soft_targets
+from denet.layers.box_coding import decode
+from denet.layers.box_coding import encode as box_deltas
+from denet.layers.denet_detect import soft_targets
 
 DESC = "C[8,3] DNC[4] DNS[3,2,0.01,0] C[16,1] BNA DND[0.5,1,1]"
 
