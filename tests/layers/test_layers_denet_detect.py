@@ -1,4 +1,4 @@
-"""DND, DeNet's detection classifier (v1): soft targets, losses, decode and test-time scoring
+"""DND, DeNet's detection classifier (v1 and v2): soft targets, losses, decode and test-time scoring
 against the formulas of the reference (denet-original.md 3.4, 4.1-4.2) written out."""
 
 import math
@@ -93,8 +93,9 @@ def test_detections_are_pr_threshold_and_per_class_denet_nms():
     "desc, message",
     [
         ("C[8,3] DNC[4] C[16,1] DND[0.5,1,1]", "DND classifies the RoIs of a DNS layer"),
-        ("C[8,3] DNC[4] DNS[3,2] C[16,1] DND.J[0.5,1,1]", "the v2 tag .J is not built yet"),
-        ("C[8,3] DNC[4] DNS[3,2] C[16,1] DND[0.5,1,1,1]", "independent fitness"),
+        ("C[8,3] DNC[4] DNS[3,2] C[16,1] DND.J[0.5,1,1,1]", "both score fitness: choose one"),
+        ("C[8,3] DNC[4] DNS[3,2] C[16,1] DND.B[0.5,1,0]", r"bounded IoU loss \(.B\) needs box"),
+        ("C[8,3] DNC[4] DNS[3,2] C[16,1] DND[1.0,1,1]", "overlap_threshold"),
     ],
 )
 def test_dnd_errors(desc, message):
