@@ -13,33 +13,7 @@ from PIL import Image, ImageDraw
 from ..data import open_dataset
 from ..errors import DataError
 from ._common import tool_main
-
-# A fixed palette: class k gets PALETTE[k % len]; 255 (ignore) is drawn white.
-PALETTE = np.array(
-    [
-        (230, 25, 75),
-        (60, 180, 75),
-        (255, 225, 25),
-        (0, 130, 200),
-        (245, 130, 48),
-        (145, 30, 180),
-        (70, 240, 240),
-        (240, 50, 230),
-        (210, 245, 60),
-        (250, 190, 212),
-        (0, 128, 128),
-        (220, 190, 255),
-        (170, 110, 40),
-        (255, 250, 200),
-        (128, 0, 0),
-        (170, 255, 195),
-        (128, 128, 0),
-        (255, 215, 180),
-        (0, 0, 128),
-        (128, 128, 128),
-    ],
-    np.uint8,
-)
+from .drawing import PALETTE, default_zoom, draw_boxes, enlarge
 
 
 def build_parser():
@@ -116,33 +90,23 @@ def render(image: torch.Tensor, target: dict, ds, zoom: int = 0) -> Image.Image:
         rgb = _to_uint8(image, ds)
     if "mask" in target:
         rgb = _overlay_mask(rgb, target["mask"].numpy())
-    h, w = rgb.shape[:2]
-    if zoom <= 0:
-        zoom = max(1, 256 // max(h, w))
-    img = Image.fromarray(rgb).resize((w * zoom, h * zoom), Image.Resampling.NEAREST)
-    draw = ImageDraw.Draw(img)
+    zoom = default_zoom(*rgb.shape[:2], zoom)
+    img = enlarge(rgb, zoom)
     boxes = target.get("boxes")
     if boxes is not None:
         flags = target.get("iscrowd", target.get("difficult"))
-        for k, (box, label) in enumerate(zip(boxes.tolist(), target["labels"].tolist())):
-            color = tuple(int(v) for v in PALETTE[label % len(PALETTE)])
-            x0, y0, x1, y1 = (v * zoom for v in box)
-            corners = [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)]
-            # a black rim first, so a box stays visible on an object of its own colour
-            draw.rectangle(
-                [corners[0] - 1, corners[1] - 1, corners[2] + 1, corners[3] + 1],
-                outline=(0, 0, 0),
-                width=4,
-            )
-            draw.rectangle(corners, outline=color, width=2)
+        labels = target["labels"].tolist()
+        captions = []
+        for k, label in enumerate(labels):
             name = ds.classes[label] if label < len(ds.classes) else str(label)
             if flags is not None and bool(flags[k]):
                 name += " (crowd)" if "iscrowd" in target else " (difficult)"
-            draw.text((x0 + 3, y0 + 2), name, fill=color, stroke_width=1, stroke_fill=(0, 0, 0))
+            captions.append(name)
+        draw_boxes(img, boxes.tolist(), labels, captions, zoom)
     if "label" in target:
         label = int(target["label"])
         name = ds.classes[label] if label < len(ds.classes) else str(label)
-        draw.text((2, 1), name, fill=(255, 255, 0))
+        ImageDraw.Draw(img).text((2, 1), name, fill=(255, 255, 0))
     return img
 
 
