@@ -104,16 +104,24 @@ def test_dnd_errors(desc, message):
 
 
 @pytest.mark.parametrize(
-    "name, params, rois, features",
+    "name, params, rois, features, script",
     [
-        ("denet34-std", 32_809_401, 24, 4706),
-        ("denet34-skip", 32_807_481, 24, 4706),
+        ("denet34-std", 32_809_401, 24, 4706, 0),
+        ("denet34-skip", 32_807_481, 24, 4706, 1),
         # 1,536 more than a count that takes the wide head's first FC as C[1536,1] (the skip
         # string's): the wide string of the paper script has C.B[1536,1], with a bias
-        ("denet34-wide", 33_020_809, 48, 4802),
+        ("denet34-wide", 33_020_809, 48, 4802, 2),
+        ("denet101-std", 68_704_537, 24, 6274, 3),
+        ("denet101-skip", 69_196_057, 24, 6274, 4),
+        ("denet101-wide", 85_746_009, 48, 6274, 5),
+        # v2: the wide strings with DND.JB (5C + 1 class outputs) and clustering DNS
+        ("denet34-wide-v2", 33_184_969, 24, 4802, None),
+        ("denet101-wide-v2", 85_992_089, 24, 6274, None),
     ],
 )
-def test_published_denet34_models_have_the_papers_shapes_and_sizes(name, params, rois, features):
+def test_published_denet_models_have_the_papers_shapes_and_sizes(
+    name, params, rois, features, script
+):
     import os
     import sys
 
@@ -124,9 +132,16 @@ def test_published_denet34_models_have_the_papers_shapes_and_sizes(name, params,
     with open(path, encoding="utf-8") as f:
         desc = f.read()
     head = desc[desc.index("PI[2]") :].strip()
-    assert head in DENET_STRINGS[:3]  # the script's head string, verbatim
+    if script is not None:
+        assert head == DENET_STRINGS[script]  # the script's head string, verbatim
+    else:
+        v1 = DENET_STRINGS[2 if "34" in name else 5]
+        assert "DND.JB[" in head and "DND[" in v1 and head.split(" DNS")[0] == v1.split(" DNS")[0]
     with torch.device("meta"):
         m = denet.compile(desc, (3, 512, 512), 80, border_mode="half")
     assert sum(p.numel() for p in m.parameters()) == params
     dns = next(n for n in m.graph.nodes if n.type == "DNS")
-    assert (dns.shape.channels, dns.shape.height) == (features, rois)
+    assert (dns.shape.channels, dns.shape.height, dns.shape.width) == (features, rois, rois)
+    dnd = next(n for n in m.graph.nodes if n.type == "DND")
+    want = (5 * 80 + 1 if script is None else 81) + 4
+    assert m.get_submodule(dnd.name).conv.out_channels == want
