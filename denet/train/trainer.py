@@ -202,12 +202,20 @@ def build_model(opts: TrainOptions, input_shape, num_classes: int, console: Cons
     return model
 
 
-def check_task(model, dataset, path) -> None:
+def check_task(model, dataset, path, training: bool = True) -> None:
     if model.task is not None and model.task != dataset.task:
         raise DataError(
             f"{path}: a {dataset.task} set, but the network is a {model.task} "
             f"network (its head decides: {model.desc})"
         )
+    # Images without boxes train (only the background losses); a set without any is a mistake.
+    records = getattr(dataset, "records", None)
+    if training and dataset.task == "detection" and records is not None:
+        if not any(len(r.boxes) for r in records):
+            raise DataError(
+                f"{path}: no image of this detection set has a box, so a detector has "
+                "nothing to learn (check the annotations and the loader keys)"
+            )
 
 
 def freeze_layers(model, indices) -> None:
@@ -336,7 +344,7 @@ class Trainer:
                 f"{resume}: the checkpoint's model does not fit {opts.train} "
                 "any more (input size or classes changed)"
             )
-        check_task(model, self.train_set, opts.train)
+        check_task(model, self.train_set, opts.train, training=not opts.skip_train)
         self.task = model.task or self.train_set.task
         self.factors = loss_factors(opts.cost_factors, model.loss_names)
         model.class_names = [str(c) for c in classes]

@@ -291,3 +291,19 @@ def test_v2_string_trains_through_the_model():
     m.eval()
     out = m(torch.rand(2, 3, 16, 16))
     assert len(out) == 2 and set(out[0]) == {"boxes", "scores", "labels"}
+
+
+@pytest.mark.parametrize("tags, args", [("", "0.5,2,1,0.5"), (".J", "0.5,1,1")])
+def test_an_image_without_boxes_has_only_background_losses(tags, args):
+    head, x = compiled_head(tags, args)
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    _, losses = head(x, ROIS, torch.tensor([4]), IMAGES, empty)
+    out = head.conv(x).flatten(2).transpose(1, 2)[0].double().detach()
+    s0 = 3 * (5 if "J" in tags else 1) + 1
+    factor = float(args.split(",")[1])
+    null = -torch.log_softmax(out[:, :s0], 1)[:, -1] / math.log(s0)
+    torch.testing.assert_close(losses["loss_cls"].double(), factor * null.mean())
+    assert losses["loss_box"].item() == 0.0
+    if "loss_fit" in losses:
+        no_object = -torch.log_softmax(out[:, s0 + 4 :], 1)[:, 0] / math.log(6)
+        torch.testing.assert_close(losses["loss_fit"].double(), 0.5 * no_object.mean())
