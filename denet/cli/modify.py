@@ -4,7 +4,9 @@ every layer that is unchanged.
 Operations run in DeNet's order: ``--image-size`` / ``--class-num``, ``--merge``,
 ``--use-cudnn-pool``, ``--convert-bn-relu``, ``--modify-bn``, ``--modify-layer``,
 ``--layer-remove``, ``--layer-insert`` (applied one after another), ``--layer-append``. Layer
-indices are top-level item positions, as ``--summary`` shows them. The input file is only read.
+indices are top-level item positions, as ``--summary`` shows them, or, with ``--denet-indices``,
+positions in DeNet's layer list (the input layer, one layer per residual block, ``R`` two), so
+that DeNet's scripts run as written. The input file is only read.
 The edits themselves are in :mod:`denet.cli.modify_ops`.
 """
 
@@ -95,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="remove the last N top-level layers",
+        help="remove the last N top-level layers (DeNet's last N layers with --denet-indices)",
     )
     p.add_argument(
         "--layer-insert",
@@ -103,10 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="IDX:DESC",
         help="insert DESC so that it starts at top-level index IDX (after the first "
-        "IDX layers); several are applied one after another",
+        "IDX layers; with --denet-indices, after DeNet's layers 0..IDX-1); several are applied "
+        "one after another, each shifting the later indices",
     )
     p.add_argument(
         "--layer-append", nargs="+", default=[], metavar="DESC", help="append layers at the end"
+    )
+    p.add_argument(
+        "--denet-indices",
+        action="store_true",
+        help="--layer-remove and --layer-insert count DeNet's layer list, so that DeNet's "
+        "scripts work as written: 0 is the input layer, each residual block is one layer (an "
+        "nRSN[n,...] stage is n), R is two (conv and regression), any other layer one; an "
+        "insert between two blocks of a stage splits the stage (weights kept)",
     )
     p.add_argument(
         "--seed",
@@ -167,10 +178,15 @@ def main(argv=None) -> int:
         if len(spec) < 2:
             raise DenetError("--modify-layer needs TYPE and at least one k=v")
         ops.modify_layer(items, spec[0], spec[1:], lineage)
-    if args.layer_remove:
-        if not 0 < args.layer_remove <= len(items):
+    if args.layer_remove < 0:
+        raise DenetError(f"--layer-remove {args.layer_remove}: the count cannot be negative")
+    if args.layer_remove and args.denet_indices:
+        notes.append(ops.denet_remove(items, lineage, args.layer_remove))
+    elif args.layer_remove:
+        if args.layer_remove > len(items):
             raise DenetError(
-                f"--layer-remove {args.layer_remove}: the model has {len(items)} top-level layers"
+                f"--layer-remove {args.layer_remove}: the model has {len(items)} top-level "
+                f"layers ({ops.listing(items)})"
             )
         del items[len(items) - args.layer_remove :]
     for spec in args.layer_insert:
@@ -178,10 +194,14 @@ def main(argv=None) -> int:
         if not colon or not idx.strip().isdigit():
             raise DenetError(f"--layer-insert expects IDX:DESC, not {spec!r}")
         idx = int(idx)
+        if args.denet_indices:
+            notes.append(ops.denet_insert(items, lineage, idx, _parse_items(desc), spec))
+            continue
         if idx > len(items):
             raise DenetError(
-                f"--layer-insert {spec}: index {idx} is past the end "
-                f"({len(items)} top-level layers)"
+                f"--layer-insert {spec}: index {idx} is past the end: the model has "
+                f"{len(items)} top-level layers ({ops.listing(items)}), so {len(items)} "
+                f"appends; {ops.HINT}"
             )
         items[idx:idx] = _parse_items(desc)
     for desc in args.layer_append:
@@ -197,6 +217,8 @@ def main(argv=None) -> int:
     # of one token (several for REP copies) are matched in order.
     old_index = {id(it): i for i, it in enumerate(ast.walk(old.graph.desc.items))}
     origin = [old_index.get(id(lineage.original(it))) for it in ast.walk(items)]
+    # block b of the second part of a split nRSN stage is block b + shift of the original
+    shift = [lineage.blocks(it) for it in ast.walk(items)]
     old_by_token: dict[int, list] = {}
     for n in old.graph.nodes:
         old_by_token.setdefault(n.index, []).append(n.name)
@@ -215,14 +237,17 @@ def main(argv=None) -> int:
             k = new_by_token[n.index].index(name)
             old_names = old_by_token.get(origin[n.index], []) if origin[n.index] is not None else []
             old_name = old_names[k] if k < len(old_names) else None
+            old_key = {
+                key: f"{old_name}{ops.shift_block(key[len(name) :], shift[n.index])}"
+                for key in keys
+            }
             ok = old_name is not None and all(
-                old_name + key[len(name) :] in old_state
-                and old_state[old_name + key[len(name) :]].shape == new_state[key].shape
+                old_key[key] in old_state and old_state[old_key[key]].shape == new_state[key].shape
                 for key in keys
             )
             if ok:
                 for key in keys:
-                    new_state[key].copy_(old_state[old_name + key[len(name) :]])
+                    new_state[key].copy_(old_state[old_key[key]])
                 kept += 1
             else:
                 fresh.append(name)

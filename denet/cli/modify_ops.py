@@ -18,19 +18,37 @@ RESIDUAL = ("RSN", "nRSN")
 
 
 class Lineage:
-    """Which item of the input model each edited item comes from (by object identity)."""
+    """Which item of the input model each edited item comes from (by object identity), and, for
+    a part of a split ``nRSN`` stage, which block of the original its first block is."""
 
     def __init__(self):
-        self._origin: dict[int, tuple[object, object]] = {}  # id(new) -> (new, original)
+        # id(new) -> (new, original, block offset)
+        self._origin: dict[int, tuple[object, object, int]] = {}
 
-    def replace(self, old, new):
-        """Record that ``new`` stands for ``old`` (and for what ``old`` stood for); returns it."""
-        self._origin[id(new)] = (new, self.original(old))
+    def replace(self, old, new, blocks: int = 0):
+        """Record that ``new`` stands for ``old`` (and for what ``old`` stood for); returns it.
+        ``blocks``: block ``b`` of ``new`` is block ``b + blocks`` of ``old`` (a stage split)."""
+        self._origin[id(new)] = (new, self.original(old), self.blocks(old) + blocks)
         return new
 
     def original(self, item):
         entry = self._origin.get(id(item))
         return entry[1] if entry is not None else item
+
+    def blocks(self, item) -> int:
+        """Block ``b`` of ``item`` is block ``b + blocks(item)`` of :meth:`original` (0 unless
+        ``item`` is the second part of a split stage)."""
+        entry = self._origin.get(id(item))
+        return entry[2] if entry is not None else 0
+
+
+def shift_block(suffix: str, blocks: int) -> str:
+    """The state-dict key suffix of a stage's block moved by ``blocks``: an ``nRSN`` is an
+    ``nn.Sequential`` of blocks, so ``.3.conv1.weight`` with 6 becomes ``.9.conv1.weight``."""
+    if not blocks:
+        return suffix
+    head, _, rest = suffix[1:].partition(".")
+    return f".{int(head) + blocks}.{rest}"
 
 
 def _text(value) -> str:
@@ -266,3 +284,151 @@ def modify_layer(items: list, type_: str, assignments: list[str], lineage: Linea
     new = set_args(item, updates)
     items[found] = lineage.replace(item, new) if lineage is not None else new
     return found
+
+
+# -- layer indices: ours and DeNet's (--denet-indices) --------------------------------------------
+# Ours count top-level items from 0. DeNet's count DeNet's layer list: 0 is the input layer, a
+# residual block is one layer (an nRSN[n,...] stage is n of them), R is two (a valid conv and the
+# regression) and every other layer token one. Groups, taps and references have no DeNet layers,
+# so DeNet's indices cannot be counted past them.
+HINT = "DeNet's indices (0 = the input layer, one per residual block, R two) need --denet-indices"
+
+
+def show(item, width: int = 40) -> str:
+    """An item as the canonical string, shortened to ``width`` characters."""
+    from ..dsl.printer import print_item
+
+    text = print_item(item)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def denet_layer_count(item) -> int | None:
+    """How many of DeNet's layers a top-level item is; None for a group, tap or reference."""
+    if not isinstance(item, ast.Layer):
+        return None
+    if item.type == "nRSN":
+        return int(get_arg(item, "num"))
+    return 2 if item.type == "R" else 1
+
+
+def _span(first: int, n: int) -> str:
+    return str(first) if n == 1 else f"{first}-{first + n - 1}"
+
+
+def listing(items, denet: bool = False, last: int = 6) -> str:
+    """The last ``last`` top-level items with their indices (ours, or DeNet's layer ranges),
+    e.g. ``..., 5 nRSN.O[6,256,3,2], 6 nRSN.O[3,512,3,2], 7 P.A[7], 8 R.BT``."""
+    rows, pos = [], 1
+    for k, it in enumerate(items):
+        if denet:
+            n = denet_layer_count(it)
+            if n is None:
+                rows.append(f"? {show(it)}")
+                continue
+            rows.append(f"{_span(pos, n)} {show(it)}")
+            pos += n
+        else:
+            rows.append(f"{k} {show(it)}")
+    return ("..., " if len(rows) > last else "") + ", ".join(rows[-last:])
+
+
+def denet_total(items) -> int | None:
+    counts = [denet_layer_count(it) for it in items]
+    return None if None in counts else sum(counts)  # type: ignore[arg-type]
+
+
+def _uncountable(option: str, item, k: int) -> DenetError:
+    return DenetError(
+        f"{option}: DeNet's indices cannot be counted at or past {show(item)} (our index {k}): "
+        f"DeNet had no groups, taps or references; give our index without --denet-indices"
+    )
+
+
+def split_stage(item, lineage: Lineage, blocks: int) -> tuple[object, object]:
+    """``nRSN[n,...]`` -> ``nRSN[blocks,...]`` and ``nRSN[n-blocks,...]``: the second keeps
+    every tag and keyword but has stride 1 and no ``first_dilation`` (only the stage's first
+    block has those), so the two compute what the stage did. Weights follow (:class:`Lineage`)."""
+    n = int(get_arg(item, "num"))
+    assert 0 < blocks < n
+    first = set_args(item, {"num": (blocks, str(blocks))})
+    second = set_args(item, {"num": (n - blocks, str(n - blocks)), "stride": (1, "1")})
+    args = tuple(a for a in second.args if a.name != "first_dilation")
+    second = type(item)(**{**second.__dict__, "args": args})
+    return lineage.replace(item, first), lineage.replace(item, second, blocks)
+
+
+def denet_insert(items: list, lineage: Lineage, index: int, new: list, spec: str) -> str:
+    """DeNet's ``--layer-insert IDX:DESC``: ``new`` goes after DeNet's layers ``0..index-1``,
+    splitting an ``nRSN`` stage when it lands between two of its blocks. Returns a note."""
+    option = f"--layer-insert {spec}"
+    if index < 1:
+        raise DenetError(
+            f"{option}: DeNet's index 0 is its input layer; inserting after the input is index 1"
+        )
+    pos = 1  # DeNet's index of items[k]'s first layer
+    for k, it in enumerate(items):
+        n = denet_layer_count(it)
+        if pos == index and not isinstance(it, (ast.Tap, ast.Ref)):  # before or after a tap?
+            items[k:k] = new
+            after = f"after {show(items[k - 1])}" if k else "first"
+            return f"{option}: DeNet's index {index} is our index {k} ({after})"
+        if n is None:
+            raise _uncountable(option, it, k)
+        if index < pos + n:
+            where = f"DeNet's layers {_span(pos, n)}, our index {k}"
+            if it.type != "nRSN":
+                raise DenetError(
+                    f"{option}: DeNet's index {index} falls between the conv and the regression "
+                    f"of {show(it)} ({where}), which is one layer here and cannot be split"
+                )
+            j = index - pos
+            first, second = split_stage(it, lineage, j)
+            items[k : k + 1] = [first, *new, second]
+            return (
+                f"{option}: DeNet's index {index} is after block {j} of {n} of {show(it)} "
+                f"({where}): the stage is split into {show(first)} and {show(second)}"
+            )
+        pos += n
+    if pos == index:
+        items.extend(new)
+        last = f"after {show(items[-len(new) - 1])}" if len(items) > len(new) else "first"
+        return f"{option}: DeNet's index {index} is our index {len(items) - len(new)} ({last})"
+    raise DenetError(
+        f"{option}: DeNet's index {index} is past the end: after the input layer 0 the model has "
+        f"{pos - 1} DeNet layers ({listing(items, denet=True)}); {pos} appends"
+    )
+
+
+def denet_remove(items: list, lineage: Lineage, count: int) -> str:
+    """DeNet's ``--layer-remove N``: drop DeNet's last N layers; a stage that N ends inside
+    keeps its first blocks (``nRSN[n,...]`` -> ``nRSN[n-m,...]``). Returns a note."""
+    option = f"--layer-remove {count}"
+    total = denet_total(items)
+    if total is not None and count > total:
+        raise DenetError(
+            f"{option}: after the input layer the model has {total} DeNet layers "
+            f"({listing(items, denet=True)})"
+        )
+    left, k = count, len(items)
+    while left > 0:
+        it = items[k - 1]
+        n = denet_layer_count(it)
+        if n is None:
+            raise _uncountable(option, it, k - 1)
+        if n <= left:
+            left, k = left - n, k - 1
+            continue
+        if it.type != "nRSN":
+            raise DenetError(
+                f"{option}: DeNet's last {count} layer(s) end between the conv and the regression "
+                f"of {show(it)} (our index {k - 1}), which is one layer here and cannot be split"
+            )
+        items[k - 1] = lineage.replace(it, set_args(it, {"num": (n - left, str(n - left))}))
+        removed = items[k:]
+        del items[k:]
+        return f"{option} (DeNet's layers): removed the last {left} block(s) of {show(it)}" + (
+            f" and {' '.join(show(r) for r in removed)}" if removed else ""
+        )
+    removed = items[k:]
+    del items[k:]
+    return f"{option} (DeNet's layers): removed {' '.join(show(r) for r in removed)}"

@@ -438,3 +438,251 @@ def test_denet34_style_surgery(tmp_path, capsys):
         sa, sb = a.state_dict(), b.state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert "kept the weights of 5 layer(s)" in stdout
+
+
+# -- DeNet's layer indices (--denet-indices) ------------------------------------------------------
+# DeNet's papers/dss scripts (denet-original.md 2.1, 2.2), verbatim: their indices count DeNet's
+# layer list (0 the input layer, one per residual block, R two), not our top-level items.
+DENET_SURGERY = ["--modify-bn", "1", "0.9", "1e-5", "--convert-bn-relu", "--use-cudnn-pool"]
+DENET_INSERTS = {
+    "std": [],
+    "skip": ["--layer-insert", "11:SKIPSRC.X[0]", "18:SKIPSRC.X[1]"],
+    "wide": ["--layer-insert", "7:SKIPSRC[0]", "12:SKIPSRC.X[1]", "19:SKIPSRC.X[2]"],
+}
+DENET34_HEADS = {  # papers/dss/denet34.sh, verbatim (denet-original.md 2.1)
+    "std": "PI[2] C.B[256,3] BNA PI[2] C.B[128,3] BNA DNC[96,100] DNS[7,24,0.01,0.1] C.B[1536,1] "
+    "BNA C.B[1024,1] BNA C.B[768,1] BNA C.B[512,1] BNA DND[0.5,1,1]",
+    "skip": "PI[2] C[256,3] SKIP[1] BNA PI[2] C[128,3] SKIP[0] BNA DNC[96,100] "
+    "DNS[7,24,0.01,0.1] C[1536,1] BNA C.B[1024,1] BNA C.B[768,1] BNA C.B[512,1] BNA DND[0.5,1,1]",
+    "wide": "PI[2] C[256,3] SKIP[2] BNA PI[2] C[128,3] SKIP[1] BNA PI[2] C[64,3] SKIP[0] BNA "
+    "SPLIT DNC[48,400] DNS[10,48,0.01,0.1] C.B[1536,1] BNA C.B[1024,1] BNA C.B[768,1] BNA "
+    "C.B[512,1] BNA DND[0.5,1,1]",
+}
+
+
+def example(name):
+    with open(os.path.join(ROOT, "examples", f"{name}.desc"), encoding="utf-8") as f:
+        return " ".join(line.strip() for line in f if not line.lstrip().startswith("#")).strip()
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def resnet34_file(tmp_path_factory):
+    """DeNet's ImageNet ResNet-34 (examples/resnet34-imagenet.desc): 3x224x224, 1000 classes."""
+    torch.manual_seed(0)
+    m = denet.compile(example("resnet34-imagenet"), (3, 224, 224), 1000, border_mode="half")
+    assert sum(p.numel() for p in m.parameters()) == 21_797_736  # torchvision's resnet34
+    randomise_bn(m)
+    path = tmp_path_factory.mktemp("r34") / "resnet34.pt"
+    denet.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, params", [("skip", 32_807_481), ("wide", 33_020_809), ("std", 32_809_401)]
+)
+def test_denet34_surgery_verbatim(resnet34_file, tmp_path, capsys, kind, params):
+    from denet.dsl import canonical
+
+    out = tmp_path / f"denet34-{kind}.pt"
+    args = ["--input", resnet34_file, "--output", out, *DENET_SURGERY, "--class-num", "80"]
+    args += ["--image-size", "512", "512", "--layer-remove", "3", *DENET_INSERTS[kind]]
+    args += ["--denet-indices", "--layer-append", DENET34_HEADS[kind]]
+    rc, stdout, err = modify(capsys, *args)
+    assert rc == 0, err
+    new, old = denet.load(out), denet.load(resnet34_file)
+    assert new.desc == canonical(example(f"denet34-{kind}"))
+    assert new.classes == 80 and new.input_shape == (3, 512, 512)
+    assert sum(p.numel() for p in new.parameters()) == params
+    # the backbone is the input's: stem conv, its BN (now BNA) and the four stages, in order
+    assert torch.equal(new.l0_C.weight, old.l0_C.weight)
+    assert same_weights(old.l1_BN, new.l1_BNA)
+    stages = lambda m: [getattr(m, n.name) for n in m.graph.nodes if n.type == "nRSN"]  # noqa: E731
+    assert len(stages(new)) == len(stages(old)) == 4
+    assert all(same_weights(a, b) for a, b in zip(stages(old), stages(new)))
+    assert "kept the weights of 6 layer(s)" in stdout
+    assert "--layer-remove 3 (DeNet's layers): removed P.A[7] R.BT" in stdout
+
+
+# DeNet-101 (bottleneck stages of 3, 4, 23, 3), narrow enough to run: the skip script's `18:`
+# lands after the 6th of the 23 conv4 blocks (denet-original.md 2.3), the wide one's `24:SPLIT`
+# after the 11th.
+NARROW101 = (
+    "C.B[8,7,2] BN A P[3,2,1] nRSN.O[3,16,3,1,4] nRSN.O[4,32,3,2,8] nRSN.O[23,64,3,2,16] "
+    "nRSN.O[3,128,3,2,32] P.A R.BT"
+)
+
+
+@pytest.fixture
+def narrow101_file(tmp_path):
+    torch.manual_seed(0)
+    m = denet.compile(NARROW101, (3, 32, 32), 10, border_mode="half")
+    randomise_bn(m)
+    path = tmp_path / "r101.pt"
+    denet.save(m, path)
+    return path
+
+
+def stage_blocks(model):
+    """Every residual block of the model's nRSN stages, in order."""
+    return [b for n in model.graph.nodes if n.type == "nRSN" for b in getattr(model, n.name)]
+
+
+@pytest.mark.parametrize(
+    "inserts, stages",
+    [
+        (["18:SKIPSRC[0]"], "nRSN.O[6,64,3,2,16] SKIPSRC nRSN.O[17,64,3,1,16]"),
+        (  # two splits of one stage: the third part's blocks are 7.. of the original
+            ["15:SKIPSRC[0]", "20:SKIPSRC[1]"],
+            "nRSN.O[3,64,3,2,16] SKIPSRC nRSN.O[4,64,3,1,16] SKIPSRC[1] nRSN.O[16,64,3,1,16]",
+        ),
+    ],
+)
+def test_denet_indices_split_a_stage(narrow101_file, tmp_path, capsys, inserts, stages):
+    out = tmp_path / "split.pt"
+    args = ["--input", narrow101_file, "--output", out, "--denet-indices", "--layer-insert"]
+    rc, stdout, err = modify(capsys, *args, *inserts)
+    assert rc == 0, err
+    new, old = denet.load(out), denet.load(narrow101_file)
+    assert new.desc == NARROW101.replace("nRSN.O[23,64,3,2,16]", stages)
+    assert "the stage is split into nRSN.O[" in stdout
+    old_blocks, new_blocks = stage_blocks(old), stage_blocks(new)
+    assert len(old_blocks) == len(new_blocks) == 33
+    assert all(same_weights(a, b) for a, b in zip(old_blocks, new_blocks))
+    assert same_weights(old, new) is False  # the keys moved (l6_nRSN.6 -> l8_nRSN.0) ...
+    ya, yb = outputs(old, new, (2, 3, 32, 32))
+    assert torch.equal(ya, yb)  # ... and the identity SKIPSRC changes nothing
+
+
+@pytest.mark.parametrize(
+    "kind, inserts, backbone",
+    [
+        (
+            "skip",
+            ["11:SKIPSRC.X[0]", "18:SKIPSRC.X[1]"],
+            "nRSN.O[4,32,3,2,8] SKIPSRC.X nRSN.O[6,64,3,2,16] SKIPSRC.X[1] "
+            "nRSN.O[17,64,3,1,16] nRSN.O[3,128,3,2,32]",
+        ),
+        (
+            "wide",
+            ["7:SKIPSRC[0]", "12:SKIPSRC.X[1]", "24:SPLIT", "37:SKIPSRC.X[2]"],
+            "SKIPSRC nRSN.O[4,32,3,2,8] SKIPSRC.X[1] nRSN.O[11,64,3,2,16] SPLIT "
+            "nRSN.O[12,64,3,1,16] SKIPSRC.X[2] nRSN.O[3,128,3,2,32]",
+        ),
+    ],
+)
+def test_denet101_style_surgery(narrow101_file, tmp_path, capsys, kind, inserts, backbone):
+    out = tmp_path / f"{kind}.pt"
+    args = ["--input", narrow101_file, "--output", out, *DENET_SURGERY, "--class-num", "4"]
+    args += ["--layer-remove", "3", "--denet-indices", "--layer-insert", *inserts]
+    rc, stdout, err = modify(capsys, *args)
+    assert rc == 0, err
+    new, old = denet.load(out), denet.load(narrow101_file)
+    assert new.desc == "C.B[8,7,2] BNA P[3,2,1] nRSN.O[3,16,3,1,4] " + backbone
+    assert all(same_weights(a, b) for a, b in zip(stage_blocks(old), stage_blocks(new)))
+    assert len(stage_blocks(new)) == 33
+
+
+def test_denet_indices_keywords_and_remove_inside_a_stage(tmp_path, capsys):
+    """The second part of a split stage keeps every tag and keyword but the stride and the first
+    block's dilation; a remove that ends inside a stage keeps its first blocks."""
+    torch.manual_seed(0)
+    desc = "C[8,3] nRSN[4,16,3,2,dilation=3,first_dilation=2,momentum=0.8] BN A P.A R"
+    m = denet.compile(desc, (3, 16, 16), 3, border_mode="half")
+    randomise_bn(m)
+    denet.save(m, tmp_path / "in.pt")
+    out = tmp_path / "o.pt"
+    # DeNet's layers: 1 C, 2-5 the blocks, 6 BN, 7 A, 8 P.A, 9-10 R; 3 is after the first block
+    args = ["--input", tmp_path / "in.pt", "--output", out, "--denet-indices"]
+    rc, _, err = modify(capsys, *args, "--layer-insert", "3:SKIPSRC")
+    assert rc == 0, err
+    new, old = denet.load(out), denet.load(tmp_path / "in.pt")
+    assert new.desc == (
+        "C[8,3] nRSN[1,16,3,2,dilation=3,first_dilation=2,momentum=0.8] SKIPSRC "
+        "nRSN[3,16,3,dilation=3,momentum=0.8] BN A P.A R"
+    )
+    assert all(same_weights(a, b) for a, b in zip(stage_blocks(old), stage_blocks(new)))
+    ya, yb = outputs(old, new)
+    assert torch.equal(ya, yb)
+    # remove R (2), P.A, A, BN and the last block: 6 of DeNet's layers
+    rc, stdout, err = modify(capsys, *args, "--layer-remove", "6")
+    assert rc == 0, err
+    new = denet.load(out)
+    assert new.desc == "C[8,3] nRSN[3,16,3,2,dilation=3,first_dilation=2,momentum=0.8]"
+    assert "removed the last 1 block(s) of nRSN[4,16,3,2" in stdout
+    assert all(same_weights(a, b) for a, b in zip(stage_blocks(old), stage_blocks(new)))
+    # our own indices stay the default: 3 is after the BN
+    rc, _, err = modify(
+        capsys, "--input", tmp_path / "in.pt", "--output", out, "--layer-insert", "3:SKIPSRC"
+    )
+    assert rc == 0, err
+    assert denet.load(out).desc == desc.replace("BN A", "BN SKIPSRC A")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (  # our indices: DeNet's script without the option
+            ["--layer-insert", "18:SKIPSRC.X[1]"],
+            "--layer-insert 18:SKIPSRC.X[1]: index 18 is past the end: the model has 10 top-level "
+            "layers (..., 4 nRSN.O[3,16,3,1,4], 5 nRSN.O[4,32,3,2,8], 6 nRSN.O[23,64,3,2,16], "
+            "7 nRSN.O[3,128,3,2,32], 8 P.A, 9 R.BT), so 10 appends; DeNet's indices (0 = the input "
+            "layer, one per residual block, R two) need --denet-indices",
+        ),
+        (
+            ["--denet-indices", "--layer-insert", "42:SKIPSRC"],
+            "DeNet's index 42 is past the end: after the input layer 0 the model has 40 DeNet "
+            "layers (..., 5-7 nRSN.O[3,16,3,1,4], 8-11 nRSN.O[4,32,3,2,8], 12-34 "
+            "nRSN.O[23,64,3,2,16], 35-37 nRSN.O[3,128,3,2,32], 38 P.A, 39-40 R.BT); 41 appends",
+        ),
+        (
+            ["--denet-indices", "--layer-remove", "42"],
+            "--layer-remove 42: after the input layer the model has 40 DeNet layers (...",
+        ),
+        (["--layer-remove", "11"], "--layer-remove 11: the model has 10 top-level layers (..."),
+        (  # between R's conv (39) and its regression (40)
+            ["--denet-indices", "--layer-insert", "40:SKIPSRC"],
+            "DeNet's index 40 falls between the conv and the regression of R.BT (DeNet's layers "
+            "39-40, our index 9), which is one layer here and cannot be split",
+        ),
+        (
+            ["--denet-indices", "--layer-remove", "1"],
+            "DeNet's last 1 layer(s) end between the conv and the regression of R.BT",
+        ),
+        (["--denet-indices", "--layer-insert", "0:SKIPSRC"], "DeNet's index 0 is its input layer"),
+    ],
+)
+def test_index_errors(narrow101_file, tmp_path, capsys, args, message):
+    out = tmp_path / "out.pt"
+    rc, _, err = modify(capsys, "--input", narrow101_file, "--output", out, *args)
+    assert rc == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_denet_indices_stop_at_groups_and_taps(net_file, tmp_path, capsys):
+    """DeNet had no groups, taps or references: its indices can land before a group, but cannot
+    be counted past one, nor placed beside a tap (before or after it?)."""
+    out = tmp_path / "out.pt"
+    args = ["--input", net_file, "--output", out, "--denet-indices", "--layer-insert"]
+    # DeNet's layers: 1 C, 2 BN, 3 A, 4 SPLIT, 5 P.B, 6 SKIPSRC.X, then the SUM group
+    rc, stdout, err = modify(capsys, *args, "7:C[8,1]")
+    assert rc == 0, err
+    assert denet.load(out).desc.startswith(
+        "C[8,3] BN[0.95,0.001,lr=2] A SPLIT P.B[3,2] SKIPSRC.X C[8] SUM("
+    )
+    rc, _, err = modify(capsys, *args, "8:C[8,1]")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert (
+        "--layer-insert 8:C[8,1]: DeNet's indices cannot be counted at or past SUM(C[8,3] BN A | "
+        "C[8] BN A[relu]) (our index 6): DeNet had no groups, taps or references; give our index "
+        "without --denet-indices"
+    ) in err
+    m = denet.compile("C[4,3] @t BN A SUM( | $t) R", (3, 8, 8), 3)
+    denet.save(m, tmp_path / "tap.pt")
+    args[1] = tmp_path / "tap.pt"
+    rc, _, err = modify(capsys, *args, "2:SKIPSRC")
+    assert rc == 2 and "cannot be counted at or past @t (our index 1)" in err
