@@ -36,6 +36,7 @@ bench: venv
 	$(PY) bench/kernels.py
 	$(PY) bench/models.py
 	$(PY) bench/data.py
+	$(PY) bench/detect.py
 
 # On a machine with an NVIDIA GPU, with that machine's own python3 (see bench/gpu_check.sh).
 gpu-check:
