@@ -52,6 +52,7 @@ def make_activation(name: str, inplace: bool = False) -> nn.Module | None:
 
 class Activation(LayerDef):
     type = "A"
+    denet_name = "activation"
     accepts = ("map", "vector")  # element-wise
     doc = (
         "Activation: the global --activation, or the one named as argument. "

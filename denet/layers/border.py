@@ -42,6 +42,7 @@ def conv_out(size: int, k: int, stride: int, pad: tuple[int, int], dilation: int
 
 class Border(LayerDef):
     type = "B"
+    denet_name = "border"
     doc = "Zero border: pads n pixels of zeros on every side."
     args = (Arg("n", "int", 0, min=0, doc="pixels added on each side"),)
 

@@ -97,6 +97,7 @@ def conv_shape(call: Call, cin: ShapeSpec, cout: int, k, s, border, dilation=1) 
 
 class Conv(LayerDef):
     type = "C"
+    denet_name = "conv"
     doc = (
         "2-D convolution; padding from the border mode. No bias unless tagged B: DeNet's "
         "code, which its released models follow, turns the bias ON with C.B (its README "
@@ -144,6 +145,7 @@ class Conv(LayerDef):
 
 class Deconv(LayerDef):
     type = "DC"
+    denet_name = "deconv"
     doc = (
         "Transposed convolution (DeNet 'deconv'): H_out = H*s - 2*(k//2) + k - 1. "
         "Border mode half only, as DeNet. Bias on unless tagged B."

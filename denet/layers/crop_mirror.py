@@ -48,6 +48,7 @@ class CropMirror(nn.Module):
 
 class CropMirrorDef(LayerDef):
     type = "CM"
+    denet_name = "crop-mirror"
     doc = (
         "Random crop (centre crop in evaluation) with random horizontal mirror and "
         "vertical flip in training."

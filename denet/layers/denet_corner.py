@@ -109,6 +109,7 @@ class Corners(nn.Module):
 
 class CornerLayer(LayerDef):
     type = "DNC"
+    denet_name = "denet-corner"
     doc = (
         "DeNet's corner layer: 1x1 conv to corner log-probabilities (side output "
         "`DNC.corners`, [B, 2, K, H, W]) and `sample_feat` features (`DNC.sample`); the main "

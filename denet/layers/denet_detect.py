@@ -240,6 +240,7 @@ class DetectionClassifier(nn.Module):
 
 class DetectionClassifierLayer(LayerDef):
     type = "DND"
+    denet_name = "denet-detect"
     doc = (
         "DeNet's detection classifier over the RoIs of the DNS before it: soft multi-label "
         "classes + null, class-agnostic box deltas and (v2) fitness; in training adds "

@@ -99,6 +99,7 @@ class SparseSampling(nn.Module):
 
 class SparseSamplingLayer(LayerDef):
     type = "DNS"
+    denet_name = "denet-sparse"
     doc = (
         "DeNet's sparse sampling: RoIs from the corners of the DNC before it "
         "(denet.kernels.denet_rois), features read at a grid over each (sparse_sample): "

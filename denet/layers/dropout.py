@@ -9,6 +9,7 @@ from .registry import Arg, Call, LayerDef
 
 class Dropout(LayerDef):
     type = "D"
+    denet_name = "dropout"
     accepts = ("map", "vector")  # element-wise
     doc = "Inverted dropout: zeroes activations with probability rate in training."
     args = (

@@ -97,6 +97,7 @@ _EPS = Arg("eps", "float", 1e-5, min=0.0, doc="added to the variance")
 
 class BatchNorm(LayerDef):
     type = "BN"
+    denet_name = "batchnorm"
     doc = (
         "Batch normalisation over (batch, height, width) per channel. Momentum DeNet-style, "
         "the weight of the old value (BN[0.9] is PyTorch's momentum 0.1); batch "
@@ -126,6 +127,7 @@ class BatchNorm(LayerDef):
 
 class BatchNormReLUDef(LayerDef):
     type = "BNA"
+    denet_name = "batchnorm-relu"
     doc = "Batch normalisation followed by ReLU (the maths of `BN A` with relu)."
     args = (_MOMENTUM, _EPS)
     has_params = True

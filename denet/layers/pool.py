@@ -24,6 +24,7 @@ def pool_out(size: int, k: int, s: int, pad: int, ceil: bool) -> int:
 
 class Pool(LayerDef):
     type = "P"
+    denet_name = "pool"
     doc = (
         "Max pooling, or average pooling with tag A (padding counted, Theano's "
         "average_inc_pad). Without a size it pools the whole map (global pooling), as "
@@ -70,6 +71,7 @@ class Pool(LayerDef):
 
 class PoolInverse(LayerDef):
     type = "PI"
+    denet_name = "pool-inv"
     doc = (
         "Pool inverse: nearest-neighbour upsampling by an integer factor (each pixel "
         "copied into a size x size block; the gradient is the block sum). Runs "

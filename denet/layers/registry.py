@@ -170,6 +170,7 @@ class LayerDef:
     :meth:`reads_targets` and :meth:`output_name`)."""
 
     type: str = ""
+    denet_name: str | None = None  # DeNet's JSON type name, accepted where tools take a type
     doc: str = ""
     tags: dict[str, str] = {}
     args: tuple[Arg, ...] = ()  # positional (also accepted as keywords by name)
@@ -278,6 +279,14 @@ class Registry:
 
     def get(self, name: str) -> LayerDef | None:
         return self._types.get(name)
+
+    def resolve(self, name: str) -> LayerDef | None:
+        """A type by its name in the language or by DeNet's JSON name (``denet-sparse``), as
+        tools that take a layer type accept both."""
+        found = self._types.get(name)
+        if found is None:
+            found = next((t for t in self._types.values() if t.denet_name == name), None)
+        return found
 
     def __contains__(self, name: str) -> bool:
         return name in self._types

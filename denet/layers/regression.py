@@ -62,6 +62,7 @@ class Regression(nn.Conv2d):
 
 class RegressionDef(LayerDef):
     type = "R"
+    denet_name = "regression"
     doc = (
         "Classifier head: valid k x k conv to `classes` channels (k = input size by "
         "default) and softmax. Evaluation: probabilities [B, classes]; training: "

@@ -189,6 +189,7 @@ def _make_block(call: Call, cin: int, stride: int, dilation: int):
 
 class ResidualBlock(LayerDef):
     type = "RSN"
+    denet_name = "resnet"
     doc = "One residual block."
     tags = _TAGS
     args = (

@@ -30,6 +30,7 @@ def _symbol(call: Call) -> str:
 
 class SkipSource(LayerDef):
     type = "SKIPSRC"
+    denet_name = "skip-src"
     doc = "Marks the current tensor as skip source `index` (identity)."
     tags = {"X": "also a split point (checkpointed segment boundary, like SPLIT)"}
     args = (Arg("index", "int", 0, min=0, doc="skip index"),)
@@ -43,6 +44,7 @@ class SkipSource(LayerDef):
 
 class Skip(LayerDef):
     type = "SKIP"
+    denet_name = "skip"
     doc = (
         "Adds skip source `index` to the current tensor, through a 1x1 projection when "
         "the channels differ (proj-add); mode=concat concatenates."

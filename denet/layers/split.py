@@ -13,6 +13,7 @@ from .registry import Call, LayerDef
 
 class Split(LayerDef):
     type = "SPLIT"
+    denet_name = "split"
     doc = (
         "Split point: the segment before it is activation-checkpointed in training "
         "(top level only)."
