@@ -57,12 +57,18 @@ def _text(value) -> str:
     return format_value(value)
 
 
+def _ltype(item):
+    ltype = REGISTRY.get(item.type)
+    assert ltype is not None, item.type  # items of a compiled model are registered types
+    return ltype
+
+
 def get_arg(item, name: str):
     """The value of argument ``name`` as written (positional or keyword), or None."""
     for a in item.args:
         if a.name == name:
             return a.value
-    pos = [a.name for a in REGISTRY.get(item.type).positional(item.tags)]
+    pos = [a.name for a in _ltype(item).positional(item.tags)]
     given = [a for a in item.args if a.name is None]
     if name in pos and pos.index(name) < len(given):
         return given[pos.index(name)].value
@@ -74,7 +80,7 @@ def set_args(item, updates: dict, tags: str | None = None):
     argument given positionally is replaced in place, anything else becomes ``name=value``
     (the printer moves it into place when that is canonical)."""
     tags = item.tags if tags is None else tags
-    pos_names = [a.name for a in REGISTRY.get(item.type).positional(tags)]
+    pos_names = [a.name for a in _ltype(item).positional(tags)]
     args = list(item.args)
     for key, (value, text) in updates.items():
         positional = [a for a in args if a.name is None]
@@ -247,7 +253,9 @@ def _parse_value(text: str):
         items = parse(f"X[{text}]").items
     except DescError:
         raise DenetError(f"--modify-layer: cannot read the value {text!r}") from None
-    return items[0].args[0].value
+    first = items[0]
+    assert isinstance(first, ast.Layer)
+    return first.args[0].value
 
 
 def modify_layer(items: list, type_: str, assignments: list[str], lineage: Lineage | None = None):
@@ -273,7 +281,7 @@ def modify_layer(items: list, type_: str, assignments: list[str], lineage: Linea
             f"--modify-layer: the first {type_} is inside a group; edit the "
             f"group with --layer-remove/--layer-insert instead"
         )
-    updates = {}
+    updates: dict[str, tuple[object, str]] = {}
     for assignment in assignments:
         key, eq, text = assignment.partition("=")
         if not eq or not key:
@@ -307,7 +315,10 @@ def denet_layer_count(item) -> int | None:
     if not isinstance(item, ast.Layer):
         return None
     if item.type == "nRSN":
-        return int(get_arg(item, "num"))
+        num = get_arg(item, "num")
+        if not isinstance(num, int) or isinstance(num, bool) or num < 1:
+            raise DenetError(f"{show(item)}: the number of blocks must be a positive integer")
+        return num
     return 2 if item.type == "R" else 1
 
 
@@ -333,8 +344,14 @@ def listing(items, denet: bool = False, last: int = 6) -> str:
 
 
 def denet_total(items) -> int | None:
-    counts = [denet_layer_count(it) for it in items]
-    return None if None in counts else sum(counts)  # type: ignore[arg-type]
+    """How many of DeNet's layers follow the input layer; None if a group, tap or reference."""
+    total = 0
+    for it in items:
+        n = denet_layer_count(it)
+        if n is None:
+            return None
+        total += n
+    return total
 
 
 def _uncountable(option: str, item, k: int) -> DenetError:
