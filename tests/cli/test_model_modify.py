@@ -168,6 +168,7 @@ def test_help_documents_every_option():
         "--use-cudnn-pool",
         "--convert-bn-relu",
         "--modify-bn",
+        "--denet-indices",
     ):
         assert opt in res.stdout
 
