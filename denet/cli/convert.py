@@ -1,11 +1,16 @@
 """model-convert: turn another framework's checkpoint into a denet model file.
 
     model-convert --format torchvision --arch resnet50 --input resnet50.pth --output r50.pt
+    model-convert --format denet --input denet34_skip.mdl.gz --output denet34_skip.pt
 
-The torchvision ResNet state dict maps key for key onto the matching ``examples/<arch>.desc``
+torchvision: the ResNet state dict maps key for key onto the matching ``examples/<arch>.desc``
 string (compiled with border mode half): ``conv1`` -> the first ``C``, ``bn1`` -> the first
 ``BN``, ``layerN`` -> the N-th ``nRSN`` stage (block modules carry torchvision's names), ``fc`` ->
 ``R`` (its weight reshaped to a 1x1 conv).
+
+denet: DeNet's own ``.mdl.gz`` files; the description string is rebuilt from the file's layer
+list and the weights ported (kernels flipped, BN inverse std to variance), see
+:mod:`denet.cli.convert_denet` and docs/model-convert.md.
 """
 
 from __future__ import annotations
@@ -107,24 +112,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="model-convert",
         description="Convert a checkpoint of another framework into a denet model file. "
-        "The input file is read with torch.load(weights_only=True) and never "
-        "changed.",
+        "The input file is never changed, and reading it never runs code from it "
+        "(torch.load(weights_only=True); DeNet's arrays with np.load(allow_pickle=False)).",
     )
     p.add_argument(
         "--format",
         required=True,
-        choices=("torchvision",),
+        choices=("torchvision", "denet"),
         help="format of the input checkpoint (torchvision: a torchvision.models "
-        "state dict, e.g. from torchvision's download URLs)",
+        "state dict, e.g. from torchvision's download URLs; denet: a model file of the "
+        "original Theano DeNet, .mdl.gz)",
     )
     p.add_argument(
         "--arch",
-        required=True,
         choices=ARCHS,
-        help="architecture; the model is built from examples/<arch>.desc with border mode half",
+        help="architecture (torchvision only, required there); the model is built from "
+        "examples/<arch>.desc with border mode half",
     )
     p.add_argument(
-        "--input", required=True, metavar="STATE_DICT.pth", help="the checkpoint to convert"
+        "--input",
+        required=True,
+        metavar="CHECKPOINT",
+        help="the checkpoint to convert (STATE_DICT.pth, or M.mdl.gz for --format denet)",
     )
     p.add_argument("--output", required=True, metavar="M.pt", help="denet model file to write")
     p.add_argument(
@@ -132,14 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs=2,
         metavar=("H", "W"),
-        default=(224, 224),
-        help="input image size of the model (default 224 224; the ResNet strings "
-        "pool globally, so any size >= 32 works)",
+        help="input image size of the model (torchvision only; default 224 224; the "
+        "ResNet strings pool globally, so any size >= 32 works). A DeNet file gives its own "
+        "size; change it afterwards with model-modify --image-size",
     )
     p.add_argument(
         "--class-names",
         metavar="FILE",
-        help="text file with one class name per line, stored in the model",
+        help="text file with one class name per line, stored in the model (for a DeNet "
+        "file: instead of its classLabels)",
     )
     p.add_argument("--summary", action="store_true", help="print the layer table afterwards")
     return p
@@ -150,7 +160,21 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     import denet
 
-    state = read_state_dict(args.input)
+    if os.path.abspath(args.output) == os.path.abspath(args.input):
+        raise DenetError("--output must differ from --input (the input file is never changed)")
+    if args.format == "torchvision":
+        if args.arch is None:
+            raise DenetError("--format torchvision needs --arch")
+    else:
+        if args.arch is not None:
+            raise DenetError(
+                "--arch is for --format torchvision; a DeNet file describes its own network"
+            )
+        if args.image_size is not None:
+            raise DenetError(
+                "--image-size is for --format torchvision; a DeNet file gives its own input "
+                "size (change it afterwards with model-modify --image-size)"
+            )
     names = None
     if args.class_names:
         try:
@@ -158,16 +182,28 @@ def main(argv=None) -> int:
                 names = [line.strip() for line in f if line.strip()]
         except OSError as err:
             raise DenetError(f"{args.class_names}: {err.strerror}") from None
-    model = torchvision_resnet(args.arch, state, tuple(args.image_size), names)
+    if args.format == "torchvision":
+        assert args.arch is not None  # checked above
+        state = read_state_dict(args.input)
+        image_size = tuple(args.image_size) if args.image_size else (224, 224)
+        model = torchvision_resnet(args.arch, state, image_size, names)
+        what = args.arch
+    else:
+        from .convert_denet import convert_file
+
+        model, conv = convert_file(args.input)
+        for note in conv.notes:
+            print(f"note: {note}")
+        if names is not None:
+            model.class_names = names
+        what = f"DeNet model (file version {conv.version}), {conv.desc}"
     if names is not None and len(names) != model.classes:
         raise DenetError(f"{args.class_names}: {len(names)} names for {model.classes} classes")
-    if os.path.abspath(args.output) == os.path.abspath(args.input):
-        raise DenetError("--output must differ from --input (the input file is never changed)")
     denet.save(model, args.output)
     if args.summary:
         print(denet.summary(model))
     print(
-        f"wrote {args.output}: {args.arch}, {model.classes} classes, "
+        f"wrote {args.output}: {what}, {model.classes} classes, "
         f"{sum(p.numel() for p in model.parameters()):,} parameters"
     )
     return 0
