@@ -259,14 +259,16 @@ def _parse_value(text: str):
 
 
 def modify_layer(items: list, type_: str, assignments: list[str], lineage: Lineage | None = None):
-    """Set ``k=v`` on the first top-level item of type ``type_``; returns its index."""
-    ltype = REGISTRY.get(type_)
+    """Set ``k=v`` on the first top-level item of type ``type_`` (ours, or DeNet's JSON name
+    such as ``denet-sparse``); returns its index."""
+    ltype = REGISTRY.resolve(type_)
     if ltype is None:
         hint = REGISTRY.suggest(type_)
         raise DenetError(
             f"--modify-layer: unknown layer type {type_!r}"
             + ("; did you mean " + " or ".join(map(repr, hint)) + "?" if hint else "")
         )
+    type_ = ltype.type
     found = None
     for k, it in enumerate(items):
         if isinstance(it, (ast.Layer, ast.Group)) and it.type == type_:

@@ -117,6 +117,22 @@ def test_modify_layer(model_file, tmp_path):
     assert res.returncode == 2 and "'BN'" in res.stderr and "did you mean" in res.stderr
 
 
+def test_readme_x768_line_with_denets_type_name(tmp_path):
+    """DeNet's README: ``--image-size 768 768 --modify-layer denet-sparse sample_num=36``."""
+    desc = "C[8,3] BNA P[2] C[8,3] BNA DNC[4] DNS[3,4,0.01,0.1] C.B[16,1] BNA DND[0.5,1,1]"
+    m = denet.compile(desc, (3, 32, 32), 3, border_mode="half")
+    denet.save(m, tmp_path / "in.pt")
+    out = tmp_path / "x768.pt"
+    args = ["--image-size", "48", "48", "--modify-layer", "denet-sparse", "sample_num=6"]
+    res = run("--input", str(tmp_path / "in.pt"), "--output", str(out), *args)
+    assert res.returncode == 0, res.stderr
+    new = denet.load(out)
+    assert "DNS[3,6]" in new.desc and new.input_shape == (3, 48, 48)
+    dns = next(n for n in new.graph.nodes if n.type == "DNS")
+    assert (dns.shape.height, dns.shape.width) == (6, 6)
+    assert torch.equal(new.l9_DND.conv.weight, m.l9_DND.conv.weight)  # weights kept
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
