@@ -30,6 +30,9 @@ detect writes a JSON list, one entry per image, boxes in the original image's pi
      "scores": [0.98, ...], "labels": [0, ...], "classes": ["person", ...]}
 
 and, for an annotated mscoco or voc set, prints the evaluator's summary (COCO AP, VOC mAP).
+DeNet's ``detect,mscoco`` (a COCO results file scored by pycocotools), ``detect,voc`` (VOC
+devkit files, VOC07 mAP), ``,image`` (the images with their boxes drawn) and ``--params`` are
+in :mod:`denet.cli.predict_detect`.
 segment writes one PNG label map per image (class indices, 255 where the model did not see the
 original pixel) under the ``--output`` folder, named after the image, and prints the mIoU when
 the dataset has label maps.
@@ -38,6 +41,7 @@ the dataset has label maps.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 
@@ -92,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="OUT",
         help="where to write the predictions: a JSON file (classify, detect; default "
-        "results.json) or a folder of PNG label maps (segment; default results)",
+        "results.json; detect,mscoco: the COCO results file), or a folder (segment: PNG "
+        "label maps; detect,voc: VOC devkit files; default results)",
     )
     a(
         "--extension",
@@ -103,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--predict-mode",
         default=None,
-        help="classify (DeNet's 'single' is a synonym), detect or segment (default: the "
-        "model's task)",
+        help="classify (DeNet's 'single' is a synonym), detect[,mscoco|,voc][,image] or "
+        "segment (default: the model's task)",
     )
     a("--batch-size", type=int, default=100, help="images per forward pass")
     a(
@@ -121,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--params",
         default="",
-        help="DeNet's detection parameters; here they are arguments of the network's "
-        "detection head, so a non-empty value is an error",
+        help="detect: DeNet's k=v,... keys prThreshold (lowest class probability kept), "
+        "nmsThreshold, useSoftNMS (0/1), matchIOU (detect,voc); cornerThreshold and "
+        "cornerMax are accepted and ignored, as in DeNet (default: the model's own values)",
     )
     return p
 
@@ -316,28 +322,41 @@ def _check_mode(mode, model, path) -> str:
         raise DenetError(
             f"--predict-mode: unknown mode {mode!r}; expected classify, detect or segment"
         )
-    if rest.strip():
-        raise DenetError(
-            f"--predict-mode {mode}: takes no options after the mode (the data "
-            "format goes in --extension)"
-        )
     if MODES[head] != task:
         raise DenetError(
             f"--predict-mode {mode}: {path} is a {task or 'task-less'} network; it cannot {head}"
         )
+    if head == "detect":
+        from .predict_detect import parse_detect_mode
+
+        parse_detect_mode(mode)
+    elif rest.strip():
+        raise DenetError(
+            f"--predict-mode {mode}: {head} takes no options after the mode (the data "
+            "format goes in --extension)"
+        )
     return TASK_MODES[task]
 
 
-def _write_json(results, output) -> None:
-    out_dir = os.path.dirname(os.path.abspath(output))
+def write_atomic(path: str, data: bytes) -> None:
+    """``data`` to ``path`` whole or not at all (a temporary file, then a rename); its folder is
+    created."""
+    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = f"{output}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write("[\n" + ",\n".join(json.dumps(r) for r in results) + "\n]\n")
-        os.replace(tmp, output)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
     except OSError as err:
-        raise DenetError(f"{output}: cannot write ({err.strerror or err})") from None
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise DenetError(f"{path}: cannot write ({err.strerror or err})") from None
+
+
+def write_json(results, output) -> None:
+    """A JSON list, one item a line, written atomically."""
+    text = "[\n" + ",\n".join(json.dumps(r) for r in results) + "\n]\n"
+    write_atomic(output, text.encode("utf-8"))
 
 
 def _class_names(model, path) -> list[str]:
@@ -370,7 +389,7 @@ def run_classify(ns, model, names, device) -> None:
             hits5 += label in ranked
         results.append(entry)
     output = ns.output or "results.json"
-    _write_json(results, output)
+    write_json(results, output)
     print(f"classified {len(paths)} image(s) with {ns.model}: wrote {output}")
     if labelled:
         print(
@@ -408,38 +427,6 @@ def open_inputs(ns, model, task):
             f"{ns.input}: {len(ds.classes)} classes, but {ns.model} has {model.classes}"
         )
     return ds, ds.image_paths(), ds.root, True
-
-
-def detection_evaluator(ds):
-    """The evaluator of an annotated mscoco/voc set (COCO's own annotations for one mscoco
-    subset), or None for a set without boxes."""
-    from ..eval import make_evaluator
-    from ..train.trainer import detection_metric
-
-    if not any(len(r.boxes) for r in ds.records):
-        return None
-    metric = detection_metric(ds)
-    kwargs = {"classes": [str(c) for c in ds.classes]}
-    if metric == "coco" and len(getattr(ds, "cocos", ())) == 1:
-        kwargs.update(coco_gt=ds.cocos[0], category_ids=ds.cat_ids)
-    return make_evaluator("detection", metric=metric, **kwargs)
-
-
-def run_detect(ns, model, names, device) -> None:
-    ds, paths, _, is_dataset = open_inputs(ns, model, "detection")
-    evaluator = detection_evaluator(ds) if is_dataset else None
-    results = []
-    for outputs, targets in predict_batches(model, ds, ns.batch_size, ns.thread_num, device):
-        for out, tgt in zip(outputs, targets):
-            results.append(detection_entry(paths[len(results)], out, tgt, names))
-        if evaluator is not None:
-            evaluator.update(outputs, targets)
-    output = ns.output or "results.json"
-    _write_json(results, output)
-    n = sum(len(r["boxes"]) for r in results)
-    print(f"detected {n} object(s) in {len(results)} image(s) with {ns.model}: wrote {output}")
-    if evaluator is not None:
-        print(evaluator.summary())
 
 
 def run_segment(ns, model, names, device) -> None:
@@ -482,11 +469,9 @@ def run_segment(ns, model, names, device) -> None:
 @tool_main
 def main(argv=None) -> int:
     ns = build_parser().parse_args(argv)
-    if ns.params.strip():
-        raise DenetError(
-            "--params holds DeNet's detection thresholds; here they are "
-            "arguments of the network's detection head"
-        )
+    from .predict_detect import parse_params, run_detect
+
+    parse_params(ns.params)  # a malformed --params fails before the model is read
     if ns.batch_size < 1:
         raise DenetError(f"--batch-size must be >= 1, not {ns.batch_size}")
     if ns.thread_num < 0:
@@ -497,6 +482,11 @@ def main(argv=None) -> int:
 
     model = denet.load(ns.model)
     mode = _check_mode(ns.predict_mode, model, ns.model)
+    if ns.params.strip() and mode != "detect":
+        raise DenetError(
+            f"--params {ns.params.strip()}: DeNet's detection parameters, but {ns.model} is a "
+            f"{model.task} network"
+        )
     device = select_device(ns.device, DistInfo())
     model.to(device)
     names = _class_names(model, ns.model)

@@ -1,7 +1,8 @@
 """model-predict: classify (the JSON output against the model run in this process, the three
 input kinds, one-line errors for bad files), segment (label maps against the model and the
 ground truth, at the original size) and detect (boxes mapped back to original pixels, COCO
-evaluation), and modes that do not fit the model."""
+evaluation), and modes that do not fit the model. DeNet's detect modes (mscoco, voc, image) and
+--params are in test_model_predict_detect.py."""
 
 import json
 import os
@@ -394,22 +395,28 @@ def test_detect_maps_boxes_to_original_pixels_and_evaluates(tmp_path, capsys):
     """mscoco images scaled (shorter side 64, so factors 2.13, 2.13 and 1.33) and batched with
     padding: the boxes the stand-in finds in the scaled images come back within a pixel of
     the annotations, and pycocotools scores them AP50 = 1."""
-    import argparse
-
-    from denet.cli import predict
+    from denet.cli import predict, predict_detect
 
     truth = write_coco(str(tmp_path / "coco"))
     out = tmp_path / "det.json"
-    ns = argparse.Namespace(
-        model="colour-boxes",
-        input=str(tmp_path / "coco"),
-        extension="mscoco,2017-val,scale=64,crop=0",
-        output=str(out),
-        batch_size=2,
-        thread_num=0,
+    ns = predict.build_parser().parse_args(
+        [
+            "--model",
+            "colour-boxes",
+            "--input",
+            str(tmp_path / "coco"),
+            "--extension",
+            "mscoco,2017-val,scale=64,crop=0",
+            "--output",
+            str(out),
+            "--batch-size",
+            "2",
+            "--thread-num",
+            "0",
+        ]
     )
     model = ColourBoxes()
-    predict.run_detect(ns, model, model.class_names, torch.device("cpu"))
+    predict_detect.run_detect(ns, model, model.class_names, torch.device("cpu"))
     results = json.loads(out.read_text())
     assert [os.path.basename(r["path"]) for r in results] == sorted(truth)
     for r in results:
