@@ -35,6 +35,7 @@ without a test and where undefined) and ``seconds``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -326,6 +327,7 @@ class Trainer:
         self.start_epoch = 0
         self.resume = None
         self.rng_state = None
+        self.finish_state: dict | None = None  # resumed after a kill while P_final.pt was written
 
     # ------------------------------------------------------------------ set-up
     def setup(self, resume: str | None = None, model=None, state: dict | None = None) -> None:
@@ -367,7 +369,11 @@ class Trainer:
 
     def _restore(self, resume, state) -> None:
         self.start_epoch = int(state["epoch"]) + 1
-        if self.start_epoch >= self.opts.epochs:
+        final = f"{self.opts.output_prefix}_final.pt"
+        if self.start_epoch == self.opts.epochs and not os.path.exists(final):
+            # the run was killed while it wrote P_final.pt: finishing is writing it
+            self.finish_state = state
+        elif self.start_epoch >= self.opts.epochs:
             raise DenetError(
                 f"{resume}: the run already finished epoch {self.start_epoch - 1} "
                 f"of {self.opts.epochs}; give --epochs N with N > "
@@ -393,6 +399,11 @@ class Trainer:
         except OSError as err:
             raise DenetError(f"--output-prefix: cannot create {out_dir} ({err})") from None
         if not self.opts.skip_train:
+            from ..model_file import stale_temporaries
+
+            for tmp in stale_temporaries(self.opts.output_prefix):  # left by a killed save
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             ckpt.rewrite_log(self.log_path, self.records)  # a fresh run starts an empty log
 
     def _make_loaders(self, label_map) -> None:
@@ -587,6 +598,12 @@ class Trainer:
             result = self.evaluate()
             self.console.info(f"test: {self.test_summary()}")
             return {"epoch": self.start_epoch - 1, **result}
+        if self.finish_state is not None:
+            import denet
+
+            denet.save(self.model, f"{opts.output_prefix}_final.pt", self.finish_state)
+            self.console.info(f"finished: wrote {opts.output_prefix}_final.pt")
+            return dict(self.records[-1]) if self.records else {}
         if self.rng_state is not None:
             ckpt.restore_rng_state(self.rng_state)  # last: nothing before training draws
         record: dict = {}

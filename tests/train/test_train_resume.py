@@ -162,3 +162,28 @@ def test_resume_accepts_the_command_line_and_names_a_changed_option(
     denet.save(denet.compile("C[4,3] BN A P.A R", (1, 8, 8), 10), plain)
     res = train_tool("--resume", plain, "--epochs", 2)
     assert res.returncode == 2 and str(plain) in res.stderr and "no training state" in res.stderr
+
+
+def test_a_kill_while_the_final_file_is_written_is_finished_by_resume(digits_npy, tmp_path):
+    """The last epoch's checkpoint exists, P_final.pt does not, and the killed save left its
+    temporary file: --resume of that checkpoint writes P_final.pt (the same weights and state)
+    and removes the temporary instead of refusing a finished run."""
+    from denet.cli import train
+
+    data, _, _, _ = digits_npy
+    prefix = tmp_path / "run"
+    args = ["--model-desc", "C[4,3] BN A P.A R.B", "--border-mode", "half", "--extension"]
+    args += ["npy", "--train", data, "--epochs", "2", "--batch-size", "256", "--thread-num"]
+    args += ["0", "--output-prefix", str(prefix), "--log-level", "warning"]
+    assert train.main(args) == 0
+    os.unlink(f"{prefix}_final.pt")
+    stale = tmp_path / ".run_final.pt.tmp-k1ll3d"
+    stale.write_bytes(b"half a model file")
+    log = read_log(prefix)
+    assert train.main(args + ["--resume", f"{prefix}_epoch001.pt"]) == 0
+    assert not stale.exists()
+    assert same_weights(f"{prefix}_final.pt", f"{prefix}_epoch001.pt")
+    assert denet.load(f"{prefix}_final.pt").train_state["epoch"] == 1
+    assert read_log(prefix) == log
+    # with P_final.pt present the run is finished, as before
+    assert train.main(args + ["--resume", f"{prefix}_epoch001.pt"]) == 2
