@@ -212,7 +212,13 @@ def denet_layers(model, desc: str, bnrelu_blocks=False, v2_overlap=None) -> list
                 out.append(resnet_json(block, "O" in tags, bottleneck, bnrelu_blocks))
         elif t == "R":
             out.append(conv_json(m, border="valid"))
-            out.append({"type": "regression", "layers": [], "valid": []})
+            valid = []
+            if "C" in tags:  # RegressionLayer: the centre of the conv's output
+                node = next(n for n in model.graph.nodes if n.name == f"l{i}_R")
+                src = next(n for n in model.graph.nodes if n.name == node.inputs[0]).shape
+                oh, ow = src.h - m.weight.shape[2] + 1, src.w - m.weight.shape[3] + 1
+                valid = [[0, oh // 2, ow // 2]]
+            out.append({"type": "regression", "layers": [], "valid": valid})
         elif t == "DNC":
             out.append(
                 {
@@ -393,6 +399,54 @@ def test_denet34_skip_file_gives_the_example_string():
         assert torch.allclose(v, ref[k], rtol=1e-6), k
 
 
+@pytest.mark.parametrize(
+    "desc",
+    [
+        "C.B[8,3] BNA P.B[3,2] C[8,3] BNA DNC.C[4,10,0.5] DNS.G[3,4,0.02,0.2,1,0.7] C.B[16,1] "
+        "BNA DND[0.6,2,1]",
+        "C.X[8,3,1] BN A C.B[8,1,2] BN[0.9,0.0001] A P.A[2,2,1] D[0.3] R.C[3]",
+    ],
+    ids=["detector-fields", "classifier-fields"],
+)
+def test_every_field_reaches_the_string(desc):
+    """Tags and trailing arguments (P.B, DNC.C with dropout, DNS.G with local max and
+    clustering, BN eps, R.C with a size) come back token for token, with the same outputs."""
+    original = randomise(denet.compile(desc, (3, 32, 32), 5, border_mode="half"), seed=7)
+    model, conv = convert_object(denet_file(original, desc), "fields")
+    assert conv.desc == desc
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    model.eval()
+    with torch.no_grad():
+        want, got = original(x), model(x)
+    if isinstance(want, list):
+        assert sum(len(d["boxes"]) for d in want) >= 2
+        detections_equal(got, want)
+    else:
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_header_fields_and_per_conv_border():
+    """imageSize + imageMode give the input shape; a conv whose border differs from the
+    others keeps it as border=; enabled=false (not trained in DeNet) becomes frozen=1; class
+    names that do not match classNum are left out with a note."""
+    k = KERNEL[None, None]
+    layers = [_conv_layer(k, "half"), _conv_layer(k, "valid"), _conv_layer(k, "half")]
+    layers[2]["enabled"] = False
+    obj = {
+        "classLabels": {"a": 0, "b": 1, "c": 2},
+        "classNum": 2,
+        "imageSize": [7, 9],
+        "imageMode": "L",
+        "version": 3,
+        "layers": layers,
+    }
+    model, conv = convert_object(obj, "header")
+    assert conv.input_shape == (1, 7, 9) and conv.border_mode == "half"
+    assert conv.desc == "C[1,3] C[1,3,border=valid] C[1,3,frozen=1]"
+    assert model.class_names is None and "classNum is 2" in conv.notes[0]
+    assert not any(p.requires_grad for p in model.l2_C.parameters())
+
+
 # ------------------------------------------------------------------------------------------
 # Golden cases: Theano's true convolution and DeNet's inverse-std batch norm
 
@@ -426,8 +480,13 @@ def _conv_layer(w, border, bias=None):
 
 @pytest.mark.parametrize(
     "kernel, border, mode",
-    [(KERNEL, "valid", "valid"), (KERNEL, "half", "same"), (KERNEL[:2], "valid", "valid")],
-    ids=["3x3-valid", "3x3-half", "2x3-valid"],
+    [
+        (KERNEL, "valid", "valid"),
+        (KERNEL, "half", "same"),
+        (KERNEL[:2], "valid", "valid"),
+        (KERNEL[:2], "same", "same"),  # Theano crops the full output at (k-1)//2, as scipy
+    ],
+    ids=["3x3-valid", "3x3-half", "2x3-valid", "2x3-same"],
 )
 def test_kernel_flip_golden(tmp_path, kernel, border, mode):
     """A DeNet file with an asymmetric kernel gives the true convolution (scipy's convolve2d)."""
@@ -485,32 +544,22 @@ def test_batchnorm_inverse_std_golden(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------
-# DND v2 (joint fitness, bounded IoU, [t_cls, t_bbox])
+# DND v2 (joint fitness, bounded IoU, independent fitness, overlapThreshold [t_cls, t_bbox])
 
 
-def _v2_landed() -> bool:
-    try:
-        denet.compile("C[4,1] DNC[4] DNS[3,2] DND.JB[0.5,1,1]", (3, 8, 8), 2)
-    except denet.DenetError:
-        return False
-    return True
-
-
-V2 = DETECTOR.replace("DND[0.5,1,1]", "DND.BJ[0.5,1,1,bbox_overlap=0.6]")
-
-
-@pytest.mark.xfail(
-    not _v2_landed(),
-    reason="DND v2 (tags J, B, keyword bbox_overlap) is not in denet/layers/denet_detect.py yet",
-    strict=True,
+@pytest.mark.parametrize(
+    "head, overlap",
+    [("DND.BJ[0.5,1,1,bbox_overlap=0.6]", [0.5, 0.6]), ("DND[0.5,1,1,1]", [0.5, 0.5])],
+    ids=["joint-bounded", "independent-fitness"],
 )
-def test_denet_v2_detector_file(tmp_path):
-    original = _detector(V2, seed=5)
+def test_denet_v2_detector_file(tmp_path, head, overlap):
+    desc = DETECTOR.replace("DND[0.5,1,1]", head)
+    original = _detector(desc, seed=5)
     src, out = tmp_path / "v2.mdl.gz", tmp_path / "v2.pt"
-    write_mdl(src, denet_file(original, V2, bnrelu_blocks=True, v2_overlap=[0.5, 0.6]))
+    write_mdl(src, denet_file(original, desc, bnrelu_blocks=True, v2_overlap=overlap))
     assert run_convert("--input", src, "--output", out) == 0
     model = denet.load(out).eval()
-    assert model.desc == denet.dsl.canonical(V2)
+    assert model.desc == denet.dsl.canonical(desc)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want, got = original(x), model(x)
