@@ -162,6 +162,8 @@ def main(argv=None) -> int:
 
     if os.path.abspath(args.output) == os.path.abspath(args.input):
         raise DenetError("--output must differ from --input (the input file is never changed)")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise DenetError(f"{args.output}: its directory does not exist")
     if args.format == "torchvision":
         if args.arch is None:
             raise DenetError("--format torchvision needs --arch")
