@@ -147,7 +147,30 @@ def test_denet_detector_reaches_ap50_through_model_predict(tool, tmp_path):
     log = read_log(f"{prefix}_log.jsonl")
     assert {"train_loss_corner", "train_loss_cls", "train_loss_box"} <= set(log[-1])
     assert log[-1]["train_loss_corner"] < log[0]["train_loss_corner"]
-    stdout = predict(tool, prefix, root, COCO_VAL, tmp_path / "det.json")
+    res = tool(
+        "model-predict",
+        "--model",
+        f"{prefix}_final.pt",
+        "--input",
+        root,
+        "--extension",
+        COCO_VAL,
+        "--predict-mode",
+        "detect,mscoco",
+        "--output",
+        tmp_path / "det.json",
+    )
+    assert res.returncode == 0, res.stderr
+    stdout = res.stdout
+    # pycocotools' table of the results file: 6 AP and 6 AR lines
+    table = [line for line in stdout.splitlines() if line.startswith(" Average ")]
+    assert len(table) == 12 and sum("(AP)" in line for line in table) == 6, stdout
+    assert json.loads((tmp_path / "det.json").read_text())[0].keys() == {
+        "image_id",
+        "category_id",
+        "bbox",
+        "score",
+    }
     assert ap50(stdout) >= 0.5, stdout
     assert ap50(stdout) == pytest.approx(log[-1]["test_AP50"], abs=1e-3)
 
