@@ -479,8 +479,12 @@ class _Reader:
     def add(self, text: str, layer: _Layer, weights=()):
         self.tokens.append(_Token(text, layer.where, list(weights)))
 
-    def conv_params(self, layer: _Layer, bias_allowed=True):
-        """(shape, stride, border, weights) of a DeNet conv; weights keyed weight / bias."""
+    def conv_params(self, layer: _Layer, bias_allowed=True, nested=True):
+        """(shape, stride, use_bias, weights) of a DeNet conv; weights keyed weight / bias.
+        ``enabled: false`` (DeNet then leaves the conv out of training) can be expressed only
+        for a top-level conv (``frozen=1``)."""
+        if nested and not layer.flag("enabled", True):
+            layer.fail("a disabled conv (enabled=false) inside a layer cannot be expressed")
         shape = layer.ints("shape", 4)
         stride = layer.ints("stride", 2, [1, 1])
         use_bias = layer.flag("useBias", False)
@@ -492,7 +496,7 @@ class _Reader:
         return shape, stride, use_bias, weights
 
     def layer_conv(self, layer: _Layer):
-        shape, stride, use_bias, weights = self.conv_params(layer)
+        shape, stride, use_bias, weights = self.conv_params(layer, nested=False)
         f, _, kh, kw = shape
         border = _border(layer)
         if border == "same" and stride != [1, 1]:
@@ -510,8 +514,11 @@ class _Reader:
             kws.append("frozen=1")  # DeNet's enabled=False leaves the conv out of training
         self.add(_tok("C", tags, args, kws), layer, weights)
 
+    def layer_regression(self, layer: _Layer):
+        layer.fail("a regression layer without the conv before it (R writes conv + regression)")
+
     def regression(self, conv: _Layer, reg: _Layer):
-        shape, stride, use_bias, weights = self.conv_params(conv)
+        shape, stride, use_bias, weights = self.conv_params(conv, nested=False)
         f, _, kh, kw = shape
         if stride != [1, 1] or (max(kh, kw) > 1 and _border(conv) != "valid"):
             conv.fail("the conv before a regression layer must be a valid conv of stride 1 (R)")
@@ -539,7 +546,8 @@ class _Reader:
                 )
             tags += "C"
         args = [] if (kh, kw) == (h, w) else [kh]
-        self.add(_tok("R", tags, args), conv, weights)
+        kws = [] if conv.flag("enabled", True) else ["frozen=1"]
+        self.add(_tok("R", tags, args, kws), conv, weights)
 
     def _map_size(self, layer: _Layer) -> tuple[int, int]:
         """The spatial size of the map the next token reads (resolving the string so far)."""
@@ -858,7 +866,7 @@ def describe(obj: dict, arrays: list, path: str = "model file") -> DenetConversi
     return _Reader(path, obj, arrays).run()
 
 
-def _value(item: _Array, how: str, where: str, path: str) -> torch.Tensor:
+def _value(item: _Array, how: str, path: str) -> torch.Tensor:
     a = item.value
     if how == FLIP:
         if a.ndim != 4:
@@ -868,11 +876,13 @@ def _value(item: _Array, how: str, where: str, path: str) -> torch.Tensor:
         a = a[:, :, ::-1, ::-1]
     elif how == INV_STD:
         std = a.astype(np.float64)
-        if not np.all(np.isfinite(std)) or np.any(std <= 0):
+        with np.errstate(over="ignore", divide="ignore"):
+            a = 1.0 / np.square(std)
+        if not np.all(np.isfinite(std) & (std > 0) & np.isfinite(a.astype(np.float32))):
             raise ModelFileError(
-                f"{path}: {item.path}: the inverse std of a batch norm must be positive"
+                f"{path}: {item.path}: the inverse std of a batch norm must be positive "
+                "(and give a finite variance)"
             )
-        a = 1.0 / np.square(std)
     # a fresh C-ordered copy: a flipped 1x1 kernel counts as contiguous but keeps its
     # negative strides, which torch refuses
     return torch.from_numpy(np.array(a, dtype=np.float32, order="C", copy=True))
@@ -908,7 +918,7 @@ def build_model(conv: DenetConversion, path: str = "model file"):
                 raise ModelFileError(f"{path}: {item.path}: a second array for {full}")
             if item.used:
                 raise ModelFileError(f"{path}: {item.path}: one array used twice")
-            value = _value(item, how, token.where, path)
+            value = _value(item, how, path)
             if tuple(value.shape) != tuple(target[full].shape):
                 raise ModelFileError(
                     f"{path}: {item.path}: array of shape {tuple(item.value.shape)} where "

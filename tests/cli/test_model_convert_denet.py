@@ -646,6 +646,19 @@ def _unused_array(path, obj):
     write_mdl(path, obj)
 
 
+def _zero_inverse_std(path, obj):
+    one = np.ones(1, np.float32)
+    obj["layers"].append(
+        {"type": "batchnorm", "layers": [], "mean": one, "std": one * 0, "gamma": one, "bias": one}
+    )
+    write_mdl(path, obj)
+
+
+def _lone_regression(path, obj):
+    obj["layers"].insert(0, {"type": "regression", "layers": [], "valid": []})
+    write_mdl(path, obj)
+
+
 def _not_json(path, obj):
     with gzip.open(path, "wt") as f:
         f.write("{not json")
@@ -664,6 +677,8 @@ DAMAGED = {
     "version 7": (_version(7), "version 7"),
     "missing key": (_missing_key, "missing key 'weight'"),
     "unused array": (_unused_array, "does not use: layers[0].bias"),
+    "zero inverse std": (_zero_inverse_std, "layers[1].std: the inverse std"),
+    "regression without conv": (_lone_regression, "without the conv before it"),
 }
 
 
