@@ -104,7 +104,7 @@ def check_format(mode: DetectMode, predict_mode: str, extension: str) -> None:
 
 # ----------------------------------------------------------------------------- --params
 @dataclass
-class TestParams:
+class DetectParams:
     score: float | None = None  # prThreshold
     nms: float | None = None  # nmsThreshold
     soft_nms: bool | None = None  # useSoftNMS
@@ -124,7 +124,7 @@ class TestParams:
         return ",".join(f"{k}={self.given[k]}" for k in keys)
 
 
-# DeNet key -> (attribute of TestParams or None when ignored, kind, what a valid value is)
+# DeNet key -> (attribute of DetectParams or None when ignored, kind, what a valid value is)
 PARAM_KEYS = {
     "prThreshold": ("score", "unit", "a number in [0, 1]"),
     "nmsThreshold": ("nms", "unit", "a number in [0, 1] (0 or 1: no NMS)"),
@@ -155,9 +155,9 @@ def _value(key: str, text: str):
     return v
 
 
-def parse_params(text: str) -> TestParams:
+def parse_params(text: str) -> DetectParams:
     """DeNet's ``k=v,...`` string; every problem is a DenetError naming the pair."""
-    params = TestParams()
+    params = DetectParams()
     if not text.strip():
         return params
     for item in text.split(","):
@@ -186,7 +186,7 @@ def parse_params(text: str) -> TestParams:
     return params
 
 
-def apply_test_params(model, params: TestParams, model_path: str) -> list[str]:
+def apply_test_params(model, params: DetectParams, model_path: str) -> list[str]:
     """Hand the given thresholds to every module with ``set_test_params``; their names."""
     values = params.thresholds
     if not values:
@@ -210,7 +210,7 @@ def apply_test_params(model, params: TestParams, model_path: str) -> list[str]:
     return [name for name, _ in heads]
 
 
-def report_params(params: TestParams, heads: list[str]) -> None:
+def report_params(params: DetectParams, heads: list[str]) -> None:
     if heads:
         print(f"--params {params.threshold_text()}: set on {', '.join(heads)}")
     if params.ignored:
