@@ -3,7 +3,6 @@ augmentation, with boxes and label maps drawn. See docs/dataset-show.md."""
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
@@ -11,13 +10,15 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..data import open_dataset
-from ..errors import DataError
-from ._common import tool_main
+from ..errors import DenetError
+from ._common import ArgumentParser, bounded_int, tool_main
 from .drawing import PALETTE, default_zoom, draw_boxes, enlarge
+
+MAX_PIXELS = 1 << 26  # one written image: 64 Mpixel, 192 MB in RGB
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="dataset-show",
         description="Write the first N items of a dataset as PNG files, as the network sees "
         "them after loading and augmentation, with boxes and label maps drawn.",
@@ -29,8 +30,12 @@ def build_parser():
         help="FORMAT,SUBSET,key=value,... (see docs/datasets.md); default ppm",
     )
     p.add_argument("--output", required=True, help="folder for the PNG files (created)")
-    p.add_argument("-n", "--count", type=int, default=8, help="number of items (default 8)")
-    p.add_argument("--start", type=int, default=0, help="first item index (default 0)")
+    p.add_argument(
+        "-n", "--count", type=bounded_int(0, 100_000), default=8, help="number of items (default 8)"
+    )
+    p.add_argument(
+        "--start", type=bounded_int(0, 2**62), default=0, help="first item index (default 0)"
+    )
     p.add_argument(
         "--train", action="store_true", help="apply the training-time random augmentation"
     )
@@ -44,11 +49,21 @@ def build_parser():
     p.add_argument(
         "--augment-mirror", action="store_true", help="random horizontal flips, with --train"
     )
-    p.add_argument("--seed", type=int, default=23455, help="augmentation seed (default 23455)")
-    p.add_argument("--epoch", type=int, default=0, help="epoch whose augmentation to show")
+    p.add_argument(
+        "--seed",
+        type=bounded_int(0, 2**32 - 1),
+        default=23455,
+        help="augmentation seed (default 23455)",
+    )
+    p.add_argument(
+        "--epoch",
+        type=bounded_int(0, 1_000_000),
+        default=0,
+        help="epoch whose augmentation to show",
+    )
     p.add_argument(
         "--zoom",
-        type=int,
+        type=bounded_int(0, 32),
         default=0,
         help="integer enlargement; 0 (default) enlarges small images to >= 256 px",
     )
@@ -90,7 +105,8 @@ def render(image: torch.Tensor, target: dict, ds, zoom: int = 0) -> Image.Image:
         rgb = _to_uint8(image, ds)
     if "mask" in target:
         rgb = _overlay_mask(rgb, target["mask"].numpy())
-    zoom = default_zoom(*rgb.shape[:2], zoom)
+    h, w = rgb.shape[:2]
+    zoom = default_zoom(h, w, zoom)
     img = enlarge(rgb, zoom)
     boxes = target.get("boxes")
     if boxes is not None:
@@ -113,8 +129,6 @@ def render(image: torch.Tensor, target: dict, ds, zoom: int = 0) -> Image.Image:
 @tool_main
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.count < 0 or args.start < 0:
-        raise DataError("-n and --start must be >= 0")
     ds = open_dataset(
         args.input,
         args.extension,
@@ -124,12 +138,27 @@ def main(argv=None):
         mirror=True if args.augment_mirror else None,
     )
     ds.set_epoch(args.epoch)
-    os.makedirs(args.output, exist_ok=True)
+    try:
+        os.makedirs(args.output, exist_ok=True)
+    except OSError as err:
+        raise DenetError(
+            f"--output {args.output}: cannot create the folder ({err.strerror})"
+        ) from None
     stop = min(len(ds), args.start + args.count)
     for index in range(args.start, stop):
         image, target = ds[index]
         path = os.path.join(args.output, f"{index:06d}.png")
-        render(image, target, ds, args.zoom).save(path)
+        h, w = image.shape[-2:]
+        zoom = default_zoom(h, w, args.zoom)
+        if h * w * zoom * zoom > MAX_PIXELS:
+            raise DenetError(
+                f"--zoom {zoom}: item {index} would be {w * zoom}x{h * zoom} pixels, more than "
+                f"{MAX_PIXELS} (lower --zoom)"
+            )
+        try:
+            render(image, target, ds, args.zoom).save(path)
+        except OSError as err:
+            raise DenetError(f"{path}: cannot write ({err.strerror or err})") from None
         shape = "x".join(str(v) for v in image.shape)
         if "boxes" in target:
             count = len(target["boxes"])

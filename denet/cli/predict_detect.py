@@ -467,7 +467,7 @@ def draw_detections(entries, targets) -> None:
 
     for entry, target in zip(entries, targets):
         rgb = np.asarray(load_image(entry["path"], 3))
-        zoom = default_zoom(*rgb.shape[:2])
+        zoom = default_zoom(rgb.shape[0], rgb.shape[1])
         img = enlarge(rgb, zoom)
         order = sorted(range(len(entry["scores"])), key=lambda k: entry["scores"][k])
         draw_boxes(
