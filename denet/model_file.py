@@ -44,8 +44,13 @@ def save(model, path, train_state: dict | None = None) -> None:
         "train_state": train_state,
     }
     directory, name = os.path.split(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path}: is a folder; give a file name for the model file")
     # named after its target, so a later run can find what a killed one left (stale_temporaries)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-", dir=directory)
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot write here ({err.strerror or err})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
@@ -53,9 +58,11 @@ def save(model, path, train_state: dict | None = None) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a model file is like the log
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise ModelFileError(f"{path}: cannot write ({err.strerror or err})") from None
         raise
 
 

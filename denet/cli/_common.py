@@ -1,5 +1,6 @@
 """What every command-line tool shares: user errors become one line on stderr and exit status 2."""
 
+import argparse
 import functools
 import os
 import sys
@@ -25,3 +26,27 @@ def tool_main(fn):
             return 130
 
     return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``prog: error: message (see prog --help)``, and exit
+    status 2, instead of the whole usage block."""
+
+    def error(self, message):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def bounded_int(lo: int, hi: int):
+    """An argparse ``type``: an integer in [lo, hi], else a one-line argparse error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside [{lo}, {hi}]")
+        return value
+
+    parse.__name__ = "integer"
+    return parse

@@ -21,7 +21,7 @@ import os
 import torch
 
 from ..errors import DenetError, ModelFileError
-from ._common import tool_main
+from ._common import ArgumentParser, tool_main
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 _EXAMPLES = os.path.join(
@@ -109,7 +109,7 @@ def torchvision_resnet(arch: str, state: dict, image_size=(224, 224), class_name
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="model-convert",
         description="Convert a checkpoint of another framework into a denet model file. "
         "The input file is never changed, and reading it never runs code from it "

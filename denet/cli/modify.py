@@ -19,7 +19,7 @@ import torch
 
 from ..errors import DenetError
 from . import modify_ops as ops
-from ._common import tool_main
+from ._common import ArgumentParser, tool_main
 from .modify_ops import modify_layer  # noqa: F401  (public since the first model-modify)
 
 
@@ -30,7 +30,7 @@ def _parse_items(desc: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="model-modify",
         description="Modify a denet model file and write the result to a new file. Weights of "
         "layers that are unchanged (same token, same shapes) are kept; new or "

@@ -21,7 +21,7 @@ from ..errors import DenetError
 from ..train.options import DEFAULT_MODEL_DESC, LOG_LEVELS, TrainOptions, option_flag
 from ..train.solvers import SOLVERS
 from ..train.trainer import run
-from ._common import tool_main
+from ._common import ArgumentParser, tool_main
 
 # With --model the model file fixes the network; these would be silently ignored.
 MODEL_FIXES = ("model_desc", "border_mode", "activation", "weight_init")
@@ -32,7 +32,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="model-train",
         formatter_class=_Formatter,
         description="Train a convolutional network written as a DeNet description string on "

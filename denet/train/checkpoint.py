@@ -20,6 +20,7 @@ uninterrupted run writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -27,7 +28,7 @@ import random
 import numpy as np
 import torch
 
-from ..errors import ModelFileError
+from ..errors import DenetError, ModelFileError
 
 TRAIN_STATE_VERSION = 1
 
@@ -137,15 +138,23 @@ def rewrite_log(path, records) -> None:
     """Replace the log at ``path`` by ``records`` (what resuming does)."""
     data = render_log(records)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise DenetError(f"{path}: cannot write the log ({err.strerror or err})") from None
 
 
 def append_log(path, record) -> None:
-    with open(path, "ab") as fh:
-        fh.write(render_log([record]))
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "ab") as fh:
+            fh.write(render_log([record]))
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as err:
+        raise DenetError(f"{path}: cannot write the log ({err.strerror or err})") from None

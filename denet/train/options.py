@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import DenetError
@@ -69,18 +70,17 @@ class TrainOptions:
     def check(self) -> None:
         if not self.train:
             raise DenetError("--train is required (the training set)")
-        if self.epochs < 1:
-            raise DenetError(f"--epochs must be >= 1, not {self.epochs}")
-        if self.batch_size < 1:
-            raise DenetError(f"--batch-size must be >= 1, not {self.batch_size}")
-        if self.thread_num < 0:
-            raise DenetError(f"--thread-num must be >= 0, not {self.thread_num}")
-        if self.test_epochs < 1:
-            raise DenetError(f"--test-epochs must be >= 1, not {self.test_epochs}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise DenetError(f"--max-samples must be >= 1, not {self.max_samples}")
-        if self.seed < 0:
-            raise DenetError(f"--seed must be >= 0, not {self.seed}")
+        _in_range("--epochs", self.epochs, 1, MAX_EPOCHS)
+        _in_range("--batch-size", self.batch_size, 1, MAX_BATCH)
+        _in_range("--thread-num", self.thread_num, 0, MAX_WORKERS)
+        _in_range("--test-epochs", self.test_epochs, 1, MAX_EPOCHS)
+        if self.max_samples is not None:
+            _in_range("--max-samples", self.max_samples, 1, sys.maxsize)
+        _in_range("--seed", self.seed, 0, 2**32 - 1)  # numpy's and Python's seeding range
+        for name in ("learn_rate", "learn_anneal", "learn_decay"):
+            _finite(f"--{name.replace('_', '-')}", getattr(self, name))
+        for m in self.learn_momentum:
+            _finite("--learn-momentum", m)
         check_solver_args(self.solver, self.learn_momentum, self.learn_rate, self.learn_decay)
         AnnealSchedule(self.learn_rate, self.learn_anneal, self.learn_anneal_epochs)
         from ..data.transforms import Distort
@@ -99,6 +99,23 @@ class TrainOptions:
             raise DenetError("--skip-train only evaluates: it needs --test")
         if self.log_level not in LOG_LEVELS:
             raise DenetError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+
+
+# Upper bounds that keep every later step (samplers, seeding, worker start-up) in range; far
+# beyond any real run.
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 1 << 20
+MAX_WORKERS = 1024
+
+
+def _in_range(option: str, value, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise DenetError(f"{option} must be in [{lo}, {hi}], not {value}")
+
+
+def _finite(option: str, value) -> None:
+    if not math.isfinite(value):
+        raise DenetError(f"{option} must be a finite number, not {value}")
 
 
 # ----------------------------------------------------------------------------- --resume
