@@ -32,7 +32,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line, ``prog: error: message (see prog --help)``, and exit
     status 2, instead of the whole usage block."""
 
-    def error(self, message):  # type: ignore[override]
+    def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 
 import numpy as np
@@ -51,7 +52,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import DataError, DenetError
-from ._common import tool_main
+from ._common import ArgumentParser, bounded_int, tool_main
 
 MODES = {
     "classify": "classification",
@@ -72,7 +73,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="model-predict",
         formatter_class=_Formatter,
         description="Run a model file on images: classify (top-5 classes per image, JSON), "
@@ -111,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="classify (DeNet's 'single' is a synonym), detect[,mscoco|,voc][,image] or "
         "segment (default: the model's task)",
     )
-    a("--batch-size", type=int, default=100, help="images per forward pass")
+    a("--batch-size", type=bounded_int(1, 1 << 20), default=100, help="images per forward pass")
     a(
         "--thread-num",
-        type=int,
+        type=bounded_int(0, 1024),
         default=1,
         help="background image-loading worker processes (0: load in this process)",
     )
@@ -137,6 +138,8 @@ def find_images(path: str, extension: str) -> list[str]:
     """``path`` itself if it is a file; else every ``*.extension`` below it, sorted."""
     if os.path.isfile(path):
         return [path]
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DataError(f"{path}: not a regular file or a folder")
     if not os.path.isdir(path):
         raise DataError(f"{path}: no such file or directory")
     suffix = "." + extension.lower().lstrip(".")
@@ -146,7 +149,9 @@ def find_images(path: str, extension: str) -> list[str]:
         found += [
             os.path.join(folder, f)
             for f in files
-            if f.lower().endswith(suffix) and not f.startswith(".")
+            if f.lower().endswith(suffix)
+            and not f.startswith(".")
+            and os.path.isfile(os.path.join(folder, f))  # not a FIFO or device named *.png
         ]
     if not found:
         raise DataError(f"{path}: no *{suffix} images found")
@@ -353,10 +358,31 @@ def write_atomic(path: str, data: bytes) -> None:
         raise DenetError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
+def strict(value):
+    """``value`` with every non-finite float made None, so the JSON is strict (no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
 def write_json(results, output) -> None:
-    """A JSON list, one item a line, written atomically."""
-    text = "[\n" + ",\n".join(json.dumps(r) for r in results) + "\n]\n"
+    """A JSON list, one item a line, written atomically; NaN and infinities become null."""
+    text = "[\n" + ",\n".join(json.dumps(strict(r), allow_nan=False) for r in results) + "\n]\n"
     write_atomic(output, text.encode("utf-8"))
+
+
+def check_not_inputs(outputs, inputs) -> None:
+    """Refuse, before anything is written, an output path that is one of the inputs (the model
+    file or an image), compared by resolved path."""
+    given = {os.path.realpath(p): p for p in inputs}
+    for out in outputs:
+        hit = given.get(os.path.realpath(out))
+        if hit is not None:
+            raise DenetError(f"{out}: the output would overwrite the input {hit}; choose --output")
 
 
 def _class_names(model, path) -> list[str]:
@@ -369,6 +395,7 @@ def _class_names(model, path) -> list[str]:
 # ----------------------------------------------------------------------------- classify
 def run_classify(ns, model, names, device) -> None:
     paths = find_images(ns.input, ns.extension)
+    check_not_inputs([ns.output or "results.json"], [ns.model, *paths])
     probs = classify(model, paths, ns.batch_size, ns.thread_num, device)
     k = min(5, model.classes)
     top_p, top_i = probs.topk(k, dim=1)
@@ -438,6 +465,8 @@ def run_segment(ns, model, names, device) -> None:
         raise DenetError(
             f"--output {out_dir}: segment writes a folder of PNG label maps; this is a file"
         )
+    rel_png = [os.path.splitext(os.path.relpath(p, root))[0] + ".png" for p in paths]
+    check_not_inputs([os.path.join(out_dir, r) for r in rel_png], [ns.model, *paths])
     evaluator = None
     done = 0
     written = set()
@@ -472,10 +501,6 @@ def main(argv=None) -> int:
     from .predict_detect import parse_params, run_detect
 
     parse_params(ns.params)  # a malformed --params fails before the model is read
-    if ns.batch_size < 1:
-        raise DenetError(f"--batch-size must be >= 1, not {ns.batch_size}")
-    if ns.thread_num < 0:
-        raise DenetError(f"--thread-num must be >= 0, not {ns.thread_num}")
     import denet
 
     from ..train.distributed import DistInfo, select_device

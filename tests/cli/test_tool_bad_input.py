@@ -4,6 +4,7 @@ mistakes are one line on stderr and exit status 2, never a traceback or a usage 
 import os
 
 import pytest
+import torch
 
 import denet
 from denet.cli import dataset_show, modify, train
@@ -90,3 +91,78 @@ def test_dataset_show_unwritable_output(capsys, tree, tmp_path):
     (tmp_path / "afile").write_text("x")
     argv = ["--input", tree, "--extension", "png", "--output", str(tmp_path / "afile")]
     one_line_error(capsys, lambda: dataset_show.main(argv), "cannot create the folder")
+
+
+# ----------------------------------------------------------------------------- model-predict
+@pytest.fixture
+def predict_setup(tmp_path):
+    """A 1-channel 8x8 classifier file and a folder of two images of its size."""
+    import numpy as np
+    from PIL import Image
+
+    m = denet.compile("C[4,3] P.A R", (1, 8, 8), 3, border_mode="half")
+    denet.save(m, tmp_path / "m.pt")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(images / f"{i}.png")
+    return tmp_path
+
+
+def test_model_predict_never_overwrites_its_inputs(capsys, predict_setup):
+    from denet.cli import predict
+
+    d = predict_setup
+    model, image = str(d / "m.pt"), str(d / "images" / "0.png")
+    before = (d / "images" / "0.png").read_bytes()
+    for output in (model, image, str(d / "images" / ".." / "m.pt")):
+        argv = ["--model", model, "--input", str(d / "images"), "--output", output]
+        one_line_error(capsys, lambda a=argv: predict.main(a), "would overwrite the input")
+    assert (d / "images" / "0.png").read_bytes() == before
+    assert denet.load(model).desc == "C[4,3] P.A R"
+
+
+def test_model_predict_skips_what_is_not_a_regular_file(capsys, predict_setup):
+    import json
+
+    from denet.cli import predict
+
+    d = predict_setup
+    os.mkfifo(d / "images" / "fifo.png")  # reading it would block forever
+    out = d / "out.json"
+    rc = predict.main(
+        ["--model", str(d / "m.pt"), "--input", str(d / "images"), "--output", str(out)]
+    )
+    assert rc == 0, capsys.readouterr().err
+    assert [os.path.basename(e["path"]) for e in json.loads(out.read_text())] == ["0.png", "1.png"]
+    argv = ["--model", str(d / "m.pt"), "--input", str(d / "images" / "fifo.png")]
+    one_line_error(capsys, lambda: predict.main(argv), "not a regular file")
+
+
+def test_model_predict_writes_strict_json(capsys, predict_setup):
+    import json
+
+    from denet.cli import predict
+
+    d = predict_setup
+    m = denet.load(d / "m.pt")
+    with torch.no_grad():
+        m.l0_C.weight.fill_(float("nan"))
+    denet.save(m, d / "nan.pt")
+    out = d / "nan.json"
+    rc = predict.main(
+        ["--model", str(d / "nan.pt"), "--input", str(d / "images"), "--output", str(out)]
+    )
+    assert rc == 0, capsys.readouterr().err
+    text = out.read_text()
+    assert "NaN" not in text
+    entries = json.loads(text)  # strict parsers accept it
+    assert entries[0]["top5"][0][1] is None
+
+
+def test_model_predict_numbers(capsys, predict_setup):
+    from denet.cli import predict
+
+    d = predict_setup
+    argv = ["--model", str(d / "m.pt"), "--input", str(d / "images"), "--batch-size", str(2**63)]
+    one_line_error(capsys, lambda: predict.main(argv), "argument --batch-size", "--help)")
