@@ -188,3 +188,22 @@ def test_denet_detector_resumes_exactly(tool, tmp_path):
     assert res.returncode == 0, res.stderr
     drop = lambda log: [{k: v for k, v in r.items() if k != "seconds"} for r in log]  # noqa: E731
     assert drop(read_log(f"{part}_log.jsonl")) == drop(read_log(f"{whole}_log.jsonl"))
+
+
+def test_denet_detector_trains_on_voc_and_logs_voc07_map(tmp_path, capsys):
+    """A VOC2007 set: the log's test columns are VOC07 11-point mAP and one AP per class."""
+    from data_builders import VOC_NAMES, make_voc
+
+    from denet.cli.train import main
+
+    make_voc(str(tmp_path / "voc"), 2007, "test", scenes(40, 4, 32, (10, 20)))
+    prefix = tmp_path / "out" / "voc"
+    args = ["--model-desc", DENET, *RECIPE, "--learn-rate", "0.003", "--epochs", "2"]
+    args += ["--train", str(tmp_path / "voc"), "--extension", "voc,2007-test,crop=0"]
+    args += ["--test", str(tmp_path / "voc"), "--output-prefix", str(prefix)]
+    assert main(args) == 0, capsys.readouterr().err
+    log = read_log(f"{prefix}_log.jsonl")
+    assert {"train_loss_corner", "train_loss_cls", "train_loss_box", "test_mAP"} <= set(log[-1])
+    assert 0.0 <= log[-1]["test_mAP"] <= 1.0
+    assert {f"test_AP_{name}" for name in VOC_NAMES[:3]} <= set(log[-1])
+    assert "test_AP" not in log[-1]  # COCO's columns belong to COCO sets
