@@ -19,6 +19,7 @@ import argparse
 
 from ..errors import DenetError
 from ..train.options import DEFAULT_MODEL_DESC, LOG_LEVELS, TrainOptions, option_flag
+from ..train.schedule import SCHEDULES
 from ..train.solvers import SOLVERS
 from ..train.trainer import run
 from ._common import ArgumentParser, tool_main
@@ -85,8 +86,29 @@ def build_parser() -> argparse.ArgumentParser:
         "mscoco,2017-val; other loader keys)",
     )
     a("--epochs", type=int, default=30, help="training epochs")
-    a("--batch-size", type=int, default=32, help="images per step (per process under torchrun)")
-    a("--learn-rate", type=float, default=0.1, help="learning rate")
+    a("--batch-size", type=int, default=32, help="images per batch (per process under torchrun)")
+    a(
+        "--batch-size-factor",
+        type=int,
+        default=1,
+        metavar="N",
+        help="gradient accumulation: N batches per optimizer step, each loss weighted by its "
+        "share of the step's images, so a step equals one of a batch N times larger "
+        "(DeepLab's iter_size)",
+    )
+    a(
+        "--learn-rate",
+        type=float,
+        default=0.1,
+        help="learning rate (times each layer's lr= multiplier)",
+    )
+    a(
+        "--learn-schedule",
+        default="anneal",
+        choices=SCHEDULES,
+        help="anneal: DeNet's, --learn-anneal after epochs; poly: DeepLab's "
+        "lr*(1-step/steps)^0.9, set before every optimizer step",
+    )
     a(
         "--learn-momentum",
         type=float,
@@ -99,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--learn-anneal",
         type=float,
         default=1.0,
-        help="factor the learning rate is multiplied by after an annealing epoch",
+        help="anneal schedule: factor the learning rate is multiplied by after an annealing epoch",
     )
     a(
         "--learn-anneal-epochs",

@@ -9,7 +9,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import DenetError
-from .schedule import AnnealSchedule
+from .schedule import SCHEDULES, AnnealSchedule
 from .solvers import check_solver_args
 
 DEFAULT_MODEL_DESC = "C[100,7] P[2] C[150,4] P[2] C[250,4] P[2] C[300,1] R"
@@ -34,7 +34,9 @@ class TrainOptions:
     model: str | None = None
     epochs: int = 30
     batch_size: int = 32
+    batch_size_factor: int = 1  # batches per optimizer step (gradient accumulation)
     learn_rate: float = 0.1
+    learn_schedule: str = "anneal"
     learn_momentum: list = field(default_factory=lambda: [0.0, 0.0])
     learn_anneal: float = 1.0
     learn_anneal_epochs: list = field(default_factory=list)
@@ -72,6 +74,7 @@ class TrainOptions:
             raise DenetError("--train is required (the training set)")
         _in_range("--epochs", self.epochs, 1, MAX_EPOCHS)
         _in_range("--batch-size", self.batch_size, 1, MAX_BATCH)
+        _in_range("--batch-size-factor", self.batch_size_factor, 1, MAX_BATCH)
         _in_range("--thread-num", self.thread_num, 0, MAX_WORKERS)
         _in_range("--test-epochs", self.test_epochs, 1, MAX_EPOCHS)
         if self.max_samples is not None:
@@ -83,6 +86,16 @@ class TrainOptions:
             _finite("--learn-momentum", m)
         check_solver_args(self.solver, self.learn_momentum, self.learn_rate, self.learn_decay)
         AnnealSchedule(self.learn_rate, self.learn_anneal, self.learn_anneal_epochs)
+        if self.learn_schedule not in SCHEDULES:
+            raise DenetError(
+                f"--learn-schedule must be one of {', '.join(SCHEDULES)}, not "
+                f"{self.learn_schedule!r}"
+            )
+        if self.learn_schedule == "poly" and (self.learn_anneal != 1.0 or self.learn_anneal_epochs):
+            raise DenetError(
+                "--learn-anneal and --learn-anneal-epochs set the anneal schedule; "
+                "--learn-schedule poly takes neither"
+            )
         from ..data.transforms import Distort
 
         Distort(list(self.distort_mode))

@@ -23,9 +23,16 @@ the schedule and every RNG state, so ``--resume`` from ``P_epochNNN.pt`` replays
 NNN+1... exactly as an uninterrupted run with the same seed and thread count on the same
 machine does.
 
+Gradient accumulation (``--batch-size-factor N``): an optimizer step takes N consecutive
+batches, each loss weighted by its share of the step's images, so the step is that of one batch
+N times larger (for losses that are means over images); ``iteration`` counts optimizer steps,
+``on_step`` runs after each. Schedules: :mod:`denet.train.schedule` (``anneal`` per epoch,
+``poly`` per optimizer step).
+
 Files, for ``--output-prefix P``: ``P_epochNNN.pt`` after epoch NNN (0-based, DeNet's
 numbering), ``P_final.pt`` at the end (both carry the training state), and ``P_log.jsonl``:
-one JSON object per epoch with ``epoch``, ``lr``, ``train_loss`` (the mean over the epoch's
+one JSON object per epoch with ``epoch``, ``lr`` (the rate of the epoch's first optimizer step,
+before layer multipliers), ``train_loss`` (the mean over the epoch's
 images of the sum of the losses, without cost factors), ``train_<key>`` for every key the model
 returns (``train_loss_cls``, ``train_top1``), ``train_samples``, ``test_<metric>`` for every
 metric of the task's evaluator (classification: ``test_top1``, ``test_top5``, ``test_loss``,
@@ -57,7 +64,7 @@ from .distributed import (
     shutdown,
 )
 from .options import LOG_LEVELS, TrainOptions, loss_factors, resume_options, total_loss
-from .schedule import AnnealSchedule
+from .schedule import AnnealSchedule, PolySchedule
 from .solvers import make_optimizer
 
 
@@ -353,7 +360,6 @@ class Trainer:
         if opts.skip_layer_updates:
             freeze_layers(model, opts.skip_layer_updates)
         self.model = model.to(self.device)
-        self.schedule = AnnealSchedule(opts.learn_rate, opts.learn_anneal, opts.learn_anneal_epochs)
         self.optimizer = make_optimizer(
             opts.solver,
             model.param_groups(opts.learn_rate, opts.learn_decay),
@@ -365,7 +371,26 @@ class Trainer:
             self._restore(resume, state)
         self._prepare_output()
         self._make_loaders(label_map)
+        self.schedule = self._make_schedule()
         self._describe(shape, classes)
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one epoch: the loader's batches in groups of
+        ``--batch-size-factor`` (a shorter last group is a step too)."""
+        return -(-len(self.train_loader) // self.opts.batch_size_factor)
+
+    def _make_schedule(self):
+        opts = self.opts
+        if opts.learn_schedule == "poly":
+            return PolySchedule(opts.learn_rate, opts.epochs * self.steps_per_epoch())
+        return AnnealSchedule(opts.learn_rate, opts.learn_anneal, opts.learn_anneal_epochs)
+
+    def set_lr(self, epoch: int) -> float:
+        """The schedule's rate for the next optimizer step, set in every parameter group (times
+        the group's ``lr_mult``); returns it."""
+        if self.schedule.per_step:
+            return self.schedule.apply(self.optimizer, self.iteration)
+        return self.schedule.apply(self.optimizer, epoch)
 
     def _restore(self, resume, state) -> None:
         self.start_epoch = int(state["epoch"]) + 1
@@ -462,12 +487,28 @@ class Trainer:
             )
         )
         procs = f" x {self.info.world_size} processes" if self.info.distributed else ""
+        factor = opts.batch_size_factor
+        accumulate = (
+            f" x {factor} accumulated per step ({self.steps_per_epoch()} steps per epoch)"
+            if factor > 1
+            else ""
+        )
+        schedule = (
+            f", poly schedule over {self.schedule.max_iterations} steps"
+            if opts.learn_schedule == "poly"
+            else ""
+        )
         console.verbose(
-            f"solver {opts.solver}, learning rate {opts.learn_rate}, momentum "
+            f"solver {opts.solver}, learning rate {opts.learn_rate}{schedule}, momentum "
             f"{list(opts.learn_momentum)}, decay {opts.learn_decay}, batch "
-            f"{opts.batch_size}{procs}, device {self.device}, {opts.thread_num} "
+            f"{opts.batch_size}{procs}{accumulate}, device {self.device}, {opts.thread_num} "
             "loader worker(s)"
         )
+        mults = sorted({g.get("lr_mult", 1.0) for g in self.optimizer.param_groups} - {1.0})
+        if mults:
+            console.verbose(
+                "layer learning-rate multipliers: " + ", ".join(f"x {m:g}" for m in mults)
+            )
         factors = {k: f for k, f in self.factors.items() if f != 1.0}
         if factors:
             console.verbose(
@@ -477,10 +518,51 @@ class Trainer:
             console.info(f"resuming {self.resume} at epoch {self.start_epoch} of {opts.epochs}")
 
     # ------------------------------------------------------------------ one epoch
+    def _groups(self):
+        """The epoch's batches, ``--batch-size-factor`` at a time (lists of (images,
+        targets)); the last group of an epoch may be shorter. Groups never span epochs, so a
+        checkpoint (at an epoch's end) never splits one."""
+        factor = self.opts.batch_size_factor
+        group = []
+        for batch in self.train_loader:
+            group.append(batch)
+            if len(group) == factor:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def _backward(self, group) -> tuple[list, torch.Tensor]:
+        """Forward and backward of one optimizer step's batches; returns ``[(n, losses)]`` per
+        batch and the step's optimised loss. With one batch the loss is the model's; with
+        several, batch b's loss is weighted by ``n_b / n`` (n the images of the group), so the
+        gradient is the gradient of one batch of all n images for losses that are means over
+        images (DeepLab's ``iter_size``, which divides by the number of batches: the same for
+        equal batches). Under DDP only the last backward all-reduces."""
+        device = self.device
+        total = sum(int(images.shape[0]) for images, _ in group)
+        out = []
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        for k, (images, targets) in enumerate(group):
+            images = images.to(device, non_blocking=True)
+            n = int(images.shape[0])
+            sync = k == len(group) - 1 or not self.info.distributed
+            with contextlib.nullcontext() if sync else self.net.no_sync():
+                losses = self.net(images, targets_to(targets, device))
+                loss = total_loss(losses, self.factors)
+                if len(group) > 1:
+                    loss = loss * (n / total)
+                loss.backward()
+            step_loss += loss.detach().double()
+            out.append((n, losses))
+        return out, step_loss
+
     def train_one_epoch(self, epoch: int, on_step=None) -> dict:
         """One pass over the training set; returns the epoch's ``train_*`` log entries: the
         batch-size weighted mean of every key the model returns, and ``train_loss``, the mean
-        of the sum of the losses without cost factors."""
+        of the sum of the losses without cost factors. Each optimizer step takes
+        ``--batch-size-factor`` batches (:meth:`_backward`); the rate of a per-step schedule is
+        set before each step."""
         from tqdm import tqdm
 
         opts, device = self.opts, self.device
@@ -500,29 +582,30 @@ class Trainer:
             file=sys.stderr,
         )
         debug = LOG_LEVELS[opts.log_level] <= LOG_LEVELS["debug"]
-        for step, (images, targets) in enumerate(self.train_loader):
-            images = images.to(device, non_blocking=True)
-            losses = self.net(images, targets_to(targets, device))
-            loss = total_loss(losses, self.factors)
+        for step, group in enumerate(self._groups()):
+            if self.schedule.per_step:
+                self.set_lr(epoch)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            batches, loss = self._backward(group)
             self.optimizer.step()
             self.iteration += 1
-            n = images.shape[0]
-            seen += n
-            for name, value in losses.items():
-                value = value.detach().double() * n
-                sums[name] = sums[name] + value if name in sums else value
-            loss_sum += (
-                sum(v.detach().double() for k, v in losses.items() if k.startswith("loss")) * n
-            )
+            for n, losses in batches:
+                seen += n
+                for name, value in losses.items():
+                    value = value.detach().double() * n
+                    sums[name] = sums[name] + value if name in sums else value
+                loss_sum += (
+                    sum(v.detach().double() for k, v in losses.items() if k.startswith("loss")) * n
+                )
             if show_bar:
-                bar.update(1)
+                bar.update(len(batches))
                 if step % 10 == 0:
                     bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
             if debug:
+                what = "step" if opts.batch_size_factor > 1 else "batch"
                 self.console.debug(
-                    f"batch {epoch}.{step}: iteration {self.iteration}, cost {float(loss):.5f}"
+                    f"{what} {epoch}.{step}: iteration {self.iteration}, cost {float(loss):.5f}"
+                    + (f" ({len(batches)} batches)" if len(batches) > 1 else "")
                 )
             if on_step is not None:
                 on_step(epoch, step + 1)
@@ -609,7 +692,7 @@ class Trainer:
         record: dict = {}
         for epoch in range(self.start_epoch, opts.epochs):
             t0 = time.perf_counter()
-            lr = self.schedule.apply(self.optimizer, epoch)
+            lr = self.set_lr(epoch)
             train = self.train_one_epoch(epoch, on_step)
             tested = self.test_loader is not None and (
                 epoch % opts.test_epochs == 0 or epoch == opts.epochs - 1
