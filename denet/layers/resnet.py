@@ -53,6 +53,7 @@ class _Block(nn.Module):
         eps,
         init,
         pre,
+        keep_proj=False,
     ):
         super().__init__()
         nrm = lambda c: make_norm(norm, c, momentum, eps)  # noqa: E731
@@ -77,10 +78,12 @@ class _Block(nn.Module):
                 self.bn2 = nrm(cout)
         self.bottleneck = bool(bottleneck)
         self.downsample = None
-        if residual and (cin != cout or stride != 1):
+        if (residual or keep_proj) and (cin != cout or stride != 1):
             proj = nn.Conv2d(cin, cout, 1, stride, bias=False)
             init_conv(proj, init)
             self.downsample = nn.Sequential(proj) if pre else nn.Sequential(proj, nrm(cout))
+            if not residual:  # DRN's unused projection: kept for its weights, never run
+                self.downsample.requires_grad_(False)
         # In-place only after the residual sum and BN outputs nobody else reads; the
         # pre-activation projection reads the first BN's output, so that block never works in place.
         act = make_activation(activation, inplace=not pre)
@@ -131,6 +134,13 @@ _KEYWORDS = (
     ),
     Arg("groups", "int", 1, min=1, doc="groups of the k x k conv (ResNeXt cardinality)"),
     Arg("residual", "bool", True, doc="0: no shortcut (DRN's degridding blocks)"),
+    Arg(
+        "keep_proj",
+        "bool",
+        False,
+        doc="with residual=0: keep the projection a shape change needs, frozen and never run "
+        "(DRN-C-58's layer7 holds one; weights load key for key)",
+    ),
     Arg("norm", "str", "bn", choices=NORMS, doc="norm layer: bn, frozen, affine or gn (32 groups)"),
     Arg("momentum", "float", 0.9, min=0.0, max=1.0, doc="BN momentum, DeNet convention"),
     Arg("eps", "float", 1e-5, min=0.0, doc="BN eps"),
@@ -184,6 +194,7 @@ def _make_block(call: Call, cin: int, stride: int, dilation: int):
         a["momentum"],
         a["eps"],
         call.init,
+        keep_proj=a["keep_proj"],
     )
 
 
