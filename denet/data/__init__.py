@@ -69,7 +69,7 @@ __all__ = [
 ]
 
 
-def _dataset_class(fmt):
+def _dataset_class(fmt, options=None):
     if fmt == "dir":
         from .classification import DirDataset
 
@@ -87,9 +87,9 @@ def _dataset_class(fmt):
 
         return CocoDataset
     if fmt == "voc":
-        from .voc import VocDataset
+        from .voc import VocDataset, VocSegDataset
 
-        return VocDataset
+        return VocSegDataset if (options or {}).get("seg") else VocDataset
     from .seglist import SegListDataset
 
     return SegListDataset
@@ -99,7 +99,7 @@ def open_dataset(path, extension: str, train: bool = False, **overrides) -> Imag
     """Open the dataset at ``path`` described by ``extension`` (see the module docstring)."""
     seed = overrides.pop("seed", None)
     ext = parse_extension(extension, overrides)
-    ds = _dataset_class(ext.format)(os.fspath(path), ext, train)
+    ds = _dataset_class(ext.format, ext.options)(os.fspath(path), ext, train)
     if seed is not None:
         ds.seed = seed
     return ds

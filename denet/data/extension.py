@@ -62,6 +62,7 @@ KEYS = {
     "skip_crowd": ("bool", ("mscoco",)),
     "skip_difficult": ("bool", ("voc",)),
     "list_dir": ("str", ("seglist",)),
+    "seg": ("bool", ("voc",)),
 }
 ALIASES = {"mirroring": "mirror", "augment_mirror": "mirror", "distort_mode": "distort"}
 # DeNet keys that have no meaning here; rejected with the reason rather than ignored.
@@ -106,6 +107,7 @@ _COMMON_DEFAULTS = {
     "skip_crowd": False,
     "skip_difficult": False,
     "list_dir": None,
+    "seg": False,
 }
 FORMAT_DEFAULTS = {
     "dir": {},
@@ -115,6 +117,10 @@ FORMAT_DEFAULTS = {
     "voc": {"crop": 224, "mirror": True, "channels": 3},
     "seglist": {"mirror": True, "pad_mode": "reflect", "channels": 3},
 }
+
+# voc,...,seg (VOC's segmentation layout) returns images as stored, as seglist does, unless the
+# user's keys ask for a scale or crop (DeNet's 224 crop is for its detection loader).
+VOC_SEG_DEFAULTS = {"crop": None, "scale": 0}
 
 _SUBSET_RE = {
     "mscoco": re.compile(r"^\d{4}-[a-z][a-z-]*$"),
@@ -238,6 +244,7 @@ def parse_extension(text: str, overrides: dict | None = None) -> Extension:
     options = dict(_COMMON_DEFAULTS)
     options.update(FORMAT_DEFAULTS[fmt])
     subsets = []
+    given = set()
     for token in tokens[1:]:
         if not token:
             continue
@@ -245,6 +252,7 @@ def parse_extension(text: str, overrides: dict | None = None) -> Extension:
             key, value = token.split("=", 1)
             key = _canonical_key(key, fmt)
             options[key] = _convert(key, value)
+            given.add(key)
             continue
         if fmt in _SUBSET_RE and _SUBSET_RE[fmt].match(token.lower()):
             subsets.append(token.lower())
@@ -253,11 +261,15 @@ def parse_extension(text: str, overrides: dict | None = None) -> Extension:
         if KEYS[key][0] != "bool":
             raise DataError(f"--extension: {key} needs a value ({key}=...)")
         options[key] = True
+        given.add(key)
     for key, value in (overrides or {}).items():
         if value is None:
             continue  # an unset command-line option leaves the extension's value alone
         key = _canonical_key(key, fmt)
         options[key] = _convert(key, value)
+        given.add(key)
+    if fmt == "voc" and options["seg"]:
+        options.update({k: v for k, v in VOC_SEG_DEFAULTS.items() if k not in given})
     if options["channels"] not in (None, 1, 3) and fmt != "npy":
         raise DataError(f"--extension: channels={options['channels']} must be 1 or 3")
     if options["check_onscreen"] is not None and not 0.0 <= options["check_onscreen"] <= 1.0:

@@ -1,6 +1,11 @@
 """DRN's segmentation lists: ``ROOT/{train,val,test}_images.txt`` and ``{train,val}_labels.txt``
 (one path per line, relative to ROOT), and ``ROOT/info.json`` with the RGB ``mean`` and ``std``
-on the 0..1 scale. Labels are PNGs of class indices; 255 = ignore."""
+on the 0..1 scale. Labels are PNGs of class indices; 255 = ignore.
+
+:class:`SegmentationDataset` is the base of every segmentation format (seglist here, VOC's
+``SegmentationClass`` layout in :mod:`denet.data.voc`): an image and a label map per item, the
+label map checked when the item is loaded (its size against the image's, its values against the
+classes)."""
 
 from __future__ import annotations
 
@@ -12,13 +17,86 @@ from .base import ImageDataset, check_dir
 from .image import image_header, load_image, load_label_map
 from .transforms import Sample
 
+IGNORE = 255  # the label of pixels that count in no loss and no score
+
 
 def _read_list(path):
     with open(path, encoding="utf-8") as fh:
         return [line.strip() for line in fh if line.strip()]
 
 
-class SegListDataset(ImageDataset):
+def load_mask(label_path, image_path, image_size, num_classes: int):
+    """The label map at ``label_path`` as an ``L`` image, checked: its size must be the image's
+    (``image_size`` = (W, H)), and with ``num_classes`` > 0 every value must be a class
+    (``0 .. num_classes - 1``) or 255; otherwise a one-line ``DataError`` naming the file."""
+    import numpy as np
+
+    mask = load_label_map(label_path)
+    if mask.size != tuple(image_size):
+        raise DataError(
+            f"{label_path}: label map is {mask.size[0]}x{mask.size[1]} but {image_path} is "
+            f"{image_size[0]}x{image_size[1]}"
+        )
+    if num_classes:
+        arr = np.asarray(mask)
+        bad = (arr >= num_classes) & (arr != IGNORE)
+        if bad.any():
+            values = np.unique(arr[bad])
+            more = f" (and {len(values) - 1} other value(s))" if len(values) > 1 else ""
+            raise DataError(
+                f"{label_path}: label value {int(values[0])}{more} is neither a class of the "
+                f"set (0..{num_classes - 1}) nor {IGNORE} (ignore)"
+            )
+    return mask
+
+
+class SegmentationDataset(ImageDataset):
+    """Items ``(image, target)``: target ``mask`` (int64 ``[H,W]``, 255 = ignore; absent when the
+    set has no label maps), ``image_id`` (item index) and the geometry keys. Subclasses fill
+    ``self.images`` (paths), ``self.labels`` (paths or None) and ``self.classes``."""
+
+    task = "segmentation"
+
+    def __init__(self, root, ext, train=False):
+        super().__init__(root, ext, train)
+        self.images: list = []
+        self.labels: list | None = None
+        self._sizes = None
+
+    def __len__(self):
+        return len(self.images)
+
+    def image_paths(self):
+        return list(self.images)
+
+    def image_sizes(self):
+        if self._sizes is None:
+            self._sizes = [image_header(p)[1] for p in self.images]
+        return list(self._sizes)
+
+    def label_paths(self):
+        """The label map of every item, or None for a set without labels."""
+        return None if self.labels is None else list(self.labels)
+
+    def _load(self, index):
+        img = load_image(self.images[index], self.channels)
+        mask = None
+        if self.labels is not None:
+            mask = load_mask(self.labels[index], self.images[index], img.size, len(self.classes))
+        return Sample(img, mask=mask), None
+
+    def _target(self, index, s, info, orig):
+        import numpy as np
+        import torch
+
+        target = {}
+        if s.mask is not None:
+            target["mask"] = torch.from_numpy(np.asarray(s.mask, dtype=np.int64).copy())
+        target.update(self._geometry_target(index, s, orig))
+        return target
+
+
+class SegListDataset(SegmentationDataset):
     """Items ``(image, target)``: target ``mask`` (int64 ``[H,W]``, 255 = ignore; absent for a
     split without a labels list), ``image_id`` (item index) and the geometry keys.
 
@@ -26,9 +104,7 @@ class SegListDataset(ImageDataset):
     ``val``); ``list_dir=DIR`` reads the lists from DIR instead of ROOT (DRN's --list-dir), image
     paths stay relative to ROOT. ``info.json`` gives ``mean``/``std`` for ``subtract_mean``
     (ImageNet statistics without it) and, optionally, ``classes`` (a list of names) or
-    ``num_classes``."""
-
-    task = "segmentation"
+    ``num_classes``; label values must be classes or 255 when it names them."""
 
     def __init__(self, root, ext, train=False):
         super().__init__(root, ext, train)
@@ -55,7 +131,6 @@ class SegListDataset(ImageDataset):
         if not self.images:
             raise DataError(f"{images_txt}: the list is empty")
         self._read_info(os.path.join(self.root, "info.json"))
-        self._sizes = None
 
     def _read_info(self, path):
         if not os.path.isfile(path):
@@ -75,37 +150,3 @@ class SegListDataset(ImageDataset):
                 self.classes = [str(i) for i in range(int(info["num_classes"]))]
         except (OSError, ValueError, TypeError) as err:
             raise DataError(f"{path}: cannot read ({err})") from None
-
-    def __len__(self):
-        return len(self.images)
-
-    def image_paths(self):
-        return list(self.images)
-
-    def image_sizes(self):
-        if self._sizes is None:
-            self._sizes = [image_header(p)[1] for p in self.images]
-        return list(self._sizes)
-
-    def _load(self, index):
-        img = load_image(self.images[index], self.channels)
-        mask = None
-        if self.labels is not None:
-            mask = load_label_map(self.labels[index])
-            if mask.size != img.size:
-                raise DataError(
-                    f"{self.labels[index]}: label map is {mask.size[0]}x"
-                    f"{mask.size[1]} but {self.images[index]} is "
-                    f"{img.size[0]}x{img.size[1]}"
-                )
-        return Sample(img, mask=mask), None
-
-    def _target(self, index, s, info, orig):
-        import numpy as np
-        import torch
-
-        target = {}
-        if s.mask is not None:
-            target["mask"] = torch.from_numpy(np.asarray(s.mask, dtype=np.int64).copy())
-        target.update(self._geometry_target(index, s, orig))
-        return target

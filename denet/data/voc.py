@@ -2,6 +2,11 @@
 
 Subsets are ``<year>-<split>`` naming ``ImageSets/Main/<split>.txt``: ``2007-test``,
 ``2007-trainval,2012-trainval``.
+
+With the flag ``seg`` (``voc,2012-val,seg``) the set is VOC's segmentation layout instead:
+``ImageSets/Segmentation/<split>.txt``, images ``JPEGImages/<id>.jpg`` and label maps
+``SegmentationClass/<id>.png``, palette PNGs whose palette indices are the classes
+(background = 0, aeroplane = 1 .. tvmonitor = 20; 255 = void, ignored).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import xml.etree.ElementTree as ET
 from ..errors import DataError
 from .base import DetectionDataset, DetectionRecord, check_dir
 from .image import image_header
+from .seglist import SegmentationDataset
 
 CLASSES = (
     "aeroplane",
@@ -35,6 +41,22 @@ CLASSES = (
     "train",
     "tvmonitor",
 )
+
+SEG_CLASSES = ("background", *CLASSES)  # SegmentationClass indices; 255 is void
+
+
+def voc_palette(n: int = 256):
+    """VOC's colour map (the devkit's ``labelcolormap``): uint8 ``[n, 3]``, colour k from the
+    bits of k (background black, aeroplane (128, 0, 0), ..., 255 = void (224, 224, 192)). It is
+    defined for any n, so every class of a larger set has its own colour (n <= 2**24)."""
+    import numpy as np
+
+    k = np.arange(n, dtype=np.int64)
+    rgb = np.zeros((n, 3), np.int64)
+    for shift in range(8):
+        for c in range(3):
+            rgb[:, c] |= ((k >> (3 * shift + c)) & 1) << (7 - shift)
+    return rgb.astype(np.uint8)
 
 
 def parse_voc_xml(path, image_path=None):
@@ -129,5 +151,65 @@ class VocDataset(DetectionDataset):
                     f"{entry[3:]}-{n[:-4]}"
                     for n in sorted(os.listdir(main))
                     if n.endswith(".txt") and "_" not in n
+                ]
+        return out
+
+
+class VocSegDataset(SegmentationDataset):
+    """VOC's segmentation layout (``voc,<year>-<split>,seg``): items as for seglist, ``mask``
+    the ``SegmentationClass`` palette indices (21 classes, background = 0; 255 = void, ignored).
+    ``names[i]`` is ``"<year>/<file id>"``. Without scale or crop keys the images are returned
+    as stored (seglist's defaults, not the detection loader's 224 crop); pad_mode stays black
+    (labels 255)."""
+
+    DETECTION_KEYS = ("skip_difficult", "bbox_only", "check_center")
+
+    def __init__(self, root, ext, train=False):
+        super().__init__(root, ext, train)
+        check_dir(self.root, "VOCdevkit root")
+        for key in self.DETECTION_KEYS:
+            if self.options[key]:
+                raise DataError(
+                    f"--extension: {key} is a VOC detection key; seg sets have no boxes"
+                )
+        self.classes = list(SEG_CLASSES)
+        found = ", ".join(self.available_subsets(self.root)) or "none"
+        if not ext.subsets:
+            raise DataError(
+                f"--extension voc,...,seg needs a subset such as 2012-val; found {found} in "
+                f"{self.root}"
+            )
+        self.labels, self.names = [], []
+        for subset in ext.subsets:
+            year, split = subset.split("-", 1)
+            base = os.path.join(self.root, f"VOC{year}")
+            listing = os.path.join(base, "ImageSets", "Segmentation", f"{split}.txt")
+            if not os.path.isfile(listing):
+                raise DataError(
+                    f"{listing}: VOC segmentation image set for subset {subset} not found "
+                    f"(segmentation subsets here: {found})"
+                )
+            with open(listing, encoding="utf-8") as fh:
+                ids = [line.split()[0] for line in fh if line.strip()]
+            for file_id in ids:
+                label = os.path.join(base, "SegmentationClass", f"{file_id}.png")
+                if not os.path.isfile(label):
+                    raise DataError(f"{label}: VOC label map not found (listed in {listing})")
+                self.images.append(os.path.join(base, "JPEGImages", f"{file_id}.jpg"))
+                self.labels.append(label)
+                self.names.append(f"{year}/{file_id}")
+        if not self.images:
+            raise DataError(f"{self.root}: the VOC segmentation subsets {found} list no images")
+
+    @staticmethod
+    def available_subsets(root):
+        out = []
+        if not os.path.isdir(root):
+            return out
+        for entry in sorted(os.listdir(root)):
+            sets = os.path.join(root, entry, "ImageSets", "Segmentation")
+            if entry.startswith("VOC") and os.path.isdir(sets):
+                out += [
+                    f"{entry[3:]}-{n[:-4]}" for n in sorted(os.listdir(sets)) if n.endswith(".txt")
                 ]
         return out

@@ -141,3 +141,45 @@ def make_seglist(root, split="train", scenes=SCENES, ignore_border=3):
             fh,
         )
     return root
+
+
+# VOC's colour map for the first classes and void, as the devkit's labelcolormap gives them.
+VOC_SEG_COLOURS = {0: (0, 0, 0), 1: (128, 0, 0), 2: (0, 128, 0), 3: (128, 128, 0)}
+VOC_VOID_COLOUR = (224, 224, 192)
+
+
+def voc_seg_label_image(label):
+    """A VOC SegmentationClass PNG: mode P, palette indices = classes, VOC's first colours."""
+    img = Image.fromarray(np.asarray(label, np.uint8), "P")
+    palette = [0] * 768
+    for k, rgb in {**VOC_SEG_COLOURS, 255: VOC_VOID_COLOUR}.items():
+        palette[3 * k : 3 * k + 3] = rgb
+    img.putpalette(palette)
+    return img
+
+
+def make_voc_seg(root, year=2012, split="val", scenes=SCENES, void_border=1):
+    """ROOT/VOC<year>/{JPEGImages,SegmentationClass,ImageSets/Segmentation}: label = category
+    index + 1 inside objects (VOC's aeroplane, bicycle, bird), 0 outside, 255 (void) on a
+    ``void_border`` frame around each object, as VOC draws object outlines. Returns the
+    (image path, label array) of every item."""
+    base = os.path.join(root, f"VOC{year}")
+    for sub in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+    ids, items = [], []
+    for k, (w, h, objects) in enumerate(scenes):
+        file_id = f"{year}_{k:06d}"
+        ids.append(file_id)
+        lab = np.zeros((h, w), np.uint8)
+        b = void_border
+        for x0, y0, x1, y1, _, _ in objects:
+            lab[max(y0 - b, 0) : y1 + b, max(x0 - b, 0) : x1 + b] = 255
+        for x0, y0, x1, y1, cat, _ in objects:
+            lab[y0:y1, x0:x1] = cat + 1
+        image = os.path.join(base, "JPEGImages", file_id + ".jpg")
+        Image.fromarray(draw_scene(w, h, objects)).save(image, quality=95, subsampling=0)
+        voc_seg_label_image(lab).save(os.path.join(base, "SegmentationClass", file_id + ".png"))
+        items.append((image, lab))
+    with open(os.path.join(base, "ImageSets", "Segmentation", f"{split}.txt"), "w") as fh:
+        fh.write("\n".join(ids) + "\n")
+    return items
