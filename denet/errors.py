@@ -35,7 +35,17 @@ class DescError(DenetError, ValueError):
         if "\n" in text:  # show only the offending line of a multi-line string
             lines = text.split("\n")
             text = lines[(self.line or 1) - 1]
-        return f"{self.message} (column {col})\n  {text}\n  {' ' * (col - 1)}^"
+        offset = col - 1
+        if len(text) > _SHOWN:  # a very long line: the part around the caret
+            start = max(0, min(offset - _SHOWN // 2, len(text) - _SHOWN))
+            end = start + _SHOWN
+            head = "…" if start > 0 else ""
+            text = head + text[start:end] + ("…" if end < len(text) else "")
+            offset = offset - start + len(head)
+        return f"{self.message} (column {col})\n  {text}\n  {' ' * offset}^"
+
+
+_SHOWN = 200  # characters of a line an error message shows at most (around the caret)
 
 
 class DataError(DenetError):

@@ -8,6 +8,7 @@
 from .ast import Arg, Description, Group, Layer, Ref, Tap
 from .build import INFERENCE, TRAINING, build
 from .graph import INPUT, TARGETS, LayerGraph, Node
+from .limits import Limits, limit
 from .parser import parse
 from .printer import canonical, print_graph, print_items
 from .resolve import CompileOptions, Context, resolve
@@ -24,11 +25,13 @@ __all__ = [
     "Group",
     "Layer",
     "LayerGraph",
+    "Limits",
     "Node",
     "Ref",
     "Tap",
     "build",
     "canonical",
+    "limit",
     "parse",
     "print_graph",
     "print_items",

@@ -7,13 +7,16 @@ expected, in words (``']'``, ``end of input``), with a caret under the offending
 from __future__ import annotations
 
 import functools
+import math
 import os
+import re
 
 import lark
 from lark import Lark, Transformer, v_args
 
 from ..errors import DescError
 from . import ast
+from .limits import Limits, current, describe
 
 _GRAMMAR = os.path.join(os.path.dirname(__file__), "grammar.lark")
 
@@ -117,15 +120,42 @@ class _ToAst(Transformer):
 
     def int_value(self, children):
         tok = children[0]
-        return int(tok), tok
+        digits = str(tok).lstrip("+-").lstrip("0")
+        # checked before int(): Python refuses to convert more than 4300 digits
+        value = int(tok) if len(digits) <= len(str(INT_MAX)) else INT_MAX + 1
+        if not -INT_MAX - 1 <= value <= INT_MAX:
+            raise self._error(
+                f"the integer {_abbreviated(tok)} is too large (integers must fit in 64 bits, "
+                f"-{INT_MAX + 1} to {INT_MAX})",
+                tok,
+            )
+        return value, tok
 
     def float_value(self, children):
         tok = children[0]
-        return float(tok), tok
+        value = float(tok)
+        if not math.isfinite(value):
+            raise self._error(
+                f"the number {_abbreviated(tok)} is too large (it is not a finite 64-bit "
+                f"float; at most about 1.8e308)",
+                tok,
+            )
+        return value, tok
+
+    def _error(self, message: str, tok) -> DescError:
+        return DescError(message, self.source, tok.column, tok.line)
 
     def name_value(self, children):
         tok = children[0]
         return str(tok), tok
+
+
+INT_MAX = 2**63 - 1  # integers are 64-bit, as torch's sizes
+
+
+def _abbreviated(tok) -> str:
+    text = str(tok)
+    return repr(text if len(text) <= 24 else text[:12] + "…" + text[-6:])
 
 
 def _describe_token(tok) -> str:
@@ -143,10 +173,22 @@ def _expected(names) -> str:
     return "; expected " + ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def parse(desc: str) -> ast.Description:
-    """Parse a description string. Raises :class:`DescError` with a caret on a syntax error."""
+_VALUE_TERMINALS = frozenset({"INT", "FLOAT", "NAME"})
+
+
+def parse(desc: str, limits: Limits | None = None) -> ast.Description:
+    """Parse a description string. Raises :class:`DescError` with a caret on a syntax error,
+    and on a string longer or more deeply nested than ``limits`` (default: the limits in force,
+    :mod:`denet.dsl.limits`) allows, before parsing it."""
     if not isinstance(desc, str):
         raise DescError(f"a description must be a string, not {type(desc).__name__}")
+    limits = limits or current()
+    if len(desc) > limits.chars:
+        raise DescError(
+            f"the description is {len(desc):,} characters long, more than "
+            f"{describe('chars', limits.chars)}"
+        )
+    _check_depth(desc, limits.depth)
     try:
         tree = _parser().parse(desc)
     except lark.exceptions.UnexpectedCharacters as err:
@@ -173,7 +215,10 @@ def parse(desc: str) -> ast.Description:
                 msg = "unbalanced brackets: '(' is never closed"
             raise DescError(msg + _expected(expected), desc, column, line) from None
         msg = f"unexpected {_describe_token(tok)}"
-        if str(tok) in ("]", ")"):
+        if tok.type in ("RSQB", "RPAR", "COMMA") and _VALUE_TERMINALS <= set(expected):
+            msg = f"a value is missing {_before(desc, tok)}"
+            expected = {"INT", "NAME"}
+        elif str(tok) in ("]", ")"):
             msg = f"unbalanced brackets: {str(tok)!r} without its opening bracket"
             expected = set()
         raise DescError(msg + _expected(expected), desc, tok.column, tok.line) from None
@@ -182,8 +227,65 @@ def parse(desc: str) -> ast.Description:
         raise DescError(
             "unexpected end of input" + _expected(err.expected), desc, column, line
         ) from None
-    items = _ToAst(desc).transform(tree)
+    try:
+        items = _ToAst(desc).transform(tree)
+    except lark.exceptions.VisitError as err:
+        if isinstance(err.orig_exc, DescError):
+            raise err.orig_exc from None
+        raise
     return ast.Description(items, desc)
+
+
+def _before(desc: str, tok) -> str:
+    """Where a missing value belongs, in words: ``after 'filters='``, ``after ','``."""
+    before = desc[: tok.start_pos].rstrip()
+    if before.endswith("="):
+        name = re.search(r"([A-Za-z_][A-Za-z0-9_\-]*)\s*=$", before)
+        return f"after {(name.group(1) if name else '') + '='!r}"
+    if before.endswith(","):
+        return "after ','"
+    return f"before {str(tok)!r}"
+
+
+_NESTING = re.compile(r"[()#\n]")
+_HEAD_END = re.compile(r"[A-Za-z0-9_.]*\s*(\[[^\[\]()]*\])?\s*$")
+
+
+def _group_start(desc: str, paren: int) -> int:
+    """Where the group whose ``(`` is at ``paren`` begins: its head (``SUM``, ``REP[2]``), or
+    the ``(`` itself when none is written before it."""
+    before = desc[max(0, paren - 1000) : paren]
+    m = _HEAD_END.search(before)
+    start = paren - len(before) + m.start() if m else paren
+    return start if start < paren and desc[start].isalpha() else paren
+
+
+def _check_depth(desc: str, limit: int) -> None:
+    """Refuses groups nested deeper than ``limit`` before anything recursive (the parse tree's
+    transformer, the resolver, the printer) sees them. Comments are skipped as the lexer skips
+    them; unbalanced brackets are left to the parser."""
+    depth = 0
+    comment = False
+    for m in _NESTING.finditer(desc):
+        ch = m.group()
+        if comment:
+            comment = ch != "\n"
+        elif ch == "#":
+            comment = True
+        elif ch == "(":
+            depth += 1
+            if depth > limit:
+                start = _group_start(desc, m.start())
+                line = desc.count("\n", 0, start) + 1
+                column = start - (desc.rfind("\n", 0, start) + 1) + 1
+                raise DescError(
+                    f"groups nested {depth} deep, more than {describe('depth', limit)}",
+                    desc,
+                    column,
+                    line,
+                )
+        elif ch == ")":
+            depth = max(0, depth - 1)
 
 
 def _end_position(desc: str) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from ..layers.registry import BORDER_MODES, REQUIRED, Arg
 from ..layers.shape import KINDS
 from . import ast
 from .graph import INPUT, TARGETS, LayerGraph, Node
+from .limits import Limits, current, describe
 from .printer import print_item
 
 __all__ = ["INPUT", "TARGETS", "CompileOptions", "Context", "LayerGraph", "Node", "resolve"]
@@ -80,6 +81,11 @@ class Context:
     ``share(names)`` makes the nodes added inside reuse the modules of ``names``, in order;
     ``definitions`` is where a type keeps what a later token of its family looks up (``SHARE``
     bodies for ``USE``); ``index_of(item)`` is a token's position in the string.
+
+    ``limits`` bound what the string may ask for (docs/language.md, Limits): ``counted`` is the
+    number of nodes so far (each node, each branch run, each block of a stage: see
+    :meth:`charge`), ``params`` the parameters so far; a type that repeats a sub-network calls
+    :meth:`charge` with what the remaining copies will cost before making them.
     """
 
     def __init__(
@@ -88,12 +94,18 @@ class Context:
         registry: Registry,
         options: CompileOptions,
         classes: int | None,
+        limits: Limits | None = None,
     ):
         self.desc = desc
         self.registry = registry
         self.options = options
         self.classes = classes
+        self.limits = limits or current()
+        self.counted = 0
+        self.params = 0
+        self.activation_bytes = 0
         self.nodes: list[Node] = []
+        self._by_name: dict[str, Node] = {}
         self.symbols: dict[str, str] = {}
         self.symbol_items: dict[str, Any] = {}
         self.definitions: dict[str, object] = {}
@@ -219,10 +231,23 @@ class Context:
     def shape_of(self, name):
         if name == INPUT:
             return self.input_shape
-        for n in reversed(self.nodes):
-            if n.name == name:
-                return n.shape
-        raise KeyError(name)
+        return self._by_name[name].shape
+
+    def charge(self, item, nodes: int, what: str = "") -> None:
+        """Counts ``nodes`` more nodes against the node limit (see :meth:`reserve`)."""
+        self.reserve(item, nodes, what)
+        self.counted += nodes
+
+    def reserve(self, item, nodes: int, what: str = "") -> None:
+        """Refuses ``item`` when ``nodes`` more nodes would pass the node limit; ``what``
+        says what makes them (``3 copies of 5 nodes``)."""
+        total = self.counted + nodes
+        if total > self.limits.nodes:
+            made = f"{what} would make the graph" if what else "the graph reaches"
+            self.fail_at(
+                item,
+                f"{made} {total:,} nodes, more than {describe('nodes', self.limits.nodes)}",
+            )
 
     def run(self, items, current: str, suffix: str = "") -> str:
         """Resolve a branch (nested items) starting from node ``current``; its end node."""
@@ -283,6 +308,10 @@ class Context:
                 f"{item.type} needs {_kinds(ltype.accepts)} as input, not "
                 f"{call.input.describe()} ({call.input})",
             )
+        count = ltype.count(call)
+        if count > 1:  # its node counts one of them
+            self.reserve(item, count, f"its {count:,} blocks")
+            self.counted += count - 1
         shape = self._checked_shape(item, ltype, call)
         split = ltype.split_point(call)
         if split and self.nested:
@@ -330,7 +359,41 @@ class Context:
                 self.fail_at(item, f"{sym} is marked twice (first at column {first.column})")
             self.symbols[sym] = name
             self.symbol_items[sym] = item
+        if self._shared is None:  # a shared node reuses its source's parameters
+            self._check_params(item, ltype, call)
+        elements = ltype.output_elements(call)
+        if elements != shape_elements(shape):  # more than its shape says (RoI features)
+            self._check_bytes(item, elements - shape_elements(shape), shape, elements)
         return name
+
+    def _check_params(self, item, ltype, call: Call) -> None:
+        n = ltype.params(call)
+        self.params += n
+        if self.params > self.limits.params:
+            self.fail_at(
+                item,
+                f"the model would have {self.params:,} parameters with this layer's {n:,}, "
+                f"more than {describe('params', self.limits.params)}",
+            )
+
+    def _check_bytes(self, item, added: int, shape, elements: int | None = None) -> None:
+        """Refuses an output of ``elements`` (default ``added``) per image over the limit of
+        one value, and ``added`` more over the limit of all of them (float32)."""
+        size = 4 * (added if elements is None else elements)
+        if size > self.limits.map_bytes:
+            self.fail_at(
+                item,
+                f"its output ({shape}) would take {size:,} bytes per image, more than "
+                f"{describe('map_bytes', self.limits.map_bytes)}",
+            )
+        self.activation_bytes += 4 * added
+        if self.activation_bytes > self.limits.activation_bytes:
+            self.fail_at(
+                item,
+                f"the outputs of the layers up to here would take {self.activation_bytes:,} "
+                f"bytes per image, more than "
+                f"{describe('activation_bytes', self.limits.activation_bytes)}",
+            )
 
     def add_merge(self, item, ltype, call: Call, ends: list[str]) -> str:
         """The node of a group token that merges the branch ends ``ends``."""
@@ -391,7 +454,11 @@ class Context:
             if not self._shared:  # pragma: no cover - a shared body resolves to the same nodes
                 raise AssertionError("shared sub-network resolved to more nodes")
             node.shared = self._shared.pop(0)
+        self.charge(item, 1)
+        # a tap or a reference is another name for a value already counted
+        self._check_bytes(item, 0 if type_ in ("@", "$") else shape_elements(shape), shape)
         self.nodes.append(node)
+        self._by_name[node.name] = node
         return node.name
 
     def item(self, item, current):
@@ -505,6 +572,16 @@ class Context:
         graph.task = next(iter(tasks), None)
 
 
+def shape_elements(shape: ShapeSpec) -> int:
+    """Elements of one value per image: C*H*W of a map, 5 per box of a set of boxes."""
+    n = shape.channels
+    if shape.height is not None:
+        n *= shape.height * (shape.width or 1)
+    if shape.kind == "boxes":
+        n *= 5
+    return n
+
+
 def _kinds(kinds) -> str:
     return " or ".join(KINDS[k] for k in kinds)
 
@@ -533,12 +610,14 @@ def resolve(
     classes: int | None = None,
     options: CompileOptions | None = None,
     registry: Registry | None = None,
+    limits: Limits | None = None,
 ) -> LayerGraph:
-    """Resolve a parsed description for inputs of ``input_shape`` = (C, H, W)."""
+    """Resolve a parsed description for inputs of ``input_shape`` = (C, H, W), within
+    ``limits`` (default: the limits in force, :mod:`denet.dsl.limits`)."""
     c, h, w = (int(v) for v in input_shape)
     if min(c, h, w) < 1:
         raise DescError(f"input shape must be positive (C, H, W), not {tuple(input_shape)}")
     if classes is not None and (int(classes) != classes or classes < 1):
         raise DescError(f"classes must be a positive integer, not {classes!r}")
-    resolver = Context(desc, registry or REGISTRY, options or CompileOptions(), classes)
+    resolver = Context(desc, registry or REGISTRY, options or CompileOptions(), classes, limits)
     return resolver.resolve(ShapeSpec(c, h, w, Fraction(1)))

@@ -98,6 +98,11 @@ class RoIAlign(LayerDef):
         o = call.args["output_size"]
         return ShapeSpec(call.input.channels, o, o, Fraction(1))
 
+    def output_elements(self, call: Call) -> int:
+        # one C x size x size map per RoI (boxes per image; at least one when data-dependent)
+        o = call.args["output_size"]
+        return max(1, call.taps["rois"].channels) * call.input.channels * o * o
+
     def build(self, call: Call):
         return RoIAlignLayer(
             call.args["output_size"],

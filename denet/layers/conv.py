@@ -127,6 +127,11 @@ class Conv(LayerDef):
             call, call.input, call.args["filters"], k, s, call.border, call.args["dilation"]
         )
 
+    def params(self, call: Call) -> int:
+        (kh, kw), _ = kernel_stride(call)
+        cout = call.args["filters"]
+        return call.input.channels // call.args["groups"] * cout * kh * kw + cout * call.has("B")
+
     def build(self, call: Call):
         k, s = kernel_stride(call)
         conv = make_conv(
@@ -171,6 +176,11 @@ class Deconv(LayerDef):
         h = i.h * s[0] - 2 * (k[0] // 2) + k[0] - 1
         w = i.w * s[1] - 2 * (k[1] // 2) + k[1] - 1
         return ShapeSpec(call.args["filters"], h, w, i.stride / s[0])
+
+    def params(self, call: Call) -> int:
+        (kh, kw), _ = kernel_stride(call)
+        cout = call.args["filters"]
+        return call.input.channels * cout * kh * kw + cout * (not call.has("B"))
 
     def build(self, call: Call):
         k, s = kernel_stride(call)

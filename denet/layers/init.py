@@ -48,15 +48,17 @@ def parse_weight_init(value) -> WeightInit:
     if isinstance(value, WeightInit):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError(f"a weight-init std must be >= 0, not {value}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"a weight-init std must be a finite number >= 0, not {value}")
         return WeightInit(None, "backward", False, float(value), f"{float(value)!r}")
     if not isinstance(value, str):
         raise ValueError(f"unknown weight init {value!r}")
     try:
-        return parse_weight_init(float(value))
+        std = float(value)  # "0.01"; also "nan" and "inf", refused as numbers
     except ValueError:
         pass
+    else:
+        return parse_weight_init(std)
     words = [w for w in re.split(r"[-,\s]+", value.strip().lower()) if w]
     rules = [w for w in words if w in ("he", "xavier")]
     dirs = [w for w in words if w in ("forward", "backward")]

@@ -121,6 +121,9 @@ class BatchNorm(LayerDef):
             )
         return call.input
 
+    def params(self, call: Call) -> int:
+        return 2 * call.input.channels  # weight and bias per channel
+
     def build(self, call: Call):
         return make_norm("bn", call.input.channels, call.args["momentum"], call.args["eps"])
 
@@ -134,6 +137,9 @@ class BatchNormReLUDef(LayerDef):
 
     def shape(self, call: Call):
         return call.input
+
+    def params(self, call: Call) -> int:
+        return 2 * call.input.channels  # weight and bias per channel
 
     def build(self, call: Call):
         return BatchNormReLU(
@@ -164,6 +170,9 @@ class AffineChannel(LayerDef):
     def shape(self, call: Call):
         return call.input
 
+    def params(self, call: Call) -> int:
+        return 2 * call.input.channels  # weight and bias per channel
+
     def build(self, call: Call):
         return AffineChannel2d(call.input.channels)
 
@@ -182,6 +191,9 @@ class GroupNorm(LayerDef):
                 "groups",
             )
         return call.input
+
+    def params(self, call: Call) -> int:
+        return 2 * call.input.channels  # weight and bias per channel
 
     def build(self, call: Call):
         return nn.GroupNorm(call.args["groups"], call.input.channels, eps=call.args["eps"])

@@ -10,6 +10,7 @@ what they need.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -58,6 +59,8 @@ class Arg:
             if isinstance(value, str):
                 raise ValueError(f"{self.name} must be a number, not {_show(value)}")
             value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"{self.name} must be a finite number, not {_show(value)}")
         elif kind == "bool":
             if value in (0, 1) and not isinstance(value, float):
                 value = bool(value)
@@ -221,6 +224,8 @@ class LayerDef:
                 f"{item.type} takes at most {self.max_branches} branch"
                 f"{'es' if self.max_branches > 1 else ''}"
             )
+        # each branch counts as a node: many empty ones still make a long merge
+        ctx.charge(item, len(branches), f"its {len(branches):,} branches")
         ends = [ctx.run(b, current) for b in branches]
         return ctx.add_merge(item, self, call, ends)
 
@@ -249,6 +254,41 @@ class LayerDef:
     def output_name(self, call: Call) -> str | None:
         """The name under which this layer's output is a final output (``out``, ``aux``)."""
         return None
+
+    # -- size, for the compiler's limits (docs/language.md, Limits) ---------------------------
+    def count(self, call: Call) -> int:
+        """How many graph nodes this token counts as for the node limit (a stage of ``num``
+        residual blocks counts ``num``)."""
+        return 1
+
+    def output_elements(self, call: Call) -> int:
+        """Elements of this layer's output per image, for the limit on one value's bytes.
+        The default counts its shape (C*H*W of a map); a layer whose output holds several
+        such values per image (features of every RoI) says so."""
+        out = call.out
+        if out is None:
+            return 0
+        n = out.channels
+        if out.height is not None:
+            n *= out.height * (out.width or 1)
+        return n
+
+    def params(self, call: Call) -> int:
+        """The number of parameters :meth:`build` makes, known before anything is allocated
+        (called after :meth:`shape`, so that the input and output shapes are known and
+        checked). The default: 0 for a type without parameters, else the module built on the
+        meta device and counted. A type whose parameters grow with an argument that no shape
+        bounds (a kernel size under border mode half) computes the count itself, in Python
+        integers, so that a huge argument is refused instead of overflowing."""
+        if not self.has_params:
+            return 0
+        import torch
+
+        with torch.device("meta"):
+            module = self.build(call)
+        if not isinstance(module, torch.nn.Module):
+            return 0
+        return sum(p.numel() for p in module.parameters())
 
     # -- semantics ------------------------------------------------------------------------------
     def shape(self, call: Call) -> ShapeSpec:

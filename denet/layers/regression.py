@@ -93,6 +93,12 @@ class RegressionDef(LayerDef):
             call.fail(f"a {kh}x{kw} classifier does not fit the {i.h}x{i.w} input", "size")
         return ShapeSpec(call.classes, None, None, i.stride)
 
+    def params(self, call: Call) -> int:
+        i, k = call.input, call.args["size"]
+        kh, kw = (i.h, i.w) if k is None else (k, k)
+        classes = call.classes or 0
+        return i.channels * classes * kh * kw + classes * call.has("B")
+
     def build(self, call: Call):
         i, k = call.input, call.args["size"]
         kk = (i.h, i.w) if k is None else (k, k)

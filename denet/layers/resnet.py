@@ -176,6 +176,24 @@ def _check(call: Call, filters: int, size: int, bottleneck: int):
         call.fail(f"groups={g} must divide the block's channels ({width})", "groups")
 
 
+def _block_params(call: Call, cin: int, stride: int) -> int:
+    """Parameters of one block made by :func:`_make_block`, computed (Python integers)."""
+    a = call.args
+    cout, k, g, b = a["filters"], a["size"], a["groups"], a["bottleneck"]
+    pre = not call.has("O")
+    norm = 0 if a["norm"] == "frozen" else 2  # parameters per channel of a norm layer
+    n = norm * cin if pre else 0
+    if b:
+        n += cin * b + norm * b + b // g * b * k * k + norm * b + b * cout
+        n += 0 if pre else norm * cout
+    else:
+        n += cin // g * cout * k * k + norm * cout + cout // g * cout * k * k
+        n += 0 if pre else norm * cout
+    if (a["residual"] or a["keep_proj"]) and (cin != cout or stride != 1):
+        n += cin * cout + (0 if pre else norm * cout)
+    return n
+
+
 def _make_block(call: Call, cin: int, stride: int, dilation: int):
     a = call.args
     cls = PostActivationBlock if call.has("O") else PreActivationBlock
@@ -217,6 +235,9 @@ class ResidualBlock(LayerDef):
         _check(call, a["filters"], a["size"], a["bottleneck"])
         return _block_out(call, call.input, a["filters"], a["stride"])
 
+    def params(self, call: Call) -> int:
+        return _block_params(call, call.input.channels, call.args["stride"])
+
     def build(self, call: Call):
         a = call.args
         d = a["first_dilation"] or a["dilation"]
@@ -244,6 +265,14 @@ class ResidualStage(LayerDef):
         a = call.args
         _check(call, a["filters"], a["size"], a["bottleneck"])
         return _block_out(call, call.input, a["filters"], a["stride"])
+
+    def count(self, call: Call) -> int:
+        return call.args["num"]  # one node per block for the node limit
+
+    def params(self, call: Call) -> int:
+        first = _block_params(call, call.input.channels, call.args["stride"])
+        rest = _block_params(call, call.args["filters"], 1)
+        return first + (call.args["num"] - 1) * rest
 
     def build(self, call: Call):
         a = call.args

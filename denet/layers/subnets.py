@@ -30,7 +30,16 @@ class Repeat(LayerDef):
     def expand(self, ctx, item, call: Call, current: str) -> str:
         if len(item.branches) != 1:
             call.fail("REP takes exactly one branch: REP[n](items)")
-        for r in range(call.args["n"]):
+        n = call.args["n"]
+        before = ctx.counted
+        current = ctx.run(item.branches[0], current, "_0")
+        per_copy = ctx.counted - before
+        if per_copy == 0:  # an empty body: every copy is the identity
+            return current
+        # refused before making any more copies (REP[10**12](I) must not loop)
+        each = f"{per_copy:,} node{'s' if per_copy > 1 else ''} each"
+        ctx.reserve(item, per_copy * (n - 1), f"{n:,} copies of its body ({each})")
+        for r in range(1, n):
             current = ctx.run(item.branches[0], current, f"_{r}")
         return current
 

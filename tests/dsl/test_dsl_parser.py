@@ -62,7 +62,7 @@ def _error(desc):
         ("C[128,3]] BN", "unbalanced brackets: ']' without its opening bracket", 9),
         ("SUM(C[1] | C[2]", "unbalanced brackets: '(' is never closed", 16),
         ("C[1] )", "unbalanced brackets: ')' without its opening bracket", 6),
-        ("C[1,,2]", "unexpected ','", 5),
+        ("C[1,,2]", "a value is missing after ','", 5),
         ("C[1] ? BN", "unexpected character '?'", 6),
         ("C.[1]", "unexpected character '.'", 2),
     ],
