@@ -34,8 +34,11 @@ DeNet's ``detect,mscoco`` (a COCO results file scored by pycocotools), ``detect,
 devkit files, VOC07 mAP), ``,image`` (the images with their boxes drawn) and ``--params`` are
 in :mod:`denet.cli.predict_detect`.
 segment writes one PNG label map per image (class indices, 255 where the model did not see the
-original pixel) under the ``--output`` folder, named after the image, and prints the mIoU when
-the dataset has label maps.
+original pixel) under the ``--output`` folder, named after the image, the same map in VOC's
+colours under ``<output>_color`` (DRN's layout), and prints the mIoU, pixel accuracy and
+per-class IoU when the dataset has label maps. ``--scales 0.5 0.75 1 1.25 1.5 1.75`` is DRN's
+multi-scale test: the image is resized to each scale, the model's ``out`` log-probabilities are
+resized back and summed, and the argmax of the sum is the label.
 """
 
 from __future__ import annotations
@@ -125,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="cpu, cuda or cuda:N (default: GPU=N, else cuda:0 if present, else cpu)",
     )
     a(
+        "--scales",
+        type=_scale,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="segment: multi-scale test (DRN's --ms: 0.5 0.75 1 1.25 1.5 1.75); the image is "
+        "resized by each factor, the model's log-probabilities resized back and summed "
+        "(default: the image as it is, one pass)",
+    )
+    a(
         "--params",
         default="",
         help="detect: DeNet's k=v,... keys prThreshold (lowest class probability kept), "
@@ -132,6 +145,22 @@ def build_parser() -> argparse.ArgumentParser:
         "cornerMax are accepted and ignored, as in DeNet (default: the model's own values)",
     )
     return p
+
+
+def _scale(text: str) -> float:
+    """An argparse ``type``: a finite scale factor > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"a scale must be a finite number > 0, not {text}")
+    if value > MAX_SCALE:
+        raise argparse.ArgumentTypeError(f"a scale must be at most {MAX_SCALE:g}, not {text}")
+    return value
+
+
+MAX_SCALE = 16.0  # far beyond DRN's 1.75; bounds the memory of one resized image
 
 
 def find_images(path: str, extension: str) -> list[str]:
@@ -299,12 +328,66 @@ def label_maps(logits: torch.Tensor, targets: list[dict]) -> list[np.ndarray]:
     return maps
 
 
+@torch.no_grad()
+def multiscale_log_probs(model, images: torch.Tensor, targets: list[dict], scales) -> torch.Tensor:
+    """DRN's multi-scale test: ``[B, K, H, W]`` at the padded batch's size, per image the sum
+    over ``scales`` of ``log_softmax(out)`` of the image resized by the scale (bilinear,
+    antialiased when shrinking; ``round(s * side)`` pixels, at least 1), resized back to the
+    image's size (bilinear, ``align_corners=False``). Scale 1 runs the image as it is. A batch
+    of one size runs as a batch; otherwise each image runs alone at its own size (padding is
+    left 0)."""
+
+    def summed(x):
+        h, w = x.shape[-2:]
+        total = None
+        for s in scales:
+            size = (max(1, round(h * s)), max(1, round(w * s)))
+            xs = x
+            if size != (h, w):
+                xs = F.interpolate(
+                    x, size=size, mode="bilinear", align_corners=False, antialias=s < 1
+                )
+            out = model(xs)
+            logits = out["out"] if isinstance(out, dict) else out
+            lp = F.log_softmax(logits.float(), dim=1)
+            if tuple(lp.shape[-2:]) != (h, w):
+                lp = F.interpolate(lp, size=(h, w), mode="bilinear", align_corners=False)
+            total = lp if total is None else total + lp
+        return total
+
+    H, W = images.shape[-2:]
+    sizes = [(int(t["size"][0]), int(t["size"][1])) for t in targets]
+    if all(size == (H, W) for size in sizes):
+        return summed(images)
+    out = None
+    for i, (h, w) in enumerate(sizes):
+        lp = summed(images[i : i + 1, :, :h, :w])
+        if out is None:
+            out = lp.new_zeros((len(sizes), lp.shape[1], H, W))
+        out[i, :, :h, :w] = lp[0]
+    return out
+
+
 def write_label_map(label: np.ndarray, path: str, classes: int) -> None:
     from PIL import Image
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     dtype = np.uint8 if classes <= 255 else np.uint16
     Image.fromarray(label.astype(dtype)).save(path)
+
+
+def write_colour_map(label: np.ndarray, path: str, palette: np.ndarray) -> None:
+    """The label map as an RGB PNG in ``palette``'s colours (VOC's; 255 = void's)."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(palette[label.astype(np.int64)]).save(path)
+
+
+def colour_dir(out_dir: str) -> str:
+    """Where segment writes the colour maps: ``<output>_color`` beside the label maps, as DRN
+    did."""
+    return os.path.normpath(out_dir) + "_color"
 
 
 def _check_mode(mode, model, path) -> str:
@@ -456,24 +539,53 @@ def open_inputs(ns, model, task):
     return ds, ds.image_paths(), ds.root, True
 
 
+def segment_batches(model, ds, ns, device):
+    """``(per-pixel scores [B, K, h, w], targets)`` of every batch: the model's ``out`` logits,
+    or with ``--scales`` the summed log-probabilities of :func:`multiscale_log_probs`."""
+    if not ns.scales:
+        for outputs, targets in predict_batches(model, ds, ns.batch_size, ns.thread_num, device):
+            yield (outputs["out"] if isinstance(outputs, dict) else outputs), targets
+        return
+    model.eval()
+    for images, targets in _loader(ds, ns.batch_size, ns.thread_num):
+        yield multiscale_log_probs(model, images.to(device), targets, ns.scales), targets
+
+
+def class_iou_lines(metrics: dict, names) -> list[str]:
+    """One line per class, ``IoU <name>: 87.5%`` (``n/a`` for a class neither in the labels
+    nor predicted)."""
+    width = max(len(n) for n in names)
+    lines = []
+    for k, name in enumerate(names):
+        v = metrics.get(f"IoU_{k}", math.nan)
+        lines.append(f"  IoU {name:<{width}}  " + ("n/a" if math.isnan(v) else f"{100 * v:.1f}%"))
+    return lines
+
+
 def run_segment(ns, model, names, device) -> None:
+    from ..data.voc import voc_palette
     from ..eval import make_evaluator
 
     ds, paths, root, is_dataset = open_inputs(ns, model, "segmentation")
     out_dir = ns.output or "results"
-    if os.path.isfile(out_dir):
-        raise DenetError(
-            f"--output {out_dir}: segment writes a folder of PNG label maps; this is a file"
-        )
+    colours = colour_dir(out_dir)
+    for folder in (out_dir, colours):
+        if os.path.isfile(folder):
+            raise DenetError(
+                f"--output {out_dir}: segment writes the folders {out_dir} (label maps) and "
+                f"{colours} (colour maps); {folder} is a file"
+            )
     rel_png = [os.path.splitext(os.path.relpath(p, root))[0] + ".png" for p in paths]
-    check_not_inputs([os.path.join(out_dir, r) for r in rel_png], [ns.model, *paths])
+    check_not_inputs(
+        [os.path.join(d, r) for d in (out_dir, colours) for r in rel_png], [ns.model, *paths]
+    )
+    palette = voc_palette(max(256, model.classes))
     evaluator = None
     done = 0
     written = set()
-    for outputs, targets in predict_batches(model, ds, ns.batch_size, ns.thread_num, device):
-        logits = outputs["out"] if isinstance(outputs, dict) else outputs
-        for label in label_maps(logits, targets):
-            rel = os.path.splitext(os.path.relpath(paths[done], root))[0] + ".png"
+    for scores, targets in segment_batches(model, ds, ns, device):
+        for label in label_maps(scores, targets):
+            rel = rel_png[done]
             target = os.path.join(out_dir, rel)
             if target in written:
                 raise DenetError(
@@ -481,18 +593,26 @@ def run_segment(ns, model, names, device) -> None:
                     "for another image of the same name"
                 )
             written.add(target)
+            path = target
             try:
-                write_label_map(label, target, model.classes)
+                write_label_map(label, path, model.classes)
+                path = os.path.join(colours, rel)
+                write_colour_map(label, path, palette)
             except OSError as err:
-                raise DenetError(f"{target}: cannot write ({err.strerror or err})") from None
+                raise DenetError(f"{path}: cannot write ({err.strerror or err})") from None
             done += 1
         if is_dataset and all("mask" in t for t in targets):
             if evaluator is None:
                 evaluator = make_evaluator("segmentation", classes=names)
-            evaluator.update(outputs, targets)
-    print(f"segmented {done} image(s) with {ns.model}: wrote {done} label map(s) under {out_dir}")
+            evaluator.update(scores, targets)
+    scales = f" at scales {' '.join(f'{s:g}' for s in ns.scales)}" if ns.scales else ""
+    print(
+        f"segmented {done} image(s) with {ns.model}{scales}: wrote {done} label map(s) under "
+        f"{out_dir} and their colour maps under {colours}"
+    )
     if evaluator is not None:
         print(evaluator.summary())
+        print("\n".join(class_iou_lines(evaluator.compute(), names)))
 
 
 @tool_main
@@ -507,6 +627,10 @@ def main(argv=None) -> int:
 
     model = denet.load(ns.model)
     mode = _check_mode(ns.predict_mode, model, ns.model)
+    if ns.scales and mode != "segment":
+        raise DenetError(
+            f"--scales is segment's multi-scale test; {ns.model} is a {model.task} network"
+        )
     if ns.params.strip() and mode != "detect":
         raise DenetError(
             f"--params {ns.params.strip()}: DeNet's detection parameters, but {ns.model} is a "
