@@ -11,6 +11,8 @@ string (compiled with border mode half): ``conv1`` -> the first ``C``, ``bn1`` -
 denet: DeNet's own ``.mdl.gz`` files; the description string is rebuilt from the file's layer
 list and the weights ported (kernels flipped, BN inverse std to variance), see
 :mod:`denet.cli.convert_denet` and docs/model-convert.md.
+
+drn: fyu/drn's classifiers onto ``examples/<arch>.desc`` (:mod:`denet.cli.convert_drn`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from ..errors import DenetError, ModelFileError
 from ._common import ArgumentParser, tool_main
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+FORMATS = ("torchvision", "denet", "drn")
+_ARCH_FORMATS = ("torchvision", "drn")  # the formats that need --arch
 _EXAMPLES = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples"
 )
@@ -118,16 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         required=True,
-        choices=("torchvision", "denet"),
+        choices=FORMATS,
         help="format of the input checkpoint (torchvision: a torchvision.models "
         "state dict, e.g. from torchvision's download URLs; denet: a model file of the "
-        "original Theano DeNet, .mdl.gz)",
+        "original Theano DeNet, .mdl.gz; drn: a fyu/drn classifier state dict)",
     )
     p.add_argument(
         "--arch",
-        choices=ARCHS,
-        help="architecture (torchvision only, required there); the model is built from "
-        "examples/<arch>.desc with border mode half",
+        metavar="ARCH",
+        help="architecture, required by torchvision (resnet18 ... resnet152) and drn "
+        "(drn_a_18 ... drn_d_107); the model is built from examples/<arch>.desc "
+        "with border mode half",
     )
     p.add_argument(
         "--input",
@@ -141,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs=2,
         metavar=("H", "W"),
-        help="input image size of the model (torchvision only; default 224 224; the "
-        "ResNet strings pool globally, so any size >= 32 works). A DeNet file gives its own "
+        help="input image size of the model (torchvision: default 224 224; the "
+        "ResNet strings pool globally, so any size >= 32 works; drn: default 224 224, "
+        "DRN's AvgPool2d(28) fits 224 only). A DeNet file gives its own "
         "size; change it afterwards with model-modify --image-size",
     )
     p.add_argument(
@@ -155,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _image_size(args, default: tuple[int, int]) -> tuple[int, int]:
+    if args.image_size is None:
+        return default
+    h, w = args.image_size
+    if min(h, w) < 1:
+        raise DenetError(f"--image-size must be positive, not {h} {w}")
+    return h, w
+
+
+def _convert_segment_formats(args, names):
+    """--format drn: (model, description for the closing line)."""
+    state = read_state_dict(args.input)
+    from .convert_drn import drn_classifier
+
+    return drn_classifier(args.arch, state, _image_size(args, (224, 224)), names), args.arch
+
+
 @tool_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
@@ -164,17 +187,31 @@ def main(argv=None) -> int:
         raise DenetError("--output must differ from --input (the input file is never changed)")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
         raise DenetError(f"{args.output}: its directory does not exist")
-    if args.format == "torchvision":
+    if args.format in _ARCH_FORMATS:
+        from .convert_drn import DRN_ARCHS
+
         if args.arch is None:
-            raise DenetError("--format torchvision needs --arch")
-    else:
-        if args.arch is not None:
+            raise DenetError(f"--format {args.format} needs --arch")
+        valid = ARCHS if args.format == "torchvision" else tuple(DRN_ARCHS)
+        if args.arch not in valid:
             raise DenetError(
-                "--arch is for --format torchvision; a DeNet file describes its own network"
+                f"--arch {args.arch} is not a {args.format} architecture "
+                f"(one of {', '.join(valid)})"
             )
+    elif args.arch is not None:
+        raise DenetError(
+            f"--arch is for --format {', '.join(_ARCH_FORMATS)}; "
+            + (
+                "a DeNet file describes its own network"
+                if args.format == "denet"
+                else f"{args.format} has one architecture"
+            )
+        )
+    if args.format == "denet":
         if args.image_size is not None:
             raise DenetError(
-                "--image-size is for --format torchvision; a DeNet file gives its own input "
+                "--image-size is for --format torchvision and drn; a DeNet "
+                "file gives its own input "
                 "size (change it afterwards with model-modify --image-size)"
             )
     names = None
@@ -190,6 +227,8 @@ def main(argv=None) -> int:
         image_size = tuple(args.image_size) if args.image_size else (224, 224)
         model = torchvision_resnet(args.arch, state, image_size, names)
         what = args.arch
+    elif args.format == "drn":
+        model, what = _convert_segment_formats(args, names)
     else:
         from .convert_denet import convert_file
 
