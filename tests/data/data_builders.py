@@ -183,3 +183,70 @@ def make_voc_seg(root, year=2012, split="val", scenes=SCENES, void_border=1):
     with open(os.path.join(base, "ImageSets", "Segmentation", f"{split}.txt"), "w") as fh:
         fh.write("\n".join(ids) + "\n")
     return items
+
+
+# --------------------------------------------------------------------------- textured seglist
+TEXTURED_CLASSES = ["background", "solid", "checker"]
+
+
+def textured_scene(rng, size=32):
+    """(image uint8 [size,size,3], label uint8 [size,size]) of one scene whose classes are
+    textures, never colours: the background is colour noise or stripes (horizontal or vertical,
+    period 3 to 6, two random colours); class 1 is a disk of one random colour, class 2 a
+    rectangle filled with a checkerboard of two random colours (2-pixel cells; the two colours
+    of stripes and checks differ clearly). Every colour
+    is drawn at random, so a pixel's colour says nothing about its class."""
+    yy, xx = np.mgrid[:size, :size]
+
+    def colours(n):  # n random colours; a pair differs by at least 150 (summed over RGB)
+        while True:
+            out = rng.integers(0, 256, (n, 3))
+            if n == 1 or np.abs(out[0] - out[1]).sum() >= 150:
+                return out
+
+    if rng.random() < 0.5:
+        image = rng.integers(0, 256, (size, size, 3))
+    else:
+        period = int(rng.integers(3, 7))
+        axis = yy if rng.random() < 0.5 else xx
+        image = colours(2)[((axis + int(rng.integers(period))) % period < period // 2) * 1]
+    label = np.zeros((size, size), np.uint8)
+    for _ in range(int(rng.integers(1, 3))):
+        if rng.random() < 0.5:
+            r = rng.uniform(4, 8)
+            cy, cx = rng.uniform(r, size - r, 2)
+            inside = (yy + 0.5 - cy) ** 2 + (xx + 0.5 - cx) ** 2 <= r * r
+            image[inside] = colours(1)[0]
+            label[inside] = 1
+        else:
+            h, w = rng.integers(7, 15, 2)
+            y0, x0 = rng.integers(0, size - h), rng.integers(0, size - w)
+            inside = (yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)
+            image[inside] = colours(2)[((yy // 2 + xx // 2) % 2)[inside]]
+            label[inside] = 2
+    label[0, :], label[-1, :], label[:, 0], label[:, -1] = 255, 255, 255, 255
+    return image.astype(np.uint8), label
+
+
+def make_textured_seglist(root, split, n, seed, size=32):
+    """DRN's lists under ``root`` for ``split``: ``n`` :func:`textured_scene` PNGs (seeded)
+    with their label maps (a 1-pixel frame of 255 = ignore); ``info.json`` names the classes.
+    Returns the (image path, label path) of every item."""
+    import json
+
+    rng = np.random.default_rng([seed, 0x5E6])
+    for sub in ("images", "labels"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    items = []
+    for k in range(n):
+        image, label = textured_scene(rng, size)
+        rel = (f"images/{split}{k:04d}.png", f"labels/{split}{k:04d}.png")
+        Image.fromarray(image).save(os.path.join(root, rel[0]))
+        Image.fromarray(label).save(os.path.join(root, rel[1]))
+        items.append(rel)
+    for i, name in enumerate(("images", "labels")):
+        with open(os.path.join(root, f"{split}_{name}.txt"), "w") as fh:
+            fh.write("\n".join(item[i] for item in items) + "\n")
+    with open(os.path.join(root, "info.json"), "w") as fh:
+        json.dump({"classes": TEXTURED_CLASSES}, fh)
+    return [(os.path.join(root, a), os.path.join(root, b)) for a, b in items]
