@@ -8,9 +8,16 @@ out. When the logits are smaller or larger than the masks, the masks are resized
 by nearest neighbour (DeepLab-v2's convention; put an upsampling layer before ``SEG`` to score at
 the input size instead, as DRN does). Masks of one batch are padded with ``ignore`` to the
 largest one, as the images are zero-padded.
+
+After ``MSC[...](...)``, ``SEG[branches=1]`` also adds the loss to every branch output the
+``MSC`` keeps (``ms0``, ``ms1`` ...: ``loss_seg_ms0`` ...), each against the masks resized to
+that output (DeepLab-v2's four losses); ``$ms2 SEG[name=ms2]`` adds it to one. A ``SEG`` named
+like the output it reads (through taps and references) takes that output's name over.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +84,46 @@ class Segmentation(LayerDef):
     keywords = (
         Arg("name", "str", "out", doc="name of the output (and suffix of its loss)"),
         Arg("ignore", "int", 255, min=0, doc="label of pixels that count in no loss"),
+        Arg("branches", "bool", False, doc="1: also on every branch output of the MSC before it"),
     )
+
+    def expand(self, ctx, item, call: Call, current: str) -> str:
+        kept = None
+        if call.args["branches"]:
+            kept = ctx.definitions.get(("MSC", _source(ctx, current)))
+            if kept is None:
+                call.fail(
+                    "branches=1 adds the loss to the outputs of an MSC[...](...) right "
+                    "before SEG; there is none here",
+                    "branches",
+                )
+        end = ctx.add_layer(item, self, call, current)
+        _take_name(ctx, current, call.args["name"])
+        for name, node in kept or ():
+            branch = dataclasses.replace(
+                call,
+                args={**call.args, "name": name, "branches": False},
+                inputs=[ctx.shape_of(node)],
+                taps={},
+                out=None,
+                name="",
+            )
+            branch.out = self.shape(branch)
+            _take_name(ctx, node, name)
+            branch.name = ctx.add_node(
+                item,
+                self.type,
+                "",
+                branch.args,
+                [node],
+                branch.out,
+                branch,
+                label=f"SEG_{name}",
+                losses=self.losses(branch),
+                reads_targets=True,
+                output_name=name,
+            )
+        return end
 
     def _loss(self, call: Call) -> str:
         name = call.args["name"]
@@ -101,3 +147,30 @@ class Segmentation(LayerDef):
 
     def build(self, call: Call):
         return PixelClassification(self._loss(call), call.args["ignore"])
+
+
+def _node(ctx, name: str):
+    """The node called ``name`` (None for the images)."""
+    return next((n for n in reversed(ctx.nodes) if n.name == name), None)
+
+
+def _source(ctx, name: str) -> str:
+    """The node whose value ``name`` is, looking through taps and references."""
+    node = _node(ctx, name)
+    while node is not None and node.type in ("@", "$"):
+        name = node.inputs[0]
+        node = _node(ctx, name)
+    return name
+
+
+def _take_name(ctx, name: str, output: str) -> None:
+    """A head named like an output it reads (through taps and references) replaces it: the
+    value is returned once, as the head's."""
+    node = _node(ctx, name)
+    while node is not None:
+        if node.output_name == output:
+            node.output_name = None
+            return
+        if node.type not in ("@", "$"):
+            return
+        node = _node(ctx, node.inputs[0])
