@@ -258,6 +258,17 @@ def test_voc_segmentation_set_trains_an_epoch_and_logs_miou(tmp_path, capsys):
     assert record["test_mIoU"] == pytest.approx(miou, abs=1e-9)
     assert record["test_pixel_acc"] == pytest.approx(acc, abs=1e-9)
 
+    # images of different sizes in one batch run one at a time at each scale; the maps keep
+    # each image's size
+    multi = str(tmp_path / "multi")
+    scaled = [*base[:-1], multi, "--extension", "voc,2012-val,seg", "--batch-size", "4"]
+    capsys.readouterr()
+    assert predict([*scaled, "--scales", "0.75", "1.5"]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    for (label, single), (image, _) in zip(pairs, val):
+        got = np.asarray(Image.open(single.replace(out, multi)))
+        assert got.shape == np.asarray(Image.open(label)).shape == Image.open(image).size[::-1]
+
 
 # ----------------------------------------------------------------------------- bad input
 def one_line_error(capsys, *needles):

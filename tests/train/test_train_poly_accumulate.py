@@ -226,3 +226,26 @@ def test_layer_lr_multiplier_reaches_the_step(tmp_path):
         mult = 10.0 if name == "l2_C.weight" else 1.0  # C[3,1,lr=10]
         torch.testing.assert_close(after[name], before[name] - 0.05 * mult * p.grad)
         assert not torch.equal(after[name], before[name])
+
+
+@pytest.mark.slow
+def test_accumulation_under_torchrun_equals_the_larger_batch(train_tool, digits_npy, tmp_path):
+    """Two processes (Gloo): batch 8 with factor 2 (the first backward of a step under DDP's
+    no_sync, the second all-reducing the sum) ends with the weights of batch 16 per process."""
+    train, _, _, _ = digits_npy
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    runs = {"acc": (8, 2), "big": (16, 1)}
+    for name, (batch, factor) in runs.items():
+        more = ("--epochs", 2, "--max-samples", 200, "--device", "cpu", "--batch-size", batch)
+        res = train_tool(
+            *args(train, tmp_path / name, *more, "--batch-size-factor", factor),
+            launcher=[*launch, "2"],
+            timeout=600,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+    sa, sb = (denet.load(tmp_path / f"{n}_final.pt").state_dict() for n in runs)
+    for k in sb:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-6)
+    la, lb = read_log(tmp_path / "acc"), read_log(tmp_path / "big")
+    assert [r["train_samples"] for r in la] == [r["train_samples"] for r in lb] == [200, 200]
+    assert la[-1]["train_loss"] == pytest.approx(lb[-1]["train_loss"], rel=1e-4)
