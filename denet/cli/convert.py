@@ -12,7 +12,10 @@ denet: DeNet's own ``.mdl.gz`` files; the description string is rebuilt from the
 list and the weights ported (kernels flipped, BN inverse std to variance), see
 :mod:`denet.cli.convert_denet` and docs/model-convert.md.
 
-drn: fyu/drn's classifiers onto ``examples/<arch>.desc`` (:mod:`denet.cli.convert_drn`).
+drn, drnseg: fyu/drn's classifiers and DRNSeg segmenters onto ``examples/<arch>.desc`` and
+``examples/drnseg_<arch>.desc`` (:mod:`denet.cli.convert_drn`); deeplab-v2: isht7's
+pytorch-deeplab-resnet ``MS_Deeplab`` onto ``examples/deeplab-v2-msc.desc``
+(:mod:`denet.cli.convert_deeplab`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from ..errors import DenetError, ModelFileError
 from ._common import ArgumentParser, tool_main
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-FORMATS = ("torchvision", "denet", "drn")
-_ARCH_FORMATS = ("torchvision", "drn")  # the formats that need --arch
+FORMATS = ("torchvision", "denet", "drn", "drnseg", "deeplab-v2")
+_ARCH_FORMATS = ("torchvision", "drn", "drnseg")  # the formats that need --arch
+_CLASS_FORMATS = ("drnseg", "deeplab-v2")  # the formats that take --classes
 _EXAMPLES = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples"
 )
@@ -125,14 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FORMATS,
         help="format of the input checkpoint (torchvision: a torchvision.models "
         "state dict, e.g. from torchvision's download URLs; denet: a model file of the "
-        "original Theano DeNet, .mdl.gz; drn: a fyu/drn classifier state dict)",
+        "original Theano DeNet, .mdl.gz; drn: a fyu/drn classifier state dict; drnseg: a "
+        "fyu/drn segment.py DRNSeg state dict; deeplab-v2: an isht7/pytorch-deeplab-resnet "
+        "MS_Deeplab state dict)",
     )
     p.add_argument(
         "--arch",
         metavar="ARCH",
-        help="architecture, required by torchvision (resnet18 ... resnet152) and drn "
+        help="architecture, required by torchvision (resnet18 ... resnet152), drn and drnseg "
         "(drn_a_18 ... drn_d_107); the model is built from examples/<arch>.desc "
-        "with border mode half",
+        "(drnseg: examples/drnseg_<arch>.desc) with border mode half",
+    )
+    p.add_argument(
+        "--classes",
+        type=int,
+        metavar="K",
+        help="number of classes (drnseg, deeplab-v2; default: the checkpoint's); must match "
+        "the checkpoint's classifier",
     )
     p.add_argument(
         "--input",
@@ -148,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("H", "W"),
         help="input image size of the model (torchvision: default 224 224; the "
         "ResNet strings pool globally, so any size >= 32 works; drn: default 224 224, "
-        "DRN's AvgPool2d(28) fits 224 only). A DeNet file gives its own "
+        "DRN's AvgPool2d(28) fits 224 only; drnseg: default 512 512; deeplab-v2: default "
+        "321 321; the segmenters run on any size). A DeNet file gives its own "
         "size; change it afterwards with model-modify --image-size",
     )
     p.add_argument(
@@ -171,11 +185,19 @@ def _image_size(args, default: tuple[int, int]) -> tuple[int, int]:
 
 
 def _convert_segment_formats(args, names):
-    """--format drn: (model, description for the closing line)."""
+    """--format drn, drnseg, deeplab-v2: (model, description for the closing line)."""
     state = read_state_dict(args.input)
-    from .convert_drn import drn_classifier
+    if args.format == "deeplab-v2":
+        from .convert_deeplab import deeplab_v2
 
-    return drn_classifier(args.arch, state, _image_size(args, (224, 224)), names), args.arch
+        model = deeplab_v2(state, args.classes, _image_size(args, (321, 321)), names)
+        return model, "DeepLab-v2 MSC ResNet-101 (isht7/pytorch-deeplab-resnet)"
+    from .convert_drn import drn_classifier, drn_segmenter
+
+    if args.format == "drn":
+        return drn_classifier(args.arch, state, _image_size(args, (224, 224)), names), args.arch
+    model = drn_segmenter(args.arch, state, args.classes, _image_size(args, (512, 512)), names)
+    return model, f"DRNSeg({args.arch})"
 
 
 @tool_main
@@ -207,10 +229,17 @@ def main(argv=None) -> int:
                 else f"{args.format} has one architecture"
             )
         )
+    if args.classes is not None and args.format not in _CLASS_FORMATS:
+        raise DenetError(
+            f"--classes is for --format {', '.join(_CLASS_FORMATS)}; {args.format} "
+            "checkpoints give their class count"
+        )
+    if args.classes is not None and args.classes < 1:
+        raise DenetError(f"--classes must be a positive number, not {args.classes}")
     if args.format == "denet":
         if args.image_size is not None:
             raise DenetError(
-                "--image-size is for --format torchvision and drn; a DeNet "
+                "--image-size is for --format torchvision, drn, drnseg and deeplab-v2; a DeNet "
                 "file gives its own input "
                 "size (change it afterwards with model-modify --image-size)"
             )
@@ -227,7 +256,7 @@ def main(argv=None) -> int:
         image_size = tuple(args.image_size) if args.image_size else (224, 224)
         model = torchvision_resnet(args.arch, state, image_size, names)
         what = args.arch
-    elif args.format == "drn":
+    elif args.format in ("drn", "drnseg", "deeplab-v2"):
         model, what = _convert_segment_formats(args, names)
     else:
         from .convert_denet import convert_file

@@ -1,4 +1,4 @@
-"""model-convert --format drn: fyu/drn's checkpoints become denet models.
+"""model-convert --format drn / drnseg: fyu/drn's checkpoints become denet models.
 
 ``drn``: a classifier state dict of ``drn.py`` (``DRN`` for C and D, ``DRN_A`` for A). Keys:
 
@@ -11,9 +11,16 @@ Each maps onto ``examples/<arch>.desc`` (border mode half) in string order: the 
 parameterised unit of the original (conv, BN, stage, fc) is the N-th ``C``/``BN``/``nRSN``/``R``
 of the string, and inside a stage the block modules carry the same names (``conv1``, ``bn1``,
 ..., ``downsample.0``/``.1``). The classifier's output is ``R``'s softmax of DRN's logits.
+
+``drnseg``: a state dict of segment.py's ``DRNSeg`` (``base.<i>.*`` = the classifier's children
+without avgpool and fc, numbered as ``nn.Sequential``; ``seg.*``, the 1x1 conv to the classes;
+``up.weight``, the frozen bilinear x8 transposed conv). The model is
+``examples/drnseg_<arch>.desc`` with the class count of ``seg.weight``.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 
@@ -67,8 +74,14 @@ def drn_children(arch: str) -> list[str]:
     return stem + [f"layer{i}" for i in range(1, len(layers) + 1)]
 
 
-def _unit_nodes(model, types=_UNIT_TYPES) -> list:
-    return [n for n in model.graph.nodes if n.name in model._modules and n.type in types]
+def unit_nodes(model, types=_UNIT_TYPES) -> list:
+    """The nodes of ``types`` that own their modules, in string order (the copies that an
+    ``MSC`` or ``USE`` makes of a body share the first one's modules and are left out)."""
+    return [
+        n
+        for n in model.graph.nodes
+        if n.name in model._modules and n.type in types and n.shared is None
+    ]
 
 
 def _check_arch(arch: str) -> None:
@@ -81,7 +94,9 @@ def _listing(keys, n=3) -> str:
     return ", ".join(keys[:n]) + (f" ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def port_state(model, state: dict, rename, unrename, what: str, reshape_ok=()) -> None:
+def port_state(
+    model, state: dict, rename, unrename, what: str, reshape_ok=(), hint="is --arch right?"
+) -> None:
     """Load ``state`` (the original's keys) into ``model`` through ``rename(key) -> denet key or
     None``. Keys that map nowhere, model entries nothing fills (``num_batches_tracked`` aside:
     checkpoints of PyTorch < 0.4 have none; named in the original's terms by ``unrename``) and
@@ -92,6 +107,8 @@ def port_state(model, state: dict, rename, unrename, what: str, reshape_ok=()) -
     unexpected = []
     for key, value in state.items():
         new = rename(key)
+        if new is not None and new not in target and key.endswith(".num_batches_tracked"):
+            continue  # a BN counter where the model has a frozen norm without one
         if new is None or new not in target:
             unexpected.append(key)
             continue
@@ -100,7 +117,7 @@ def port_state(model, state: dict, rename, unrename, what: str, reshape_ok=()) -
             if not (key in reshape_ok and value.numel() == want.numel()):
                 raise ModelFileError(
                     f"{key}: shape {tuple(value.shape)} does not fit {what} "
-                    f"({tuple(want.shape)}); is --arch right?"
+                    f"({tuple(want.shape)}); {hint}"
                 )
         converted[new] = value.reshape(want.shape).to(want.dtype)
     missing = [
@@ -114,9 +131,7 @@ def port_state(model, state: dict, rename, unrename, what: str, reshape_ok=()) -
             parts.append(f"unexpected keys {_listing(unexpected)}")
         if missing:
             parts.append(f"missing {_listing(missing)}")
-        raise ModelFileError(
-            f"the checkpoint does not match {what}: {'; '.join(parts)} (is --arch right?)"
-        )
+        raise ModelFileError(f"the checkpoint does not match {what}: {'; '.join(parts)} ({hint})")
     for k, v in target.items():  # the counters the checkpoint lacks keep the model's values
         converted.setdefault(k, v)
     model.load_state_dict(converted, strict=True)
@@ -128,13 +143,13 @@ def _prefix_map(units: list[tuple[str, str]], nodes: list, arch: str) -> dict[st
     return {prefix: node.name for (prefix, _), node in zip(units, nodes)}
 
 
-def _renamer(prefixes: dict[str, str]):
+def renamer(prefixes: dict[str, str]):
     """(rename, unrename): original key <-> denet key through a map of key prefixes."""
     inverse = {v: k for k, v in prefixes.items()}
 
     def rename(key: str) -> str | None:
         parts = key.split(".")
-        for n in (2, 1):  # 'layer1.3.weight' (a plain conv of DRN-D) before 'layer3.0.conv1...'
+        for n in range(len(parts) - 1, 0, -1):  # the longest prefix: 'layer1.3' before 'layer1'
             head = ".".join(parts[:n])
             if head in prefixes and len(parts) > n:
                 return ".".join([prefixes[head], *parts[n:]])
@@ -156,8 +171,77 @@ def drn_classifier(arch: str, state: dict, image_size=(224, 224), class_names=No
         raise ModelFileError(f"the checkpoint has no fc.weight: not a fyu/drn {arch} classifier")
     classes = state["fc.weight"].shape[0]
     model = denet.compile(example_desc(arch), (3, *image_size), classes, border_mode="half")
-    prefixes = _prefix_map(drn_units(arch), _unit_nodes(model), arch)
-    rename, unrename = _renamer(prefixes)
+    prefixes = _prefix_map(drn_units(arch), unit_nodes(model), arch)
+    rename, unrename = renamer(prefixes)
     port_state(model, state, rename, unrename, f"fyu/drn's {arch}", reshape_ok=("fc.weight",))
+    model.class_names = class_names
+    return model
+
+
+# ------------------------------------------------------------------------------------ DRNSeg
+SEG_EXAMPLE_CLASSES = 19  # examples/drnseg_*.desc are written for Cityscapes' 19 classes
+
+
+def drnseg_desc(arch: str, classes: int) -> str:
+    """``examples/drnseg_<arch>.desc`` with its seg conv giving ``classes`` channels."""
+    text = example_desc(f"drnseg_{arch}")
+    pattern = re.compile(rf"\bC\.B\[{SEG_EXAMPLE_CLASSES},1\]")
+    if len(pattern.findall(text)) != 1:
+        raise DenetError(f"examples/drnseg_{arch}.desc has no single C.B[19,1] seg conv")
+    return pattern.sub(f"C.B[{classes},1]", text)
+
+
+def drn_segmenter(
+    arch: str, state: dict, classes: int | None = None, image_size=(512, 512), class_names=None
+):
+    """The denet model of a segment.py ``DRNSeg`` state dict; ``up.weight`` may be absent
+    (the bilinear kernel the model starts with stays)."""
+    import denet
+
+    _check_arch(arch)
+    if "seg.weight" not in state:
+        raise ModelFileError(f"the checkpoint has no seg.weight: not a fyu/drn DRNSeg ({arch})")
+    k = state["seg.weight"].shape[0]
+    if classes is not None and classes != k:
+        raise DenetError(f"--classes {classes} does not match the checkpoint's seg.weight ({k})")
+    model = denet.compile(drnseg_desc(arch, k), (3, *image_size), k, border_mode="half")
+    units = [u for u in drn_units(arch) if u[0] != "fc"]
+    nodes = unit_nodes(model, _UNIT_TYPES)
+    body, head = nodes[: len(units)], nodes[len(units) :]
+    prefixes = _prefix_map(units, body, arch)
+    if [n.type for n in head[:1]] != ["C"]:
+        raise DenetError(f"examples/drnseg_{arch}.desc has no seg conv after the DRN body")
+    up = [n for n in model.graph.nodes if n.type == "BDC"]
+    if len(up) != 1:
+        raise DenetError(f"examples/drnseg_{arch}.desc needs one BDC (DRNSeg's up)")
+    base = {str(i): child for i, child in enumerate(drn_children(arch))}
+    index = {child: i for i, child in base.items()}
+    classifier, unclassifier = renamer(prefixes)
+    own = {"seg": head[0].name, "up": up[0].name}
+
+    def rename(key: str) -> str | None:
+        parts = key.split(".")
+        if parts[0] == "base" and len(parts) > 2 and parts[1] in base:
+            return classifier(".".join([base[parts[1]], *parts[2:]]))
+        if key in ("seg.weight", "seg.bias", "up.weight"):
+            return f"{own[parts[0]]}.{parts[1]}"
+        return None
+
+    def unrename(key: str) -> str | None:
+        head_, _, rest = key.partition(".")
+        for name, module in own.items():
+            if head_ == module:
+                return f"{name}.{rest}"
+        orig = unclassifier(key)
+        if orig is None:
+            return None
+        for child, i in index.items():  # 'layer0.1.weight' -> 'base.0.1.weight'
+            if orig.startswith(child + "."):
+                return f"base.{i}.{orig[len(child) + 1 :]}"
+        return None
+
+    if "up.weight" not in state:
+        state = {**state, "up.weight": model.state_dict()[f"{up[0].name}.weight"]}
+    port_state(model, state, rename, unrename, f"fyu/drn's DRNSeg({arch})")
     model.class_names = class_names
     return model
