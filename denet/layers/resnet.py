@@ -10,6 +10,14 @@ DeNet's blocks (denet-original.md 1.3):
   DeNet (and MSRA/Caffe) put the stride on the first 1x1; tag ``V`` puts it on the k x k conv
   (ResNet v1.5, torchvision).
 * A projection shortcut is added when the block changes the shape (channels or stride).
+* ``deform=1`` (DCNv1) or ``deform=2`` (DCNv2, modulated: mask ``2*sigmoid``) makes the k x k
+  conv(s) deformable (both of a basic block, the middle one of a bottleneck; Deformable ConvNets'
+  res5a/b/c branch2b): each becomes a :class:`~denet.layers.deform.DeformableConv2d` that owns its
+  offset conv as the child ``offset`` (k x k, the conv's stride, dilation ``offset_dilation``,
+  default the conv's; zero weight and bias; ``2*k*k*deform_groups`` channels, ``+ k*k*
+  deform_groups`` mask channels with 2). Keys: ``conv2.weight`` stays the deformable conv's
+  weight, its offset conv is ``conv2.offset.weight`` / ``conv2.offset.bias`` (``conv1.offset.*``
+  too in a basic block); in a stage ``l{i}_nRSN.{block}.conv2.offset.weight``.
 
 Module names follow torchvision (``conv1``, ``bn1``, ..., ``downsample.0``/``.1``), so a
 torchvision ResNet state dict maps onto an ``nRSN.OV`` stage key for key.
@@ -20,15 +28,38 @@ from __future__ import annotations
 from torch import nn
 
 from .activation import make_activation
+from .deform import BOUNDARIES, DeformableConv2d, make_offset_conv, offset_channels
 from .init import WeightInit, init_conv
 from .norm import NORMS, make_norm
 from .registry import Arg, Call, LayerDef
 from .shape import ShapeSpec
 
 
-def _conv(cin, cout, k, stride, dilation, groups, init: WeightInit):
+def _conv(cin, cout, k, stride, dilation, groups, init: WeightInit, deform=None):
+    """A bias-free conv, border mode half; ``deform = (version, deform_groups, offset_dilation,
+    boundary)`` makes it deformable, owning its zero-initialised offset conv."""
     pad = dilation * (k // 2)  # DeNet's blocks always use border mode half
-    conv = nn.Conv2d(cin, cout, k, stride, pad, dilation, groups, bias=False)
+    if deform is None:
+        conv = nn.Conv2d(cin, cout, k, stride, pad, dilation, groups, bias=False)
+    else:
+        version, dg, od, boundary = deform
+        od = od or dilation
+        channels = offset_channels(k, dg, version == 2)
+        offset = make_offset_conv(cin, k, stride, od * (k // 2), od, channels)
+        conv = DeformableConv2d(
+            cin,
+            cout,
+            k,
+            stride,
+            pad,
+            dilation,
+            groups,
+            bias=False,
+            deform_groups=dg,
+            modulated=version == 2,
+            boundary=boundary,
+            offset=offset,
+        )
     init_conv(conv, init)
     return conv
 
@@ -54,6 +85,7 @@ class _Block(nn.Module):
         init,
         pre,
         keep_proj=False,
+        deform=None,
     ):
         super().__init__()
         nrm = lambda c: make_norm(norm, c, momentum, eps)  # noqa: E731
@@ -65,15 +97,15 @@ class _Block(nn.Module):
             s1, s2 = (1, stride) if stride_on_kxk else (stride, 1)
             self.conv1 = _conv(cin, b, 1, s1, 1, 1, init)
             self.bn1 = nrm(b)
-            self.conv2 = _conv(b, b, k, s2, dilation, groups, init)
+            self.conv2 = _conv(b, b, k, s2, dilation, groups, init, deform)
             self.bn2 = nrm(b)
             self.conv3 = _conv(b, cout, 1, 1, 1, 1, init)
             if not pre:
                 self.bn3 = nrm(cout)
         else:
-            self.conv1 = _conv(cin, cout, k, stride, dilation, groups, init)
+            self.conv1 = _conv(cin, cout, k, stride, dilation, groups, init, deform)
             self.bn1 = nrm(cout)
-            self.conv2 = _conv(cout, cout, k, 1, dilation, groups, init)
+            self.conv2 = _conv(cout, cout, k, 1, dilation, groups, init, deform)
             if not pre:
                 self.bn2 = nrm(cout)
         self.bottleneck = bool(bottleneck)
@@ -144,6 +176,18 @@ _KEYWORDS = (
     Arg("norm", "str", "bn", choices=NORMS, doc="norm layer: bn, frozen, affine or gn (32 groups)"),
     Arg("momentum", "float", 0.9, min=0.0, max=1.0, doc="BN momentum, DeNet convention"),
     Arg("eps", "float", 1e-5, min=0.0, doc="BN eps"),
+    Arg(
+        "deform",
+        "int",
+        0,
+        choices=(0, 1, 2),
+        doc="1: deformable k x k convs (DCNv1), 2: modulated (DCNv2, mask 2*sigmoid)",
+    ),
+    Arg("deform_groups", "int", 1, min=1, doc="offset groups of the deformable convs"),
+    Arg(
+        "offset_dilation", "int", None, min=1, doc="dilation of the offset convs (default: conv's)"
+    ),
+    Arg("deform_boundary", "str", "v2", choices=BOUNDARIES, doc="deform_conv2d's border rule"),
 )
 _TAGS = {
     "O": "original post-activation block (ResNet v1, torchvision); default: pre-activation",
@@ -174,6 +218,24 @@ def _check(call: Call, filters: int, size: int, bottleneck: int):
     width = bottleneck or filters
     if width % g or (not bottleneck and call.input.channels % g):
         call.fail(f"groups={g} must divide the block's channels ({width})", "groups")
+    a = call.args
+    if not a["deform"]:
+        for name, default in (("deform_groups", 1), ("offset_dilation", None)):
+            if a[name] != default:
+                call.fail(f"{name} sets the deformable convs of deform=1 or deform=2", name)
+        if a["deform_boundary"] != "v2":
+            call.fail(
+                "deform_boundary sets the deformable convs of deform=1 or 2", "deform_boundary"
+            )
+        return
+    dg = a["deform_groups"]
+    ins = {width} if bottleneck else {call.input.channels, filters}
+    bad = sorted(c for c in ins if c % dg)
+    if bad:
+        call.fail(
+            f"deform_groups={dg} must divide the deformable convs' input channels ({bad[0]})",
+            "deform_groups",
+        )
 
 
 def _block_params(call: Call, cin: int, stride: int) -> int:
@@ -191,6 +253,10 @@ def _block_params(call: Call, cin: int, stride: int) -> int:
         n += 0 if pre else norm * cout
     if (a["residual"] or a["keep_proj"]) and (cin != cout or stride != 1):
         n += cin * cout + (0 if pre else norm * cout)
+    if a["deform"]:  # the offset convs (weight and bias) of the deformable k x k convs
+        off = offset_channels(k, a["deform_groups"], a["deform"] == 2)
+        for c in [b] if b else [cin, cout]:
+            n += c * off * k * k + off
     return n
 
 
@@ -213,6 +279,11 @@ def _make_block(call: Call, cin: int, stride: int, dilation: int):
         a["eps"],
         call.init,
         keep_proj=a["keep_proj"],
+        deform=(
+            (a["deform"], a["deform_groups"], a["offset_dilation"], a["deform_boundary"])
+            if a["deform"]
+            else None
+        ),
     )
 
 

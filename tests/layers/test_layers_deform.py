@@ -206,3 +206,101 @@ def test_dcn_shares_weights_inside_share_use():
     assert shared == {"l3_DCN_offset", "l3_DCN", "l4_A"}  # USE reruns the offset conv too
     y = m(torch.randn(1, 4, 8, 10))
     assert y.shape == (1, 4, 8, 10)
+
+
+# ----------------------------------------------------------------------- deformable residual blocks
+def test_a_deformable_bottleneck_stage_is_deformable_convnets_res5():
+    """Deformable DeepLab's res5: stride 1, dilation 2, the 3x3 of every block deformable with an
+    undilated 18-channel offset conv (pad 1) feeding the dilation-2 deformable conv (pad 2)."""
+    m = compile_("nRSN.O[3,32,3,1,8,dilation=2,deform=1,offset_dilation=1,norm=frozen]", (16, 9, 9))
+    for block in m.l0_nRSN:
+        off = block.conv2.offset
+        assert off.weight.shape == (18, 8, 3, 3) and off.padding == (1, 1)
+        assert off.dilation == (1, 1) and block.conv2.padding == (2, 2)
+        assert block.conv2.dilation == (2, 2) and not block.conv2.modulated
+        assert block.conv1.kernel_size == (1, 1) and not hasattr(block.conv1, "offset")
+    keys = list(m.state_dict())
+    assert "l0_nRSN.0.conv2.weight" in keys and "l0_nRSN.2.conv2.offset.bias" in keys
+    assert [k for k in keys if "offset" in k] == [
+        f"l0_nRSN.{b}.conv2.offset.{p}" for b in range(3) for p in ("weight", "bias")
+    ]
+    # R-FCN's res5: 4 deformable groups, a dilated 72-channel offset conv
+    m = compile_("nRSN.O[1,32,3,1,8,dilation=2,deform=1,deform_groups=4]", (16, 9, 9))
+    off = m.l0_nRSN[0].conv2.offset
+    assert off.weight.shape == (72, 8, 3, 3) and off.padding == (2, 2) and off.dilation == (2, 2)
+
+
+def block_by_hand(block, x, stride, modulated):
+    """RSN.O bottleneck (stride on the first 1x1) with torchvision's deform_conv2d as the 3x3."""
+    out = F.relu(block.bn1(block.conv1(x)))
+    dcn = block.conv2
+    om = dcn.offset(out)
+    n = 18 * dcn.deform_groups
+    mask = 2 * torch.sigmoid(om[:, n:]) if modulated else None
+    out = torchvision.ops.deform_conv2d(
+        out, om[:, :n], dcn.weight, None, dcn.stride, dcn.padding, dcn.dilation, mask
+    )
+    out = block.bn3(block.conv3(F.relu(block.bn2(out))))
+    return F.relu(out + block.downsample(x))
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_deformable_block_equals_the_block_written_with_torchvision(version):
+    m = compile_(f"RSN.O[16,3,2,8,deform={version},deform_groups=2]", (4, 9, 11)).double().eval()
+    randomise_offsets(m.l0_RSN.conv2.offset)
+    x = torch.randn(2, 4, 9, 11, dtype=torch.float64, requires_grad=True)
+    y = m(x)
+    x2 = x.detach().clone().requires_grad_(True)
+    want = block_by_hand(m.l0_RSN, x2, 2, version == 2)
+    torch.testing.assert_close(y, want)
+    assert y.shape == (2, 16, 5, 6)
+    g = torch.randn_like(y)
+    off = m.l0_RSN.conv2.offset
+    got = torch.autograd.grad(y, [x, off.weight, off.bias, m.l0_RSN.conv2.weight], g)
+    ref = torch.autograd.grad(want, [x2, off.weight, off.bias, m.l0_RSN.conv2.weight], g)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_deformable_basic_block_deforms_both_convs_and_starts_as_the_plain_block():
+    desc = "RSN[8,3,2,deform=2]"
+    m = compile_(desc, (4, 9, 11)).eval()
+    plain = compile_("RSN[8,3,2]", (4, 9, 11)).eval()
+    assert m.l0_RSN.conv1.offset.weight.shape == (27, 4, 3, 3)
+    assert m.l0_RSN.conv2.offset.weight.shape == (27, 8, 3, 3)
+    assert m.l0_RSN.conv1.offset.stride == (2, 2) and m.l0_RSN.conv2.offset.stride == (1, 1)
+    state = {k: v for k, v in m.state_dict().items() if "offset" not in k}
+    plain.load_state_dict(state)  # the same keys as the plain block, plus the offset convs
+    x = torch.randn(2, 4, 9, 11)
+    torch.testing.assert_close(m(x), plain(x), atol=1e-5, rtol=1e-5)  # zero offsets, mask 1
+
+
+def test_deformable_block_parameter_counts_for_the_limits():
+    for desc in ("nRSN.O[3,32,3,2,8,deform=2,deform_groups=2]", "nRSN[2,16,3,2,deform=1]"):
+        m = compile_(desc, (16, 9, 9))
+        n = sum(p.numel() for p in m.parameters())
+        with denet.dsl.limit(params=n):
+            compile_(desc, (16, 9, 9))
+        with denet.dsl.limit(params=n - 1), pytest.raises(denet.DescError, match="parameters"):
+            compile_(desc, (16, 9, 9))
+
+
+@pytest.mark.parametrize(
+    "desc, message, at",
+    [
+        ("nRSN[2,16,3,deform_groups=2]", "deform_groups sets the deformable convs", "deform_"),
+        ("RSN[16,3,offset_dilation=1]", "offset_dilation sets the deformable convs", "offset"),
+        ("RSN[16,3,deform=3]", "deform must be one of 0, 1, 2, not 3", "deform"),
+        (
+            "nRSN.O[2,16,3,1,6,deform=1,deform_groups=4]",
+            "deform_groups=4 must divide the deformable convs' input channels (6)",
+            "deform_groups",
+        ),
+    ],
+)
+def test_deformable_block_misuse(desc, message, at):
+    with pytest.raises(denet.DescError) as err:
+        denet.compile(desc, (4, 9, 11))
+    first, shown, caret = str(err.value).split("\n")
+    assert message in first, first
+    assert caret == "  " + " " * desc.index(at) + "^", str(err.value)
