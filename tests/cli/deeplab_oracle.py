@@ -162,3 +162,39 @@ def randomise(model: nn.Module, seed: int = 0, damp: float = 0.2) -> nn.Module:
             if isinstance(m, Bottleneck):
                 m.bn3.weight.mul_(damp)
     return model.eval()
+
+
+class DeformableDeepLab(nn.Module):
+    """Deformable ConvNets' DeepLab (resnet_v1_101_deeplab.py) without deformable layers: MSRA
+    ResNet-v1-101 (pool1 3x3/2 in ceil mode without pad, res4 stride 2, res5 stride 1 dilation 2:
+    output stride 16), fc6 (1x1, 1024, bias) + ReLU, score (1x1, bias), the depthwise bilinear
+    deconv k32 s16 without bias, and the crop at offset 8 to the input's size."""
+
+    def __init__(self, classes=19):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = _frozen_bn(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=0, ceil_mode=True)
+        self.layer1 = ResNet._make_layer(self, 64, 3)
+        self.layer2 = ResNet._make_layer(self, 128, 4, stride=2)
+        self.layer3 = ResNet._make_layer(self, 256, 23, stride=2)
+        self.layer4 = ResNet._make_layer(self, 512, 3, stride=1, dilation=2)
+        self.fc6 = nn.Conv2d(2048, 1024, 1)
+        self.score = nn.Conv2d(1024, classes, 1)
+        self.upsampling = nn.ConvTranspose2d(classes, classes, 32, 16, groups=classes, bias=False)
+        with torch.no_grad():  # MXNet's Bilinear initializer, in every group
+            f = math.ceil(32 / 2)
+            c = (2 * f - 1 - f % 2) / (2.0 * f)
+            t = torch.tensor([1 - abs(i / f - c) for i in range(32)])
+            self.upsampling.weight.copy_(
+                (t[:, None] * t[None, :]).expand_as(self.upsampling.weight)
+            )
+        self.upsampling.weight.requires_grad = False
+
+    def forward(self, x):
+        y = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        y = self.layer4(self.layer3(self.layer2(self.layer1(y))))
+        y = self.upsampling(self.score(self.relu(self.fc6(y))))
+        return y[:, :, 8 : 8 + x.size(2), 8 : 8 + x.size(3)]

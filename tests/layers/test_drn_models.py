@@ -1,11 +1,14 @@
-"""The DRN strings (examples/drn_*.desc): parameter counts of the reference and output shapes."""
+"""The DRN strings (examples/drn_*.desc): parameter counts of the reference and output shapes;
+the Deformable ConvNets DeepLab strings (examples/deeplab-r101.desc, deeplab-dcn.desc)."""
 
 import os
+import sys
 
 import pytest
 import torch
 
 import denet
+from denet.cli.convert_drn import port_state, renamer, unit_nodes
 
 EX = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 
@@ -101,3 +104,62 @@ def test_drn_shapes_on_meta(name):
     before = model.graph.nodes[model.graph.nodes.index(pool) - 1]
     assert (before.shape.height, before.shape.width, before.shape.stride) == (28, 28, 8)
     assert before.shape.channels == (2048 if name == "drn_a_50" else 512)
+
+
+# ------------------------------------------------------------------------- DeepLab strings
+def _deeplab_oracle():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "cli"))
+    import deeplab_oracle
+
+    return deeplab_oracle
+
+
+def _weights(model) -> int:
+    """Parameters plus the frozen norms' scales and shifts (buffers in FBN)."""
+    params = {k for k, _ in model.named_parameters()}
+    frozen = sum(
+        v.numel()
+        for k, v in model.state_dict().items()
+        if k not in params and k.endswith((".weight", ".bias"))
+    )
+    return sum(p.numel() for p in model.parameters()) + frozen
+
+
+def _port_deformable_deeplab(model, ref):
+    """Deformable ConvNets' DeepLab (the hand-written one) into the string's modules, unit by
+    unit in string order."""
+    units = [("conv1", "C"), ("bn1", "FBN"), *((f"layer{i}", "nRSN") for i in range(1, 5))]
+    units += [("fc6", "C"), ("score", "C"), ("upsampling", "BDC")]
+    nodes = unit_nodes(model, ("C", "FBN", "nRSN", "BDC"))
+    assert [t for _, t in units] == [n.type for n in nodes]
+    rename, unrename = renamer({p: n.name for (p, _), n in zip(units, nodes)})
+    port_state(model, ref.state_dict(), rename, unrename, "DeepLab")
+
+
+def test_deeplab_r101_is_deformable_convnets_deeplab():
+    """examples/deeplab-r101.desc: output stride 16, the crop gives the input's size, and with the
+    weights of the hand-written network (random, random BN statistics) the same logits; the
+    weights are as many (44,637,267 at 19 classes: 44,531,923 parameters + the frozen BN's
+    105,344 scales and shifts)."""
+    oracle = _deeplab_oracle()
+    with torch.device("meta"):
+        big = denet.compile(example("deeplab-r101"), (3, 768, 1024), 19, border_mode="half")
+        ref_meta = oracle.DeformableDeepLab(19)
+    assert sum(p.numel() for p in big.parameters()) == 44_531_923
+    assert _weights(big) == sum(p.numel() for p in ref_meta.parameters()) == 44_637_267
+    res5 = [n for n in big.graph.nodes if n.type == "nRSN"][-1]
+    assert (res5.shape.h, res5.shape.w, res5.shape.stride) == (48, 64, 16)
+    assert big.graph.nodes[-1].shape.h == 768 and big.graph.nodes[-1].shape.w == 1024
+
+    torch.manual_seed(0)
+    ref = oracle.randomise(oracle.DeformableDeepLab(19))
+    model = denet.compile(example("deeplab-r101"), (3, 97, 81), 19, border_mode="half").eval()
+    _port_deformable_deeplab(model, ref)
+    x = torch.randn(1, 3, 97, 81)
+    with torch.no_grad():
+        want = ref(x)
+        got = model(x)
+    assert list(got) == ["out"]
+    got = got["out"]
+    assert got.shape == want.shape == (1, 19, 97, 81)
+    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-4
