@@ -2,6 +2,7 @@
 and DRN's multi-scale log-probability sum written out with torch calls; SEG on its outputs."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -273,3 +274,23 @@ def test_msc_counts_parameters_once_for_the_limits():
     with denet.dsl.limit(params=227), pytest.raises(denet.DescError, match="parameters"):
         compile_(DEEPLAB)
     assert math.isclose(float(m.graph.node("l1_MSC_in1").shape.stride), 4 / 3)
+
+
+def segmentation_examples():
+    """The toy strings of docs/language.md, section Segmentation (its last code block)."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "language.md")
+    with open(path, encoding="utf-8") as f:
+        section = f.read().split("\n## Segmentation\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```\n")[-2].strip().split("\n")
+
+
+@pytest.mark.parametrize("desc", segmentation_examples())
+def test_the_documented_segmentation_examples_compile_train_and_predict(desc):
+    m = compile_(desc, (3, 32, 32), 5)
+    x = torch.randn(2, 3, 32, 32)
+    losses = m.train()(x, [{"mask": torch.randint(0, 5, (32, 32))} for _ in range(2)])
+    sum(losses.values()).backward()
+    assert all(k.startswith("loss_seg") for k in losses) and torch.isfinite(sum(losses.values()))
+    y = m.eval()(x)
+    assert next(iter(y)) == "out" and y["out"].shape == (2, 5, 32, 32)
+    assert canonical(m.desc) == m.desc and compile_(m.desc, (3, 32, 32), 5).desc == m.desc
