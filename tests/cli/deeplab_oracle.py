@@ -164,13 +164,72 @@ def randomise(model: nn.Module, seed: int = 0, damp: float = 0.2) -> nn.Module:
     return model.eval()
 
 
-class DeformableDeepLab(nn.Module):
-    """Deformable ConvNets' DeepLab (resnet_v1_101_deeplab.py) without deformable layers: MSRA
-    ResNet-v1-101 (pool1 3x3/2 in ceil mode without pad, res4 stride 2, res5 stride 1 dilation 2:
-    output stride 16), fc6 (1x1, 1024, bias) + ReLU, score (1x1, bias), the depthwise bilinear
-    deconv k32 s16 without bias, and the crop at offset 8 to the input's size."""
+def deform_conv_v1(x, offset, weight, pad, dilation):
+    """Deformable ConvNets' v1 deformable convolution (stride 1, one deformable group, no bias),
+    from the description of deformable_im2col.cuh (peer-codebases.md 3.1): tap k = i*kw + j of
+    output (y, x) samples at (y - pad + i*dil + dy, x - pad + j*dil + dx), dy = offset[2k],
+    dx = offset[2k + 1]; a sample outside 0 <= h < H, 0 <= w < W reads 0, and inside, a point
+    at or past the last row (column) is clamped to it instead of blended with zero."""
+    n, c, h, w = x.shape
+    cout, _, kh, kw = weight.shape
+    ho, wo = offset.shape[-2:]
+    ys = torch.arange(ho, dtype=x.dtype).view(1, 1, ho, 1)
+    xs = torch.arange(wo, dtype=x.dtype).view(1, 1, 1, wo)
+    ki = torch.arange(kh, dtype=x.dtype).repeat_interleave(kw).view(1, -1, 1, 1)
+    kj = torch.arange(kw, dtype=x.dtype).repeat(kh).view(1, -1, 1, 1)
+    hs = ys - pad + ki * dilation + offset[:, 0::2]  # [N, K, Ho, Wo]
+    ws = xs - pad + kj * dilation + offset[:, 1::2]
+    inside = (hs >= 0) & (ws >= 0) & (hs < h) & (ws < w)
+    hl, wl = hs.floor(), ws.floor()
+    clamp_h, clamp_w = hl >= h - 1, wl >= w - 1
+    hs = torch.where(clamp_h, torch.full_like(hs, h - 1), hs)
+    ws = torch.where(clamp_w, torch.full_like(ws, w - 1), ws)
+    hl = torch.where(clamp_h, torch.full_like(hl, h - 1), hl)
+    wl = torch.where(clamp_w, torch.full_like(wl, w - 1), wl)
+    hh = torch.where(clamp_h, hl, hl + 1)
+    wh = torch.where(clamp_w, wl, wl + 1)
+    lh, lw = hs - hl, ws - wl
+    flat = x.reshape(n, c, h * w)
 
-    def __init__(self, classes=19):
+    def read(yy, xx):  # [N, C, K, Ho, Wo]; indices clamped into the map, masked afterwards
+        idx = (yy.clamp(0, h - 1) * w + xx.clamp(0, w - 1)).long().view(n, 1, -1)
+        return flat.gather(2, idx.expand(n, c, idx.shape[-1])).view(n, c, *yy.shape[1:])
+
+    val = (
+        ((1 - lh) * (1 - lw)).unsqueeze(1) * read(hl, wl)
+        + ((1 - lh) * lw).unsqueeze(1) * read(hl, wh)
+        + (lh * (1 - lw)).unsqueeze(1) * read(hh, wl)
+        + (lh * lw).unsqueeze(1) * read(hh, wh)
+    ) * inside.unsqueeze(1)
+    cols = val.reshape(n, c * kh * kw, ho * wo)
+    return (weight.reshape(cout, -1) @ cols).view(n, cout, ho, wo)
+
+
+class DeformConvV1(nn.Module):
+    """res5's branch2b in the DCN DeepLab: a 3x3 deformable conv (dilation 2, pad 2, no bias)
+    fed by ``offset``, a plain 3x3 conv with bias, pad 1, not dilated, 18 channels."""
+
+    def __init__(self, cin, cout, dilation):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cout, cin, 3, 3).normal_(0, 0.01))
+        self.offset = nn.Conv2d(cin, 18, 3, padding=1)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)
+        self.dilation = dilation
+
+    def forward(self, x):
+        return deform_conv_v1(x, self.offset(x), self.weight, self.dilation, self.dilation)
+
+
+class DeformableDeepLab(nn.Module):
+    """Deformable ConvNets' DeepLab (resnet_v1_101_deeplab.py; with ``deformable``,
+    resnet_v1_101_deeplab_dcn.py): MSRA ResNet-v1-101 (pool1 3x3/2 in ceil mode without pad,
+    res4 stride 2, res5 stride 1 dilation 2: output stride 16; with ``deformable`` the 3x3 of
+    res5a/b/c is :class:`DeformConvV1`), fc6 (1x1, 1024, bias) + ReLU, score (1x1, bias), the
+    depthwise bilinear deconv k32 s16 without bias, and the crop at offset 8 to the input's
+    size."""
+
+    def __init__(self, classes=19, deformable=False):
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
@@ -181,6 +240,9 @@ class DeformableDeepLab(nn.Module):
         self.layer2 = ResNet._make_layer(self, 128, 4, stride=2)
         self.layer3 = ResNet._make_layer(self, 256, 23, stride=2)
         self.layer4 = ResNet._make_layer(self, 512, 3, stride=1, dilation=2)
+        if deformable:
+            for block in self.layer4:
+                block.conv2 = DeformConvV1(512, 512, 2)
         self.fc6 = nn.Conv2d(2048, 1024, 1)
         self.score = nn.Conv2d(1024, classes, 1)
         self.upsampling = nn.ConvTranspose2d(classes, classes, 32, 16, groups=classes, bias=False)

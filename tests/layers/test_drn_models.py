@@ -163,3 +163,46 @@ def test_deeplab_r101_is_deformable_convnets_deeplab():
     got = got["out"]
     assert got.shape == want.shape == (1, 19, 97, 81)
     assert ((got - want).abs().max() / want.abs().max()).item() < 1e-4
+
+
+def test_deeplab_dcn_is_deformable_convnets_dcn_deeplab():
+    """examples/deeplab-dcn.desc: deeplab-r101 with res5's 3x3s deformable (v1, offsets from an
+    undilated 3x3 conv): 248,886 parameters more; with zero offsets (its init) the plain
+    network's logits; with random offset convs the same logits as the hand-written network
+    with its own v1 deformable conv (tests/cli/deeplab_oracle.py)."""
+    oracle = _deeplab_oracle()
+    with torch.device("meta"):
+        big = denet.compile(example("deeplab-dcn"), (3, 768, 1024), 19, border_mode="half")
+        ref_meta = oracle.DeformableDeepLab(19, deformable=True)
+    assert sum(p.numel() for p in big.parameters()) == 44_531_923 + 3 * (512 * 18 * 9 + 18)
+    assert _weights(big) == sum(p.numel() for p in ref_meta.parameters()) == 44_886_153
+
+    torch.manual_seed(0)
+    ref = oracle.randomise(oracle.DeformableDeepLab(19, deformable=True))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for block in ref.layer4:
+            block.conv2.weight.copy_(torch.randn(block.conv2.weight.shape, generator=g) / 48)
+            block.conv2.offset.weight.zero_()
+            block.conv2.offset.bias.zero_()
+    model = denet.compile(example("deeplab-dcn"), (3, 97, 81), 19, border_mode="half").eval()
+    _port_deformable_deeplab(model, ref)
+    x = torch.randn(1, 3, 97, 81)
+    plain = oracle.DeformableDeepLab(19).eval()
+    plain.load_state_dict({k: v for k, v in ref.state_dict().items() if ".offset." not in k})
+    with torch.no_grad():
+        zero = model(x)["out"]
+        want = plain(x)
+    assert ((zero - want).abs().max() / want.abs().max()).item() < 1e-4
+    with torch.no_grad():  # offsets of a few pixels, fractional, some leaving the map
+        for block in ref.layer4:
+            block.conv2.offset.weight.copy_(
+                torch.randn(block.conv2.offset.weight.shape, generator=g) * 0.02
+            )
+            block.conv2.offset.bias.copy_(torch.randn(18, generator=g) * 1.5)
+    _port_deformable_deeplab(model, ref)
+    with torch.no_grad():
+        got = model(x)["out"]
+        want = ref(x)
+        assert (got - zero).abs().max() > 0.01 * zero.abs().max()  # the offsets matter
+    assert ((got - want).abs().max() / want.abs().max()).item() < 1e-4
