@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import DenetError
-from ..train.options import DEFAULT_MODEL_DESC, LOG_LEVELS, TrainOptions, option_flag
+from ..train.options import AMP_MODES, DEFAULT_MODEL_DESC, LOG_LEVELS, TrainOptions, option_flag
 from ..train.schedule import SCHEDULES
 from ..train.solvers import SOLVERS
 from ..train.trainer import run
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run saved in this checkpoint (P_epochNNN.pt) exactly: its options, "
         "epoch, optimizer, random state and log. Append it to the original command line "
         "or give it alone; of the other options only --epochs, --device, --thread-num, "
-        "--output-prefix and --log-level may differ from the saved run",
+        "--output-prefix, --log-level and --channels-last may differ from the saved run",
     )
     a("--train", default=None, metavar="PATH", help="training set (required)")
     a("--test", default=None, metavar="PATH", help="test set, evaluated every --test-epochs")
@@ -226,6 +226,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="F|LOSS=F",
         help="multiply losses by factors: LOSS=F by name (loss_cls=1 loss_box=2), or bare "
         "numbers for the model's losses in order (DeNet's way)",
+    )
+    a(
+        "--amp",
+        default=None,
+        choices=AMP_MODES,
+        help="mixed precision: autocast the training forward pass to bfloat16 or float16 "
+        "(fp16 with a gradient scaler); weights, optimizer and evaluation stay float32",
+    )
+    a(
+        "--sync-bn",
+        action="store_true",
+        help="under several processes, batch norm computes its statistics over the batches of "
+        "every process (SyncBatchNorm); no effect in one process",
+    )
+    a(
+        "--channels-last",
+        action="store_true",
+        help="keep the model and the images in channels-last (NHWC) memory layout",
     )
     a("--log-level", default="verbose", choices=list(LOG_LEVELS), help="how much to print")
     return p

@@ -124,3 +124,88 @@ def all_sum(values: list[float], device: torch.device, info: DistInfo) -> list[f
 def shutdown(info: DistInfo) -> None:
     if info.distributed and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class ShardedShuffleSampler:
+    """The training order of one rank of ``world_size``: the permutation one process visits in
+    epoch ``e`` (``EpochShuffleSampler``'s, from (seed, e) alone), padded by repeating its start
+    to a multiple of ``world_size``, rank r taking positions r, r + W, r + 2W, ...
+
+    So batch k of every rank together hold positions [k*W*b, (k+1)*W*b) of that permutation:
+    W workers with ``--batch-size b`` see the images one process sees with ``--batch-size W*b``
+    (when W divides the set; otherwise the padding repeats up to W - 1 images), and the order
+    does not depend on W, which is what lets a checkpoint of W workers resume with another
+    number."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside [0, {world_size})")
+        self.n, self.seed, self.rank, self.world_size = int(n), int(seed), int(rank), world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world_size)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        total = len(self) * self.world_size
+        while len(order) < total:  # pad by repeating the start (as DistributedSampler does)
+            order += order[: total - len(order)]
+        return iter(order[self.rank : total : self.world_size])
+
+
+class SyncBatchNormReLU(torch.nn.SyncBatchNorm):
+    """``BNA`` (batch norm then ReLU in one module) with statistics over every worker."""
+
+    ends_in_activation = True
+
+    def forward(self, x):
+        return torch.nn.functional.relu(super().forward(x), inplace=True)
+
+
+def convert_sync_batchnorm(module: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """``--sync-bn``: every batch norm of ``module`` (``nn.BatchNorm2d`` and denet's ``BNA``,
+    ``BatchNormReLU``) replaced by a ``SyncBatchNorm`` with the same parameters and running
+    statistics, in place (fx calls submodules by name). Frozen batch norm has no batch
+    statistics and stays. Another ``_BatchNorm`` subclass with its own ``forward`` is refused
+    rather than silently losing its behaviour. Returns (module, number converted)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    count = 0
+
+    def convert(bn):
+        base = type(bn)
+        if base is torch.nn.BatchNorm2d:
+            cls = torch.nn.SyncBatchNorm
+        elif getattr(bn, "ends_in_activation", False) and isinstance(bn, torch.nn.BatchNorm2d):
+            cls = SyncBatchNormReLU
+        else:
+            raise DenetError(
+                f"--sync-bn: cannot synchronise {base.__name__} (not a plain batch norm)"
+            )
+        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        if bn.affine:
+            with torch.no_grad():
+                new.weight = bn.weight
+                new.bias = bn.bias
+        new.running_mean = bn.running_mean
+        new.running_var = bn.running_var
+        new.num_batches_tracked = bn.num_batches_tracked
+        new.train(bn.training)
+        return new
+
+    def walk(parent):
+        nonlocal count
+        for name, child in list(parent.named_children()):
+            if isinstance(child, _BatchNorm) and not isinstance(child, torch.nn.SyncBatchNorm):
+                setattr(parent, name, convert(child))
+                count += 1
+            else:
+                walk(child)
+
+    walk(module)
+    return module, count

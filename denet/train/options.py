@@ -15,7 +15,9 @@ from .solvers import check_solver_args
 DEFAULT_MODEL_DESC = "C[100,7] P[2] C[150,4] P[2] C[250,4] P[2] C[300,1] R"
 LOG_LEVELS = {"debug": 10, "verbose": 15, "info": 20, "warning": 30, "error": 40}
 # With --resume every other option must equal the saved one; these may change.
-RESUMABLE = ("epochs", "device", "thread_num", "output_prefix", "log_level")
+# --channels-last changes the memory layout only.
+RESUMABLE = ("epochs", "device", "thread_num", "output_prefix", "log_level", "channels_last")
+AMP_MODES = ("bf16", "fp16")
 
 
 def option_flag(name: str) -> str:
@@ -58,6 +60,9 @@ class TrainOptions:
     cost_factors: list = field(default_factory=list)  # numbers and NAME=NUMBER strings
     device: str | None = None
     log_level: str = "verbose"
+    amp: str | None = None  # mixed precision: None (float32), "bf16" or "fp16"
+    sync_bn: bool = False  # batch-norm statistics over every worker (DDP)
+    channels_last: bool = False  # NHWC memory layout of the model and the images
 
     def as_dict(self) -> dict:
         return {
@@ -110,6 +115,8 @@ class TrainOptions:
         parse_cost_factors(self.cost_factors)  # the names are checked against the model later
         if self.skip_train and not self.test:
             raise DenetError("--skip-train only evaluates: it needs --test")
+        if self.amp is not None and self.amp not in AMP_MODES:
+            raise DenetError(f"--amp must be one of {', '.join(AMP_MODES)}, not {self.amp!r}")
         if self.log_level not in LOG_LEVELS:
             raise DenetError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
 

@@ -56,8 +56,10 @@ from ..errors import DataError, DenetError, ModelFileError
 from . import checkpoint as ckpt
 from .distributed import (
     DistInfo,
+    ShardedShuffleSampler,
     all_sum,
     barrier,
+    convert_sync_batchnorm,
     env_dist_info,
     init_distributed,
     select_device,
@@ -360,6 +362,11 @@ class Trainer:
         if opts.skip_layer_updates:
             freeze_layers(model, opts.skip_layer_updates)
         self.model = model.to(self.device)
+        if opts.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.amp)
+        # fp16 needs loss scaling (its range underflows small gradients); bf16 does not
+        self.scaler = torch.amp.GradScaler(self.device.type) if opts.amp == "fp16" else None
         self.optimizer = make_optimizer(
             opts.solver,
             model.param_groups(opts.learn_rate, opts.learn_decay),
@@ -411,6 +418,8 @@ class Trainer:
                 f"{resume}: the optimizer state does not fit the model ({err})"
             ) from None
         self.iteration = int(state["iteration"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.records = [dict(r) for r in state["log"]["records"]]
         self.resume = resume
         self.rng_state = state["rng"]  # restored by fit, after everything else is set up
@@ -437,15 +446,15 @@ class Trainer:
         opts, info = self.opts, self.info
         if info.distributed:
             from torch.nn.parallel import DistributedDataParallel
-            from torch.utils.data.distributed import DistributedSampler
 
-            sampler = DistributedSampler(
-                self.train_set,
-                num_replicas=info.world_size,
-                rank=info.rank,
-                shuffle=True,
-                seed=opts.seed,
+            # one process's order, split between the ranks (see ShardedShuffleSampler)
+            sampler = ShardedShuffleSampler(
+                len(self.train_set), opts.seed, info.rank, info.world_size
             )
+            if opts.sync_bn:
+                _, count = convert_sync_batchnorm(self.model)
+                if not count:
+                    self.console.warning("--sync-bn: the network has no batch norm to synchronise")
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         else:
@@ -487,6 +496,10 @@ class Trainer:
             )
         )
         procs = f" x {self.info.world_size} processes" if self.info.distributed else ""
+        if opts.sync_bn and self.info.distributed:
+            procs += " (synchronised batch norm)"
+        if opts.amp:
+            procs += f", mixed precision {opts.amp}"
         factor = opts.batch_size_factor
         accumulate = (
             f" x {factor} accumulated per step ({self.steps_per_epoch()} steps per epoch)"
@@ -544,18 +557,41 @@ class Trainer:
         out = []
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         for k, (images, targets) in enumerate(group):
-            images = images.to(device, non_blocking=True)
+            images = self._to_device(images)
             n = int(images.shape[0])
             sync = k == len(group) - 1 or not self.info.distributed
             with contextlib.nullcontext() if sync else self.net.no_sync():
-                losses = self.net(images, targets_to(targets, device))
-                loss = total_loss(losses, self.factors)
+                with self._autocast():
+                    losses = self.net(images, targets_to(targets, device))
+                    loss = total_loss(losses, self.factors)
                 if len(group) > 1:
                     loss = loss * (n / total)
-                loss.backward()
+                (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             step_loss += loss.detach().double()
             out.append((n, losses))
         return out, step_loss
+
+    def _to_device(self, images):
+        images = images.to(self.device, non_blocking=True)
+        if self.opts.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
+    def _autocast(self):
+        """``--amp``: the forward pass and the losses in bfloat16 / float16 where autocast
+        deems it safe (convolutions, matrix products; reductions and losses stay float32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _step(self) -> None:
+        """The optimizer step; with fp16 through the scaler, which unscales the gradients,
+        skips a step whose gradients overflowed and adapts the scale."""
+        if self.scaler is None:
+            self.optimizer.step()
+            return
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def train_one_epoch(self, epoch: int, on_step=None) -> dict:
         """One pass over the training set; returns the epoch's ``train_*`` log entries: the
@@ -587,7 +623,7 @@ class Trainer:
                 self.set_lr(epoch)
             self.optimizer.zero_grad(set_to_none=True)
             batches, loss = self._backward(group)
-            self.optimizer.step()
+            self._step()
             self.iteration += 1
             for n, losses in batches:
                 seen += n
@@ -667,6 +703,8 @@ class Trainer:
             log_records=self.records,
             cuda=self.device.type == "cuda",
         )
+        if self.scaler is not None:  # fp16's loss scale, so --resume continues it exactly
+            state["scaler"] = self.scaler.state_dict()
         if not opts.disable_intermediate:
             denet.save(self.model, checkpoint_path(opts.output_prefix, epoch), state)
         if last:
