@@ -102,9 +102,34 @@ def init_distributed(device: torch.device, info: DistInfo) -> None:
         raise DenetError("this torch build has no torch.distributed")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(
-        backend="nccl" if device.type == "cuda" else "gloo", init_method="env://"
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    store = _elastic_store(info)
+    if store is None:
+        dist.init_process_group(backend=backend, init_method="env://")
+    else:
+        dist.init_process_group(
+            backend=backend, store=store, rank=info.rank, world_size=info.world_size
+        )
+
+
+def _elastic_store(info: DistInfo):
+    """Under torch's elastic agent (model-train-multi, torchrun) after a restart: the agent's
+    store with a prefix of this attempt. The agent keeps one store across restarts, and
+    ``env://`` would read the addresses the killed group left there (workers then connect to
+    dead ports and hang or fail); None otherwise (plain ``env://``)."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or restart in ("", "0"):
+        return None
+    from datetime import timedelta
+
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        info.world_size,
+        is_master=False,
+        timeout=timedelta(minutes=30),
     )
+    return dist.PrefixStore(f"denet/attempt_{restart}", store)
 
 
 def barrier(info: DistInfo) -> None:
