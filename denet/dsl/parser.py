@@ -188,7 +188,7 @@ def parse(desc: str, limits: Limits | None = None) -> ast.Description:
             f"the description is {len(desc):,} characters long, more than "
             f"{describe('chars', limits.chars)}"
         )
-    _check_depth(desc, limits.depth)
+    _prescan(desc, limits)
     try:
         tree = _parser().parse(desc)
     except lark.exceptions.UnexpectedCharacters as err:
@@ -247,7 +247,7 @@ def _before(desc: str, tok) -> str:
     return f"before {str(tok)!r}"
 
 
-_NESTING = re.compile(r"[()#\n]")
+_SCAN = re.compile(r"#[^\n]*|[()\[\]|]|[A-Za-z_@$][A-Za-z0-9_.\-]*")
 _HEAD_END = re.compile(r"[A-Za-z0-9_.]*\s*(\[[^\[\]()]*\])?\s*$")
 
 
@@ -260,32 +260,53 @@ def _group_start(desc: str, paren: int) -> int:
     return start if start < paren and desc[start].isalpha() else paren
 
 
-def _check_depth(desc: str, limit: int) -> None:
-    """Refuses groups nested deeper than ``limit`` before anything recursive (the parse tree's
-    transformer, the resolver, the printer) sees them. Comments are skipped as the lexer skips
-    them; unbalanced brackets are left to the parser."""
-    depth = 0
-    comment = False
-    for m in _NESTING.finditer(desc):
-        ch = m.group()
-        if comment:
-            comment = ch != "\n"
-        elif ch == "#":
-            comment = True
+def _prescan(desc: str, limits: Limits) -> None:
+    """Before anything recursive (the parse tree's transformer, the resolver, the printer) or
+    slow (the parser) sees the string: refuses groups nested deeper than ``limits.depth`` and
+    more items and branches than ``limits.nodes`` (each becomes at least one node of the graph,
+    or is an error). Comments are skipped as the lexer skips them; what is inside ``[...]`` is
+    not counted; unbalanced brackets are left to the parser."""
+    depth = brackets = count = 0
+    groups: list[int] = []  # where the open groups' "(" are
+    for m in _SCAN.finditer(desc):
+        ch = m.group()[0]
+        if ch == "#":
+            continue
+        if ch == "[":
+            brackets += 1
+        elif ch == "]":
+            brackets = max(0, brackets - 1)
+        elif brackets:
+            continue
         elif ch == "(":
             depth += 1
-            if depth > limit:
-                start = _group_start(desc, m.start())
-                line = desc.count("\n", 0, start) + 1
-                column = start - (desc.rfind("\n", 0, start) + 1) + 1
-                raise DescError(
-                    f"groups nested {depth} deep, more than {describe('depth', limit)}",
+            groups.append(m.start())
+            if depth > limits.depth:
+                raise _error_at(
+                    f"groups nested {depth} deep, more than {describe('depth', limits.depth)}",
                     desc,
-                    column,
-                    line,
+                    _group_start(desc, m.start()),
                 )
         elif ch == ")":
             depth = max(0, depth - 1)
+            if groups:
+                groups.pop()
+        else:  # an item (a layer, a group, a tap, a reference) or a branch
+            count += 1
+            if count > limits.nodes:
+                where = _group_start(desc, groups[-1]) if ch == "|" and groups else m.start()
+                raise _error_at(
+                    f"the string has more items and branches than {describe('nodes', limits.nodes)} "
+                    f"allows (each makes a node of the graph)",
+                    desc,
+                    where,
+                )
+
+
+def _error_at(message: str, desc: str, pos: int) -> DescError:
+    line = desc.count("\n", 0, pos) + 1
+    column = pos - (desc.rfind("\n", 0, pos) + 1) + 1
+    return DescError(message, desc, column, line)
 
 
 def _end_position(desc: str) -> tuple[int, int]:

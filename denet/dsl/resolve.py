@@ -579,6 +579,8 @@ def shape_elements(shape: ShapeSpec) -> int:
         n *= shape.height * (shape.width or 1)
     if shape.kind == "boxes":
         n *= 5
+    elif shape.kind == "corners":  # [2, K, H, W]: both corner probabilities
+        n *= 2
     return n
 
 

@@ -50,6 +50,14 @@ class Boxes(LayerDef):
 
     def shape(self, call: Call):
         i = call.input
+        extent = max(i.h, i.w) * i.stride  # the input image's size in pixels
+        if call.args["size"] > extent:
+            # RoI operators sample a box by its size: a larger one is only more work
+            call.fail(
+                f"a box of {call.args['size']:g} pixels is larger than the {float(extent):g}-pixel "
+                f"image",
+                "size",
+            )
         return ShapeSpec(i.h * i.w, stride=i.stride, form="boxes")
 
     def build(self, call: Call):
@@ -95,8 +103,16 @@ class RoIAlign(LayerDef):
             call.fail(
                 f"rois= must name a set of boxes (a tap after BOXES), not {rois.describe()}", "rois"
             )
-        o = call.args["output_size"]
-        return ShapeSpec(call.input.channels, o, o, Fraction(1))
+        o, ratio = call.args["output_size"], call.args["sampling_ratio"]
+        i = call.input
+        if ratio > max(i.h, i.w):
+            # more samples per bin than the map has pixels per side add work, not information
+            call.fail(
+                f"sampling_ratio={ratio} is more samples per bin than the {i.h}x{i.w} map has "
+                f"pixels per side",
+                "sampling_ratio",
+            )
+        return ShapeSpec(i.channels, o, o, Fraction(1))
 
     def output_elements(self, call: Call) -> int:
         # one C x size x size map per RoI (boxes per image; at least one when data-dependent)

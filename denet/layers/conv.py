@@ -12,20 +12,20 @@ from torch import nn
 
 from .border import border_padding, conv_out
 from .init import init_conv
-from .registry import Arg, Call, LayerDef
+from .registry import TORCH_INT_MAX, Arg, Call, LayerDef
 from .shape import ShapeSpec
 
 _SQUARE = (
     Arg("filters", "int", min=1, doc="output channels"),
     Arg("size", "int", 1, min=1, doc="kernel size (square)"),
-    Arg("stride", "int", 1, min=1, doc="stride"),
+    Arg("stride", "int", 1, min=1, max=TORCH_INT_MAX, doc="stride"),
 )
 _RECT = (
     Arg("filters", "int", min=1, doc="output channels"),
     Arg("kh", "int", min=1, doc="kernel height"),
     Arg("kw", "int", min=1, doc="kernel width"),
-    Arg("sh", "int", 1, min=1, doc="vertical stride"),
-    Arg("sw", "int", 1, min=1, doc="horizontal stride"),
+    Arg("sh", "int", 1, min=1, max=TORCH_INT_MAX, doc="vertical stride"),
+    Arg("sw", "int", 1, min=1, max=TORCH_INT_MAX, doc="horizontal stride"),
 )
 
 
@@ -105,7 +105,7 @@ class Conv(LayerDef):
     )
     tags = {"B": "add a bias (DeNet code semantics)", "X": "rectangular: [filters, kh, kw, sh, sw]"}
     keywords = (
-        Arg("dilation", "int", 1, min=1, doc="dilation of the kernel"),
+        Arg("dilation", "int", 1, min=1, max=TORCH_INT_MAX, doc="dilation of the kernel"),
         Arg("groups", "int", 1, min=1, doc="grouped convolution"),
         Arg("border", "border", None, doc="border mode of this layer (default: global)"),
     )

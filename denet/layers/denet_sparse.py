@@ -143,7 +143,14 @@ class SparseSamplingLayer(LayerDef):
         return True
 
     def shape(self, call: Call):
-        sample = call.inputs[2]
+        corners, sample = call.inputs[1], call.inputs[2]
+        r = call.args["local_max"]
+        if corners.height is not None and r > max(corners.h, corners.w):
+            # the window is 2r wide: a larger one covers the map all the same, at more cost
+            call.fail(
+                f"local_max={r} is wider than the {corners.h}x{corners.w} corner map",
+                "local_max",
+            )
         g, sn = call.args["grid_size"], call.args["sample_num"]
         return ShapeSpec(g * g * sample.channels + 2, sn, sn, Fraction(1))
 

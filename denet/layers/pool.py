@@ -8,7 +8,7 @@ import math
 from torch import nn
 
 from ..kernels import pool_inv
-from .registry import Arg, Call, FunctionOp, LayerDef
+from .registry import TORCH_INT_MAX, Arg, Call, FunctionOp, LayerDef
 from .shape import ShapeSpec
 
 
@@ -36,7 +36,14 @@ class Pool(LayerDef):
     }
     args = (
         Arg("size", "int", None, min=1, doc="window size (default: the whole input)"),
-        Arg("stride", "int", lambda call: call.args["size"], min=1, doc="stride (default: size)"),
+        Arg(
+            "stride",
+            "int",
+            lambda call: call.args["size"],
+            min=1,
+            max=TORCH_INT_MAX,
+            doc="stride (default: size)",
+        ),
         Arg("pad", "int", 0, min=0, doc="zero padding on each side"),
     )
 

@@ -28,6 +28,9 @@ REQUIRED = _Required()
 
 BORDER_MODES = ("valid", "half", "full", "same")
 
+# The largest stride or dilation torch's convolution and pooling kernels take (32-bit ints).
+TORCH_INT_MAX = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class Arg:
@@ -93,14 +96,21 @@ class Arg:
                 f"not {_show(value)}"
             )
         if self.min is not None and value < self.min:
-            raise ValueError(f"{self.name} must be >= {self.min:g}, not {_show(value)}")
+            raise ValueError(f"{self.name} must be >= {_bound(self.min)}, not {_show(value)}")
         if self.max is not None and value > self.max:
-            raise ValueError(f"{self.name} must be <= {self.max:g}, not {_show(value)}")
+            raise ValueError(f"{self.name} must be <= {_bound(self.max)}, not {_show(value)}")
         return value
 
 
 def _show(value) -> str:
     return repr(value) if isinstance(value, str) else f"{value}"
+
+
+def _bound(value) -> str:
+    """A schema bound in a message: ``1``, ``0.001``, ``2147483647`` (not ``2.14748e+09``)."""
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return str(int(value)) if abs(value) < 1e16 else f"{value:g}"
+    return f"{value:g}"
 
 
 # Keywords every layer type with parameters accepts (see docs/language.md, "Training control").

@@ -31,7 +31,7 @@ from .activation import make_activation
 from .deform import BOUNDARIES, DeformableConv2d, make_offset_conv, offset_channels
 from .init import WeightInit, init_conv
 from .norm import NORMS, make_norm
-from .registry import Arg, Call, LayerDef
+from .registry import TORCH_INT_MAX, Arg, Call, LayerDef
 from .shape import ShapeSpec
 
 
@@ -156,12 +156,13 @@ class PreActivationBlock(_Block):
 
 
 _KEYWORDS = (
-    Arg("dilation", "int", 1, min=1, doc="dilation of the k x k convs"),
+    Arg("dilation", "int", 1, min=1, max=TORCH_INT_MAX, doc="dilation of the k x k convs"),
     Arg(
         "first_dilation",
         "int",
         None,
         min=1,
+        max=TORCH_INT_MAX,
         doc="dilation of the first block's k x k convs (nRSN; default: dilation)",
     ),
     Arg("groups", "int", 1, min=1, doc="groups of the k x k conv (ResNeXt cardinality)"),
@@ -295,7 +296,7 @@ class ResidualBlock(LayerDef):
     args = (
         Arg("filters", "int", min=1, doc="output channels"),
         Arg("size", "int", min=1, doc="kernel size of the spatial convs"),
-        Arg("stride", "int", 1, min=1, doc="stride"),
+        Arg("stride", "int", 1, min=1, max=TORCH_INT_MAX, doc="stride"),
         Arg("bottleneck", "int", 0, min=0, doc="bottleneck width (0: basic block)"),
     )
     keywords = _KEYWORDS
@@ -326,7 +327,7 @@ class ResidualStage(LayerDef):
         Arg("num", "int", min=1, doc="number of blocks"),
         Arg("filters", "int", min=1, doc="output channels"),
         Arg("size", "int", min=1, doc="kernel size of the spatial convs"),
-        Arg("stride", "int", 1, min=1, doc="stride of the first block"),
+        Arg("stride", "int", 1, min=1, max=TORCH_INT_MAX, doc="stride of the first block"),
         Arg("bottleneck", "int", 0, min=0, doc="bottleneck width (0: basic blocks)"),
     )
     keywords = _KEYWORDS

@@ -6,13 +6,13 @@ compiled to an unusable model before the compiler had limits (docs/language.md, 
 The timeouts only turn a regression into a failure instead of a hang; nothing here is timed.
 """
 
-import glob
 import math
 import os
 import sys
 
 import pytest
 import torch
+from example_settings import EXAMPLES, settings
 
 import denet
 from denet import DenetError, DescError
@@ -70,14 +70,24 @@ def test_nested_repeats_are_refused_at_the_repeat_that_passes_the_node_limit():
     assert "DENET_MAX_NODES" in err.message
 
 
-def test_twenty_thousand_branches_are_refused_at_their_group():
+def test_twenty_thousand_branches_are_refused_at_their_group_before_parsing():
     err = refused("SUM(" + " | ".join(["I"] * 20000) + ")")
-    assert err.column == 1 and "20,000 branches" in err.message
+    assert err.column == 1 and "items and branches" in err.message
+    assert "DENET_MAX_NODES" in err.message
 
 
 def test_many_empty_branches_count_too():
-    err = refused("SUM(" + "|" * 20000 + ")")
-    assert err.column == 1 and "20,001 branches" in err.message
+    err = refused("C[8,3] SUM(" + "|" * 20000 + ")")
+    assert err.column == 8 and "DENET_MAX_NODES" in err.message
+    ast = parse("C[8,3] SUM(" + "|" * 20000 + ")", Limits(nodes=30000))
+    with pytest.raises(DescError) as e:  # and the resolver counts them too
+        resolve(ast, (3, 32, 32), limits=Limits(nodes=20000))
+    assert e.value.column == 8 and "its 20,001 branches" in e.value.message
+
+
+def test_more_items_than_the_node_limit_are_refused_before_parsing():
+    err = refused("C[8,3] " + "I " * 10000)
+    assert err.column == 1 + 7 + 2 * 9999 and "items and branches" in err.message
 
 
 def test_a_wide_group_below_the_node_limit_compiles():
@@ -299,7 +309,8 @@ def test_a_limit_block_overrides_the_environment_and_resolve_takes_limits(monkey
             assert current().nodes == 4
             refused("C[8,3]")
     assert current().nodes == 3
-    g = resolve(parse("C[8,3] BN A C[8,3] BN"), (3, 32, 32), limits=Limits(nodes=5))
+    desc = "C[8,3] BN A C[8,3] BN"
+    g = resolve(parse(desc, Limits(nodes=5)), (3, 32, 32), limits=Limits(nodes=5))
     assert len(g.nodes) == 5
     with pytest.raises(TypeError, match="unknown limit 'nodez'"):
         with limit(nodez=1):
@@ -318,22 +329,12 @@ def test_every_limit_has_its_variable_and_is_documented():
         assert f"{getattr(defaults, name):,}" in section, name
 
 
-EXAMPLES = sorted(
-    glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "examples", "*.desc"))
-)
-
-
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: os.path.basename(p))
 def test_the_published_examples_are_well_inside_the_defaults(path):
-    """At their sizes (COCO 3x512x512 for DeNet, ImageNet 224 otherwise), with every limit a
-    quarter (nodes: a twentieth) of its default."""
-    name = os.path.basename(path)[:-5]
-    if name.startswith("denet"):
-        shape, classes = (3, 512, 512), 80
-    elif "cifar" in name:
-        shape, classes = (3, 32, 32), 10
-    else:
-        shape, classes = (3, 224, 224), 1000
+    """At the sizes their comments name (COCO 3x512x512 for DeNet, Cityscapes 768x1024 crops
+    for DeepLab, ImageNet 224 ...), with every limit a quarter (nodes: a twentieth) of its
+    default."""
+    shape, classes, border = settings(path)
     d = Limits()
     quarter = Limits(
         d.chars // 4,
@@ -344,7 +345,6 @@ def test_the_published_examples_are_well_inside_the_defaults(path):
         d.activation_bytes // 4,
     )
     desc = open(path).read()
-    border = "same" if name == "simple-cifar10" else "half"
     resolve(parse(desc, quarter), shape, classes, CompileOptions.make(border), limits=quarter)
 
 
@@ -371,3 +371,43 @@ def test_parameter_estimates_equal_the_built_modules(desc):
         module = model._modules.get(node.name)
         real = sum(p.numel() for p in module.parameters()) if module is not None else 0
         assert REGISTRY.get(node.type).params(node.call) == real, node.name
+
+
+# -- found by the fuzzer (tests/dsl/test_dsl_fuzz.py): compiled, then failed in the forward ------
+
+
+@pytest.mark.parametrize(
+    "desc, token, message",
+    [
+        ("P[2,9223372036854775807]", "9223372036854775807", "stride must be <= 2147483647"),
+        ("C[8,3,2147483648]", "2147483648", "stride must be <= 2147483647"),
+        ("C.X[8,3,3,1,4294967296]", "4294967296", "sw must be <= 2147483647"),
+        ("C[8,3,dilation=9223372036854775807]", "dilation=", "dilation must be <= 2147483647"),
+        ("RSN[8,3,9223372036854775807]", "9223372036854775807", "stride must be <= 2147483647"),
+        ("nRSN[2,8,3,first_dilation=2147483648]", "first_dilation=", "first_dilation must be"),
+        ("C[8,3] @f BOXES[1e12] @r $f RA[2,rois=r]", "1e12", "larger than the 32-pixel image"),
+        (
+            "C[8,3] @f BOXES[12] @r $f RA[2,rois=r,sampling_ratio=1000000]",
+            "sampling_ratio=",
+            "more samples per bin than the 32x32 map",
+        ),
+        (
+            "C[16,3] P[2] DNC[16] DNS[3,8,0.01,0.1,1000000] C.B[8,1] DND[0.5]",
+            "1000000",
+            "wider than the 16x16 corner map",
+        ),
+    ],
+)
+def test_geometry_that_torch_cannot_run_or_that_only_adds_work_is_refused(desc, token, message):
+    err = refused(desc, border_mode="half")
+    assert message in err.message and token_at(err).startswith(token)
+
+
+def test_the_largest_stride_and_dilation_allowed_run():
+    m = denet.compile(
+        "P[2,2147483647] C[8,3,2147483647,border=half] C[4,3,dilation=2147483647,border=half] "
+        "C.X[4,1,1,1,2147483647]",
+        (3, 32, 32),
+    ).eval()
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 32, 32)).shape == (1, 4, 1, 1)

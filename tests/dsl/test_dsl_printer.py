@@ -1,18 +1,13 @@
 """Canonical strings: every example round-trips to the same graph; the form is stable."""
 
-import glob
 import os
 
 import pytest
 import torch
+from example_settings import EXAMPLES, settings
 
 import denet
 from denet.dsl import canonical
-
-EXAMPLES = sorted(
-    glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "examples", "*.desc"))
-)
-SHAPES = {"cifar-readme": ((3, 32, 32), 10, "half"), "simple-cifar10": ((3, 32, 32), 10, "same")}
 
 
 def test_all_examples_are_there():
@@ -32,8 +27,7 @@ def test_all_examples_are_there():
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: os.path.basename(p))
 def test_canonical_round_trip_of_every_example(path):
     desc = open(path).read()
-    name = os.path.basename(path)[:-5]
-    shape, classes, border = SHAPES.get(name, ((3, 224, 224), 1000, "half"))
+    shape, classes, border = settings(path)  # as its comments say
     with torch.device("meta"):
         a = denet.compile(desc, shape, classes, border_mode=border)
         b = denet.compile(canonical(desc), shape, classes, border_mode=border)
