@@ -192,12 +192,58 @@ class SyncBatchNormReLU(torch.nn.SyncBatchNorm):
         return torch.nn.functional.relu(super().forward(x), inplace=True)
 
 
-def convert_sync_batchnorm(module: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+class GlooSyncBatchNorm(torch.nn.BatchNorm2d):
+    """Synchronised batch norm for CPU workers (Gloo), where torch's ``SyncBatchNorm`` refuses
+    to run: in training the per-channel mean and then the variance are all-reduced over the
+    workers (two passes, for accuracy) through the differentiable ``all_reduce``, so the
+    gradient flows to every worker's images as in one large batch; running statistics as
+    ``BatchNorm2d`` updates them from the whole batch (unbiased variance)."""
+
+    fused_relu = False
+
+    def forward(self, x):
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if not self.training or world == 1:
+            y = super().forward(x)
+        else:
+            from torch.distributed.nn.functional import all_reduce
+
+            dims = [d for d in range(x.dim()) if d != 1]
+            shape = [1, -1] + [1] * (x.dim() - 2)
+            count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype)
+            n = all_reduce(count.detach())[0]
+            mean = all_reduce(x.sum(dims)) / n
+            centred = x - mean.reshape(shape)
+            var = all_reduce((centred * centred).sum(dims)) / n
+            if self.track_running_stats:
+                with torch.no_grad():
+                    self.num_batches_tracked += 1
+                    m = self.momentum
+                    if m is None:
+                        m = 1.0 / float(self.num_batches_tracked)
+                    self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                    unbiased = var.detach() * (n / max(float(n) - 1, 1.0))
+                    self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+            y = centred * torch.rsqrt(var + self.eps).reshape(shape)
+            if self.affine:
+                y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return torch.nn.functional.relu(y, inplace=True) if self.fused_relu else y
+
+
+class GlooSyncBatchNormReLU(GlooSyncBatchNorm):
+    fused_relu = True
+    ends_in_activation = True
+
+
+def convert_sync_batchnorm(
+    module: torch.nn.Module, cpu: bool = False
+) -> tuple[torch.nn.Module, int]:
     """``--sync-bn``: every batch norm of ``module`` (``nn.BatchNorm2d`` and denet's ``BNA``,
     ``BatchNormReLU``) replaced by a ``SyncBatchNorm`` with the same parameters and running
     statistics, in place (fx calls submodules by name). Frozen batch norm has no batch
     statistics and stays. Another ``_BatchNorm`` subclass with its own ``forward`` is refused
-    rather than silently losing its behaviour. Returns (module, number converted)."""
+    rather than silently losing its behaviour. ``cpu``: :class:`GlooSyncBatchNorm` instead of
+    torch's (which runs on GPUs only). Returns (module, number converted)."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
     count = 0
@@ -205,9 +251,9 @@ def convert_sync_batchnorm(module: torch.nn.Module) -> tuple[torch.nn.Module, in
     def convert(bn):
         base = type(bn)
         if base is torch.nn.BatchNorm2d:
-            cls = torch.nn.SyncBatchNorm
+            cls = GlooSyncBatchNorm if cpu else torch.nn.SyncBatchNorm
         elif getattr(bn, "ends_in_activation", False) and isinstance(bn, torch.nn.BatchNorm2d):
-            cls = SyncBatchNormReLU
+            cls = GlooSyncBatchNormReLU if cpu else SyncBatchNormReLU
         else:
             raise DenetError(
                 f"--sync-bn: cannot synchronise {base.__name__} (not a plain batch norm)"
@@ -226,7 +272,8 @@ def convert_sync_batchnorm(module: torch.nn.Module) -> tuple[torch.nn.Module, in
     def walk(parent):
         nonlocal count
         for name, child in list(parent.named_children()):
-            if isinstance(child, _BatchNorm) and not isinstance(child, torch.nn.SyncBatchNorm):
+            synced = (torch.nn.SyncBatchNorm, GlooSyncBatchNorm)
+            if isinstance(child, _BatchNorm) and not isinstance(child, synced):
                 setattr(parent, name, convert(child))
                 count += 1
             else:

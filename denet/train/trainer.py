@@ -452,7 +452,7 @@ class Trainer:
                 len(self.train_set), opts.seed, info.rank, info.world_size
             )
             if opts.sync_bn:
-                _, count = convert_sync_batchnorm(self.model)
+                _, count = convert_sync_batchnorm(self.model, cpu=self.device.type == "cpu")
                 if not count:
                     self.console.warning("--sync-bn: the network has no batch norm to synchronise")
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -359,8 +359,14 @@ def test_channels_last_gives_the_same_training(digits_npy, tmp_path):
     assert_same_weights(tmp_path / "a_final.pt", tmp_path / "b_final.pt", 1e-5)
 
 
-def test_sync_bn_conversion_keeps_statistics_and_the_fused_relu():
-    from denet.train.distributed import SyncBatchNormReLU, convert_sync_batchnorm
+@pytest.mark.parametrize("cpu", [False, True])
+def test_sync_bn_conversion_keeps_statistics_and_the_fused_relu(cpu):
+    from denet.train.distributed import (
+        GlooSyncBatchNorm,
+        GlooSyncBatchNormReLU,
+        SyncBatchNormReLU,
+        convert_sync_batchnorm,
+    )
 
     model = denet.compile("C[4,3] BN A C[4,3] BNA P.A R", (3, 8, 8), 3, border_mode="half")
     x = torch.randn(2, 3, 8, 8)
@@ -372,9 +378,14 @@ def test_sync_bn_conversion_keeps_statistics_and_the_fused_relu():
                 m.weight.uniform_(-1, 1)
     model.eval()
     before, state = model(x), {k: v.clone() for k, v in model.state_dict().items()}
-    _, count = convert_sync_batchnorm(model)
-    kinds = [type(m) for m in model.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
-    assert count == 2 and SyncBatchNormReLU in kinds and torch.nn.SyncBatchNorm in kinds
+    _, count = convert_sync_batchnorm(model, cpu=cpu)
+    plain, fused = (
+        (GlooSyncBatchNorm, GlooSyncBatchNormReLU)
+        if cpu
+        else (torch.nn.SyncBatchNorm, SyncBatchNormReLU)
+    )
+    kinds = [type(m) for m in model.modules()]
+    assert count == 2 and plain in kinds and fused in kinds
     assert not any(type(m) is torch.nn.BatchNorm2d for m in model.modules())
     assert model.state_dict().keys() == state.keys()
     torch.testing.assert_close(model(x), before)  # eval: running statistics, ReLU kept
