@@ -12,14 +12,11 @@ with the BN parameters fixed); their ``num_batches_tracked`` counters are droppe
 
 from __future__ import annotations
 
-import re
-
 from ..errors import DenetError, ModelFileError
 from .convert import example_desc
 from .convert_drn import port_state, renamer, unit_nodes
 
 EXAMPLE = "deeplab-v2-msc"
-EXAMPLE_CLASSES = 21  # the example is written for PASCAL VOC
 _ASPP = "Scale.layer5.conv2d_list"
 UNITS = [
     ("Scale.conv1", "C"),
@@ -27,15 +24,6 @@ UNITS = [
     *((f"Scale.layer{i}", "nRSN") for i in range(1, 5)),
     *((f"{_ASPP}.{i}", "C") for i in range(4)),
 ]
-
-
-def deeplab_v2_desc(classes: int) -> str:
-    """``examples/deeplab-v2-msc.desc`` with its four ASPP convs giving ``classes`` channels."""
-    text = example_desc(EXAMPLE)
-    pattern = re.compile(rf"\bC\.B\[{EXAMPLE_CLASSES},3,")
-    if len(pattern.findall(text)) != 4:
-        raise DenetError(f"examples/{EXAMPLE}.desc does not have four C.B[21,3,...] ASPP convs")
-    return pattern.sub(f"C.B[{classes},3,", text)
 
 
 def deeplab_v2(state: dict, classes: int | None = None, image_size=(321, 321), class_names=None):
@@ -50,7 +38,7 @@ def deeplab_v2(state: dict, classes: int | None = None, image_size=(321, 321), c
     k = state[first].shape[0]
     if classes is not None and classes != k:
         raise DenetError(f"--classes {classes} does not match the checkpoint's ASPP ({k})")
-    model = denet.compile(deeplab_v2_desc(k), (3, *image_size), k, border_mode="half")
+    model = denet.compile(example_desc(EXAMPLE), (3, *image_size), k, border_mode="half")
     nodes = unit_nodes(model, ("C", "FBN", "nRSN"))
     if [t for _, t in UNITS] != [n.type for n in nodes]:
         raise DenetError(f"examples/{EXAMPLE}.desc does not have MS_Deeplab's layout")

@@ -20,8 +20,6 @@ without avgpool and fc, numbered as ``nn.Sequential``; ``seg.*``, the 1x1 conv t
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from ..errors import DenetError, ModelFileError
@@ -179,18 +177,6 @@ def drn_classifier(arch: str, state: dict, image_size=(224, 224), class_names=No
 
 
 # ------------------------------------------------------------------------------------ DRNSeg
-SEG_EXAMPLE_CLASSES = 19  # examples/drnseg_*.desc are written for Cityscapes' 19 classes
-
-
-def drnseg_desc(arch: str, classes: int) -> str:
-    """``examples/drnseg_<arch>.desc`` with its seg conv giving ``classes`` channels."""
-    text = example_desc(f"drnseg_{arch}")
-    pattern = re.compile(rf"\bC\.B\[{SEG_EXAMPLE_CLASSES},1\]")
-    if len(pattern.findall(text)) != 1:
-        raise DenetError(f"examples/drnseg_{arch}.desc has no single C.B[19,1] seg conv")
-    return pattern.sub(f"C.B[{classes},1]", text)
-
-
 def drn_segmenter(
     arch: str, state: dict, classes: int | None = None, image_size=(512, 512), class_names=None
 ):
@@ -204,7 +190,7 @@ def drn_segmenter(
     k = state["seg.weight"].shape[0]
     if classes is not None and classes != k:
         raise DenetError(f"--classes {classes} does not match the checkpoint's seg.weight ({k})")
-    model = denet.compile(drnseg_desc(arch, k), (3, *image_size), k, border_mode="half")
+    model = denet.compile(example_desc(f"drnseg_{arch}"), (3, *image_size), k, border_mode="half")
     units = [u for u in drn_units(arch) if u[0] != "fc"]
     nodes = unit_nodes(model, _UNIT_TYPES)
     body, head = nodes[: len(units)], nodes[len(units) :]

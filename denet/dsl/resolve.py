@@ -28,6 +28,9 @@ from .printer import print_item
 __all__ = ["INPUT", "TARGETS", "CompileOptions", "Context", "LayerGraph", "Node", "resolve"]
 
 
+CLASSES = "classes"  # an integer argument written as this word is the class count
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     border_mode: str | int = "valid"
@@ -203,8 +206,18 @@ class Context:
                     )
                 if spec.name in values:
                     raise self.error(f"{_head(item)}: argument {spec.name!r} given twice", a)
+            value = a.value
+            if value == CLASSES and spec.kind == "int":
+                # the word `classes` stands for the class count of the compile options
+                if self.classes is None:
+                    raise self.error(
+                        f"{_head(item)}: `classes` stands for the class count: compile with "
+                        "classes=N",
+                        a,
+                    )
+                value = self.classes
             try:
-                values[spec.name] = spec.convert(a.value)
+                values[spec.name] = spec.convert(value)
             except ValueError as err:
                 raise self.error(f"{_head(item)}: {err}", a) from None
         missing = [

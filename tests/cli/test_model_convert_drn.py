@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import denet
-from denet.cli.convert_deeplab import deeplab_v2, deeplab_v2_desc
-from denet.cli.convert_drn import DRN_ARCHS, drn_classifier, drn_segmenter, drnseg_desc
+from denet.cli.convert import example_desc
+from denet.cli.convert_deeplab import deeplab_v2
+from denet.cli.convert_drn import DRN_ARCHS, drn_classifier, drn_segmenter
 
 sys.path.insert(0, os.path.dirname(__file__))
 import deeplab_oracle  # noqa: E402
@@ -170,7 +171,9 @@ def test_drnseg_parameter_counts():
     """DRNSeg(D-22) and DRNSeg(C-26) at Cityscapes' 19 classes, as the issue gives them."""
     for arch, count in (("drn_d_22", 15_895_363), ("drn_c_26", 20_628_195)):
         with torch.device("meta"):
-            model = denet.compile(drnseg_desc(arch, 19), (3, 512, 512), 19, border_mode="half")
+            model = denet.compile(
+                example_desc(f"drnseg_{arch}"), (3, 512, 512), 19, border_mode="half"
+            )
             ref = drn_oracle.DRNSeg(arch, 19)
         assert n_params(model) == n_params(ref) == count
 
@@ -248,7 +251,7 @@ def test_deeplab_v2_counts():
     """44,048,532 at 21 classes: isht7's parameters (BN affine included, frozen) = our
     parameters + the frozen norms' scales and shifts; four losses in training."""
     with torch.device("meta"):
-        model = denet.compile(deeplab_v2_desc(21), (3, 321, 321), 21, border_mode="half")
+        model = denet.compile(example_desc("deeplab-v2-msc"), (3, 321, 321), 21, border_mode="half")
         ref = deeplab_oracle.MSDeeplab(21)
     assert n_params(ref) == n_weights(model) == 44_048_532
     assert n_params(model) == 43_943_188
