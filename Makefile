@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # from the local wheel cache where one exists.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv lint typecheck clean bench gpu-check
+.PHONY: demo test venv lint typecheck clean bench gpu-check fuzz
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ typecheck: venv
 
 demo: venv
 	$(PY) examples/digits_demo.py --output demo-out
+
+# The description-string fuzzer at length (DENET_FUZZ_STRINGS=5000, DENET_FUZZ_SEED=1 by default).
+fuzz: venv
+	$(PY) -m pytest -q -s -m slow tests/dsl/test_dsl_fuzz.py
 
 bench: venv
 	$(PY) bench/kernels.py

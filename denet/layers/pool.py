@@ -35,7 +35,14 @@ class Pool(LayerDef):
         "B": "ceil mode (Theano ignore_border=False): partial windows at the border",
     }
     args = (
-        Arg("size", "int", None, min=1, doc="window size (default: the whole input)"),
+        Arg(
+            "size",
+            "int",
+            None,
+            min=1,
+            max=TORCH_INT_MAX,
+            doc="window size (default: the whole input)",
+        ),
         Arg(
             "stride",
             "int",

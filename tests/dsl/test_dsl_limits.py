@@ -411,3 +411,9 @@ def test_the_largest_stride_and_dilation_allowed_run():
     ).eval()
     with torch.no_grad():
         assert m(torch.randn(1, 3, 32, 32)).shape == (1, 4, 1, 1)
+
+
+def test_a_ceil_mode_window_beyond_32_bits_is_refused():
+    # P.B's partial windows let a window larger than the input through the shape rule
+    err = refused("C[8,3] P.B[3000000001]")
+    assert "size must be <= 2147483647" in err.message and token_at(err).startswith("3000000001")
