@@ -10,6 +10,9 @@
 * ``examples/deeplab-v2-msc.desc`` (21 classes): forward in evaluation mode at S x S (default 321,
   batch 1 as isht7), against isht7's MS_Deeplab written in plain PyTorch
   (tests/cli/deeplab_oracle.py) with the same weights, all four outputs.
+* ``DCN.B[256,3,dilation=2,offset_dilation=1]`` (Deformable DeepLab's res5 conv, v1 and ``.M``
+  v2) on 1x256x64x64, forward + backward, against ``torchvision.ops.DeformConv2d`` fed by its own
+  offset conv (``nn.Conv2d``, 18 or 27 channels) with the same weights.
 
 Same threads and inputs, interleaved repetitions (alternating order), median. Prints the machine,
 the thread count and the ratios (denet / hand-written; at most 1.05 is the target).
@@ -94,6 +97,41 @@ def bench_deeplab(size: int, reps: int):
     return interleaved({"denet": fwd_denet, "hand": fwd_ref}, reps)
 
 
+def bench_deform(reps: int, modulated: bool):
+    import torchvision
+
+    torch.manual_seed(0)
+    tag = ".BM" if modulated else ".B"
+    model = denet.compile(
+        f"DCN{tag}[256,3,dilation=2,offset_dilation=1]", (256, 64, 64), border_mode="half"
+    ).train()
+    dcn = next(m for n, m in model.named_modules() if n.endswith("_DCN"))
+    off = next(m for n, m in model.named_modules() if n.endswith("_DCN_offset"))
+    with torch.no_grad():
+        off.weight.normal_(0, 0.01)  # not zero: the sampling positions move
+    tv = torchvision.ops.DeformConv2d(256, 256, 3, padding=2, dilation=2, bias=True)
+    tv_off = torch.nn.Conv2d(256, off.weight.shape[0], 3, padding=1)
+    with torch.no_grad():
+        tv.weight.copy_(dcn.weight)
+        tv.bias.copy_(dcn.bias)
+        tv_off.weight.copy_(off.weight)
+        tv_off.bias.copy_(off.bias)
+    x = torch.randn(1, 256, 64, 64, requires_grad=True)
+
+    def step_tv():
+        o = tv_off(x)
+        if modulated:
+            y = tv(x, o[:, :18], 2 * torch.sigmoid(o[:, 18:]))
+        else:
+            y = tv(x, o)
+        y.sum().backward()
+
+    def step_denet():
+        model.graph_module(x).sum().backward()
+
+    return interleaved({"denet": step_denet, "hand": step_tv}, reps)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -123,6 +161,13 @@ def main(argv=None):
         f"4 outputs): denet {t['denet'] * 1000:.1f} ms, hand-written MS_Deeplab "
         f"{t['hand'] * 1000:.1f} ms, ratio {t['denet'] / t['hand']:.3f}"
     )
+    for modulated in (False, True):
+        t = bench_deform(args.reps, modulated)
+        print(
+            f"DCN{'.M (v2)' if modulated else ' (v1)'} 256->256 3x3 dil 2, 1x256x64x64, forward+"
+            f"backward: denet {t['denet'] * 1000:.1f} ms, torchvision DeformConv2d + offset conv "
+            f"{t['hand'] * 1000:.1f} ms, ratio {t['denet'] / t['hand']:.3f}"
+        )
 
 
 if __name__ == "__main__":
