@@ -112,12 +112,15 @@ def compile(
     activation="relu",
     weight_init="he-backward",
     registry=None,
+    limits=None,
 ) -> Model:
     """Compile a description string for inputs of ``input_shape`` = (C, H, W).
 
     ``classes`` is needed by ``R``. ``border_mode``, ``activation`` and ``weight_init`` are
     DeNet's global options (``weight_init`` may be a list, one entry per token, the last
-    repeating). Raises :class:`~denet.errors.DescError` for a bad string."""
+    repeating). ``limits`` (a :class:`denet.dsl.Limits`) bounds what the string may ask for
+    (default: the limits in force, docs/language.md "Limits"). Raises
+    :class:`~denet.errors.DescError` for a bad string."""
     try:
         options = CompileOptions.make(border_mode, activation, weight_init)
     except ValueError as err:
@@ -128,7 +131,7 @@ def compile(
         raise DescError(f"input_shape must be (C, H, W), not {input_shape!r}") from None
     if len(shape) != 3:
         raise DescError(f"input_shape must be (C, H, W), not {input_shape!r}")
-    graph = resolve(parse(desc), shape, classes, options, registry)
+    graph = resolve(parse(desc, limits), shape, classes, options, registry, limits)
     return Model(graph, options.as_dict(), registry)
 
 

@@ -191,3 +191,12 @@ def test_bad_model_files(tmp_path):
         denet.load(tmp_path / "mismatch.pt")
     for err in (ModelFileError, DescError):
         assert err("x").exit_status == 2
+
+
+def test_compile_takes_limits():
+    from denet.dsl import Limits
+
+    with pytest.raises(DescError, match="more than the limit of 1,000 .DENET_MAX_PARAMS."):
+        denet.compile("C[64,3] C[64,3]", (3, 8, 8), limits=Limits(params=1000))
+    m = denet.compile("C[4,3]", (3, 8, 8), limits=Limits(params=1000))
+    assert sum(p.numel() for p in m.parameters()) == 108
