@@ -80,7 +80,8 @@ class Model(nn.Module):
                 yield node, m
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """Optimizer parameter groups: each layer's ``lr=`` multiplier, no frozen parameters,
+        """Optimizer parameter groups: each layer's ``lr=`` multiplier (times a parameter's own
+        ``lr_mult`` where a module sets one), no frozen parameters,
         weight decay on conv / linear weights only (DeNet: not on BN parameters or biases)."""
         groups: dict[tuple, list] = {}
         seen = set()
@@ -90,7 +91,8 @@ class Model(nn.Module):
                     continue
                 seen.add(id(p))
                 decay = p.dim() > 1
-                key = (node.lr, decay)
+                # a module may give a parameter its own multiplier (a deformable block's offsets)
+                key = (node.lr * getattr(p, "lr_mult", 1.0), decay)
                 groups.setdefault(key, []).append(p)
         return [
             {

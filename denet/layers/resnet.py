@@ -37,15 +37,18 @@ from .shape import ShapeSpec
 
 def _conv(cin, cout, k, stride, dilation, groups, init: WeightInit, deform=None):
     """A bias-free conv, border mode half; ``deform = (version, deform_groups, offset_dilation,
-    boundary)`` makes it deformable, owning its zero-initialised offset conv."""
+    boundary, offset_lr)`` makes it deformable, owning its zero-initialised offset conv whose
+    parameters carry the learning-rate multiplier ``offset_lr`` (``Model.param_groups``)."""
     pad = dilation * (k // 2)  # DeNet's blocks always use border mode half
     if deform is None:
         conv = nn.Conv2d(cin, cout, k, stride, pad, dilation, groups, bias=False)
     else:
-        version, dg, od, boundary = deform
+        version, dg, od, boundary, offset_lr = deform
         od = od or dilation
         channels = offset_channels(k, dg, version == 2)
         offset = make_offset_conv(cin, k, stride, od * (k // 2), od, channels)
+        for p in offset.parameters():
+            p.lr_mult = offset_lr
         conv = DeformableConv2d(
             cin,
             cout,
@@ -189,6 +192,7 @@ _KEYWORDS = (
         "offset_dilation", "int", None, min=1, doc="dilation of the offset convs (default: conv's)"
     ),
     Arg("deform_boundary", "str", "v2", choices=BOUNDARIES, doc="deform_conv2d's border rule"),
+    Arg("offset_lr", "float", 1.0, min=0.0, doc="learning-rate multiplier of the offset convs"),
 )
 _TAGS = {
     "O": "original post-activation block (ResNet v1, torchvision); default: pre-activation",
@@ -221,7 +225,7 @@ def _check(call: Call, filters: int, size: int, bottleneck: int):
         call.fail(f"groups={g} must divide the block's channels ({width})", "groups")
     a = call.args
     if not a["deform"]:
-        for name, default in (("deform_groups", 1), ("offset_dilation", None)):
+        for name, default in (("deform_groups", 1), ("offset_dilation", None), ("offset_lr", 1.0)):
             if a[name] != default:
                 call.fail(f"{name} sets the deformable convs of deform=1 or deform=2", name)
         if a["deform_boundary"] != "v2":
@@ -281,7 +285,13 @@ def _make_block(call: Call, cin: int, stride: int, dilation: int):
         call.init,
         keep_proj=a["keep_proj"],
         deform=(
-            (a["deform"], a["deform_groups"], a["offset_dilation"], a["deform_boundary"])
+            (
+                a["deform"],
+                a["deform_groups"],
+                a["offset_dilation"],
+                a["deform_boundary"],
+                a["offset_lr"],
+            )
             if a["deform"]
             else None
         ),

@@ -304,3 +304,20 @@ def test_deformable_block_misuse(desc, message, at):
     first, shown, caret = str(err.value).split("\n")
     assert message in first, first
     assert caret == "  " + " " * desc.index(at) + "^", str(err.value)
+
+
+def test_offset_lr_of_deformable_blocks_reaches_the_optimizer():
+    """``offset_lr`` on a deformable stage: its offset convs train at lr x offset_lr x the
+    layer's own ``lr=``; every other parameter at lr x the layer's ``lr=``."""
+    desc = "C[8,3] nRSN.O[2,8,3,deform=1,offset_lr=0.1,lr=2]"
+    m = denet.compile(desc, (3, 16, 16), border_mode="half")
+    offsets = {id(p) for n, p in m.named_parameters() if ".offset." in n}
+    assert len(offsets) == 2 * 2 * 2  # 2 blocks x 2 basic convs x (weight, bias)
+    for group in m.param_groups(1.0, 0.0):
+        ids = {id(p) for p in group["params"]}
+        if ids & offsets:
+            assert ids <= offsets and group["lr"] == pytest.approx(0.2)
+        else:
+            assert group["lr"] in (1.0, 2.0)
+    with pytest.raises(denet.DescError, match="offset_lr sets the deformable convs"):
+        denet.compile("C[8,3] nRSN.O[2,8,3,offset_lr=0.1]", (3, 16, 16), border_mode="half")
