@@ -174,6 +174,45 @@ def test_two_cpu_workers_equal_torchrun_and_one_process_with_the_doubled_batch(
 
 
 @pytest.mark.slow
+def test_two_nodes_on_localhost_equal_two_workers_on_one(train_tool, digits_npy, tmp_path):
+    """Two launchers with --nnodes 2 (static rendezvous on localhost, one CPU worker each) log
+    what one launcher with two workers logs, and end with the same weights."""
+    import socket
+    import subprocess
+
+    train, test, _, _ = digits_npy
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    nodes = tmp_path / "nodes"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *MULTI]
+            + [
+                str(a)
+                for a in args(train, test, nodes, "--gpus", "cpu", "--batch-size", 8)
+                + ("--epochs", 2, "--nnodes", 2, "--node-rank", rank)
+                + ("--rdzv-endpoint", f"127.0.0.1:{port}")
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outputs]
+    one = tmp_path / "one"
+    more = ("--gpus", "cpu", "cpu", "--batch-size", 8, "--epochs", 2)
+    res = train_tool(*args(train, test, one, *more), program=MULTI, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same_logs(read_log(nodes), read_log(one), rel=1e-12)
+    assert_same_weights(f"{nodes}_final.pt", f"{one}_final.pt", 0)
+
+
+@pytest.mark.slow
 def test_sync_bn_workers_equal_one_process_with_the_doubled_batch(train_tool, digits_npy, tmp_path):
     """With batch norm the workers equal the larger batch only with --sync-bn (statistics over
     both workers' images); the fused BNA converts too."""
