@@ -35,6 +35,8 @@ SCALE_MODES = ("small", "large", "warp")
 CROP_MODES = ("default", "center", "lenet", "denet")
 PAD_MODES = ("constant", "reflect")
 
+MAX_SIDE = 16384  # crop= and scale= beyond this would allocate gigabytes per image
+
 # key -> (kind, formats it applies to or None for all). Kinds: bool, int, float, size (an int
 # or "none"), str, or a tuple of allowed words.
 KEYS = {
@@ -176,6 +178,11 @@ def _convert(key, value):
                 or int(float(value)) < 0
             ):
                 raise ValueError
+            if int(float(value)) > MAX_SIDE:
+                raise DataError(
+                    f"--extension: {key}={value} is larger than {MAX_SIDE} pixels, the largest "
+                    "image side the loader makes (a float32 RGB image of that side is 3 GB)"
+                )
             return int(float(value))
         if kind == "str":
             if value is True:

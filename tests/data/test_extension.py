@@ -51,3 +51,10 @@ def test_keyword_overrides():
 def test_bad_extensions(text, match):
     with pytest.raises(DataError, match=match):
         parse_extension(text)
+
+
+@pytest.mark.parametrize("key", ["crop", "scale"])
+def test_sizes_that_would_exhaust_memory_are_refused_up_front(key):
+    with pytest.raises(DataError, match=f"{key}=100000 is larger than 16384 pixels"):
+        parse_extension(f"png,{key}=100000")
+    assert parse_extension(f"png,{key}=16384").options[key] == 16384
