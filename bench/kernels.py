@@ -7,6 +7,7 @@ cancels; the ratio is ours/peer (below 1 means faster than the peer).
 
     python bench/kernels.py                 # CPU, 2 threads, and CUDA when present
     python bench/kernels.py --device cuda   # one device only
+    python bench/kernels.py --only denet_ops roi --match nms roi_pool   # cases named so
 """
 
 import argparse
@@ -84,7 +85,7 @@ def machine(device):
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def run(device, only, rounds):
+def run(device, only, rounds, match=None):
     import kernel_cases
 
     print(f"\n## {device}: {machine(device)}; {datetime.date.today()}")
@@ -98,6 +99,8 @@ def run(device, only, rounds):
             continue
         module = importlib.import_module(f"kernel_cases.{info.name}")
         for case in module.cases(device):
+            if match and not any(m in case["name"] for m in match):
+                continue
             t_ours, t_peer = paired(case["ours"], case.get("peer"), device, rounds)
             peer_name = case.get("peer_name", "torchvision" if case.get("peer") else "-")
             ratio = f"{t_ours / t_peer:.2f}" if t_peer else "-"
@@ -127,12 +130,15 @@ def main():
         "--threads", type=int, default=2, help="CPU threads for ours and the peer (default 2)"
     )
     ap.add_argument("--only", nargs="*", help="case modules to run (roi, deform, denet_ops)")
+    ap.add_argument(
+        "--match", nargs="*", help="run only cases whose name contains one of these strings"
+    )
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case (median)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     for device in devices:
-        run(device, args.only, args.rounds)
+        run(device, args.only, args.rounds, args.match)
 
 
 if __name__ == "__main__":

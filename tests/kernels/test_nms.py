@@ -92,6 +92,56 @@ def test_batched_nms_equals_torchvision(device, dtype, seed, n, classes):
     assert torch.equal(keep.cpu(), expected)
 
 
+@pytest.mark.parametrize("clustered", [True, False])
+@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 1.0])
+def test_sparse_reference_equals_torchvision(monkeypatch, clustered, threshold):
+    # The reference sweeps strips for intersecting pairs only: many boxes, duplicates, empty
+    # and zero-width boxes, ties, thresholds at the edges (0: any intersection suppresses).
+    from torchvision.ops.boxes import _batched_nms_vanilla
+
+    monkeypatch.setenv("DENET_KERNEL_BACKEND", "reference")
+    for seed, n in ((7, 3000), (8, 1200)):
+        boxes, scores = _boxes(n, seed, torch.float32, clustered)
+        assert torch.equal(nms(boxes, scores, threshold), tv_ops.nms(boxes, scores, threshold))
+        for classes in (1, 7, n // 2, n):  # n: every category has one box
+            idxs = torch.randint(0, classes, (n,), generator=torch.Generator().manual_seed(n))
+            expected = _batched_nms_vanilla(boxes, scores, idxs, threshold)
+            assert torch.equal(batched_nms(boxes, scores, idxs, threshold), expected)
+
+
+def test_sparse_reference_fallbacks(monkeypatch):
+    # Negative thresholds (disjoint boxes suppress) and non-finite coordinates take the dense path.
+    from denet.kernels.nms import reference
+
+    monkeypatch.setenv("DENET_KERNEL_BACKEND", "reference")
+    boxes, scores = _boxes(1100, 9, torch.float64)
+    assert not reference.sparse_applies(boxes, -0.1)
+    assert torch.equal(nms(boxes, scores, -0.1), tv_ops.nms(boxes, scores, -0.1))
+    boxes[4, 2] = math.inf
+    boxes[9, 0] = math.nan
+    assert not reference.sparse_applies(boxes, 0.5)
+    idxs = torch.randint(0, 3, (1100,), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(nms(boxes, scores, 0.5), tv_ops.nms(boxes, scores, 0.5))
+    assert torch.equal(
+        batched_nms(boxes, scores, idxs, 0.5), tv_ops.batched_nms(boxes, scores, idxs, 0.5)
+    )
+
+
+def test_sparse_reference_small_cases():
+    from denet.kernels.nms import reference
+
+    one = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    assert reference.nms(one, torch.ones(1), 0.5).tolist() == [0]
+    # disjoint boxes: no candidate pairs at all
+    far = torch.tensor([[0.0, 0.0, 1.0, 1.0], [5.0, 5.0, 6.0, 6.0], [9.0, 0.0, 10.0, 1.0]])
+    assert reference.nms(far, torch.tensor([0.1, 0.3, 0.2]), 0.5).tolist() == [1, 2, 0]
+    # equal boxes with equal scores: the first in input order stays
+    same = torch.tensor([[0.0, 0.0, 2.0, 2.0]] * 3)
+    assert reference.nms(same, torch.ones(3), 0.5).tolist() == [0]
+    idxs = torch.tensor([0, 1, 0])
+    assert reference.batched_nms(same, torch.ones(3), idxs, 0.5).tolist() == [0, 1]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_box_iou_equals_torchvision(device, dtype):
     b1, _ = _boxes(37, 8, dtype)
@@ -315,6 +365,9 @@ def test_opcheck(dev, monkeypatch):
     boxes, scores = boxes.to(dev), scores.to(dev)
     torch.library.opcheck(torch.ops.denet.nms, (boxes, scores, 0.5))
     torch.library.opcheck(torch.ops.denet.denet_nms, (boxes, scores, 0.5))
+    if dev == "cpu":
+        idxs = torch.randint(0, 3, (20,), generator=torch.Generator().manual_seed(0))
+        torch.library.opcheck(torch.ops.denet.batched_nms, (boxes, scores, idxs, 0.5))
     torch.library.opcheck(torch.ops.denet.soft_nms, (boxes, scores, 0.5, 0.3, "gaussian", 0.001))
     proper, _ = _boxes(11, 41, torch.float32)  # fewer than 12: no empty boxes, so no NaN IoU
     proper = proper.to(dev)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._dispatch import implementation
+from .._dispatch import backend_for, implementation
 from . import reference
 
 SOFT_NMS_METHODS = ("gaussian", "linear")
@@ -116,6 +116,19 @@ def _(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return _dynamic_keep(boxes)
 
 
+@torch.library.custom_op("denet::batched_nms", mutates_args=())
+def _batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision's per-category strategy in one call (the torch reference only)."""
+    if boxes.shape[0] == 0:
+        return boxes.new_empty((0,), dtype=torch.int64)
+    return reference.batched_nms(boxes, scores, idxs, iou_threshold)
+
+
+@_batched_nms.register_fake
+def _(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    return _dynamic_keep(boxes)
+
+
 @torch.library.custom_op("denet::denet_nms", mutates_args=())
 def _denet_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     if boxes.shape[0] == 0:
@@ -218,6 +231,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         offsets = idxs.to(boxes) * (max_coordinate + 1)
         return nms(boxes + offsets[:, None], scores, iou_threshold)
     if boxes.numel() > (4000 if boxes.device.type == "cpu" else 100_000):
+        if backend_for(boxes) == "reference":
+            # one call: the per-category NMS as one sweep over (category, position) cells
+            return torch.ops.denet.batched_nms(boxes, scores, idxs, float(iou_threshold))
         keep_mask = torch.zeros_like(scores, dtype=torch.bool)
         for class_id in torch.unique(idxs):  # a loop over categories, as torchvision's
             curr = torch.where(idxs == class_id)[0]
