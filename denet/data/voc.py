@@ -59,6 +59,24 @@ def voc_palette(n: int = 256):
     return rgb.astype(np.uint8)
 
 
+def listed_ids(root, subsets, image_sets: str, found: str):
+    """``(year, VOC<year> folder, listing file, file id)`` of every image that the
+    ``ImageSets/<image_sets>/<split>.txt`` of each ``<year>-<split>`` subset lists."""
+    for subset in subsets:
+        year, split = subset.split("-", 1)
+        base = os.path.join(root, f"VOC{year}")
+        listing = os.path.join(base, "ImageSets", image_sets, f"{split}.txt")
+        if not os.path.isfile(listing):
+            what = "segmentation image set" if image_sets == "Segmentation" else "image set"
+            raise DataError(
+                f"{listing}: VOC {what} for subset {subset} not found (subsets here: {found})"
+            )
+        with open(listing, encoding="utf-8") as fh:
+            ids = [line.split()[0] for line in fh if line.strip()]
+        for file_id in ids:
+            yield year, base, listing, file_id
+
+
 def parse_voc_xml(path, image_path=None):
     """``(width, height, boxes, labels, difficult)`` of one VOC XML file.
 
@@ -110,30 +128,19 @@ class VocDataset(DetectionDataset):
                 f"{self.root}"
             )
         self.names = []
-        for subset in ext.subsets:
-            year, split = subset.split("-", 1)
-            base = os.path.join(self.root, f"VOC{year}")
-            listing = os.path.join(base, "ImageSets", "Main", f"{split}.txt")
-            if not os.path.isfile(listing):
-                raise DataError(
-                    f"{listing}: VOC image set for subset {subset} not found "
-                    f"(subsets here: "
-                    f"{', '.join(self.available_subsets(self.root)) or 'none'})"
+        found = ", ".join(self.available_subsets(self.root)) or "none"
+        for year, base, listing, file_id in listed_ids(self.root, ext.subsets, "Main", found):
+            image = os.path.join(base, "JPEGImages", f"{file_id}.jpg")
+            xml = os.path.join(base, "Annotations", f"{file_id}.xml")
+            if not os.path.isfile(xml):
+                raise DataError(f"{xml}: VOC annotation not found (listed in {listing})")
+            w, h, boxes, labels, difficult = parse_voc_xml(xml, image)
+            self.records.append(
+                DetectionRecord(
+                    image, len(self.records), w, h, boxes, labels, {"difficult": difficult}
                 )
-            with open(listing, encoding="utf-8") as fh:
-                ids = [line.split()[0] for line in fh if line.strip()]
-            for file_id in ids:
-                image = os.path.join(base, "JPEGImages", f"{file_id}.jpg")
-                xml = os.path.join(base, "Annotations", f"{file_id}.xml")
-                if not os.path.isfile(xml):
-                    raise DataError(f"{xml}: VOC annotation not found (listed in {listing})")
-                w, h, boxes, labels, difficult = parse_voc_xml(xml, image)
-                self.records.append(
-                    DetectionRecord(
-                        image, len(self.records), w, h, boxes, labels, {"difficult": difficult}
-                    )
-                )
-                self.names.append(f"{year}/{file_id}")
+            )
+            self.names.append(f"{year}/{file_id}")
         self._filter_records("difficult" if self.options["skip_difficult"] else None)
         self.names = [self.names[r.image_id] for r in self.records]
         for i, r in enumerate(self.records):
@@ -180,24 +187,15 @@ class VocSegDataset(SegmentationDataset):
                 f"{self.root}"
             )
         self.labels, self.names = [], []
-        for subset in ext.subsets:
-            year, split = subset.split("-", 1)
-            base = os.path.join(self.root, f"VOC{year}")
-            listing = os.path.join(base, "ImageSets", "Segmentation", f"{split}.txt")
-            if not os.path.isfile(listing):
-                raise DataError(
-                    f"{listing}: VOC segmentation image set for subset {subset} not found "
-                    f"(segmentation subsets here: {found})"
-                )
-            with open(listing, encoding="utf-8") as fh:
-                ids = [line.split()[0] for line in fh if line.strip()]
-            for file_id in ids:
-                label = os.path.join(base, "SegmentationClass", f"{file_id}.png")
-                if not os.path.isfile(label):
-                    raise DataError(f"{label}: VOC label map not found (listed in {listing})")
-                self.images.append(os.path.join(base, "JPEGImages", f"{file_id}.jpg"))
-                self.labels.append(label)
-                self.names.append(f"{year}/{file_id}")
+        for year, base, listing, file_id in listed_ids(
+            self.root, ext.subsets, "Segmentation", found
+        ):
+            label = os.path.join(base, "SegmentationClass", f"{file_id}.png")
+            if not os.path.isfile(label):
+                raise DataError(f"{label}: VOC label map not found (listed in {listing})")
+            self.images.append(os.path.join(base, "JPEGImages", f"{file_id}.jpg"))
+            self.labels.append(label)
+            self.names.append(f"{year}/{file_id}")
         if not self.images:
             raise DataError(f"{self.root}: the VOC segmentation subsets {found} list no images")
 
