@@ -30,6 +30,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 import torchvision
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -122,8 +123,8 @@ def bench_rois(dn, x, reps):
 
     dnc = next(m for m in dn.modules() if type(m).__name__ == "Corners")
     logits = corner_logits(dn, dnc, x).float().cpu()
-    logp = torch.stack((torch.nn.functional.logsigmoid(2 * logits),) * 2, 1)
-    logp[:, 1] = torch.nn.functional.logsigmoid(-2 * logits)  # index 1 = corner present
+    # DNC's log-softmax over [l, -l]: index 0 = absent, 1 = present, P(present) = sigmoid(-2l)
+    logp = torch.stack((F.logsigmoid(2 * logits), F.logsigmoid(-2 * logits)), 1)
     sn = 24
     t_op = statistics.median(
         timed(lambda: denet_rois(logp, sn), torch.device("cpu"))[0] for _ in range(reps)

@@ -514,7 +514,7 @@ def run_detect(ns, model, names, device) -> None:
     subsets = coco_subsets(ds) if mode.dataset == "mscoco" else None
     file_ids = voc_file_ids(ds) if mode.dataset == "voc" else None
     drawings = image_targets(paths, root, out.images) if out.images else None
-    written = [out.detections, out.results or out.detections, *(drawings or [])]
+    written = [p for p in (out.detections, out.results) if p] + (drawings or [])
     if out.voc_dir is not None:
         written += [os.path.join(out.voc_dir, VOC_FILE.format(c)) for c in ds.classes]
     check_not_inputs(written, [ns.model, *paths])

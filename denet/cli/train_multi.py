@@ -30,7 +30,7 @@ import uuid
 
 from ..errors import DenetError
 from . import train as train_cli
-from ._common import tool_main
+from ._common import ArgumentParser, tool_main
 
 PROG = "model-train-multi"
 # what the launcher tells its workers through the environment
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def split_argv(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """(the launcher's options, model-train's command line without them)."""
-    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    p = ArgumentParser(prog="model-train-multi", add_help=False, allow_abbrev=False)
     add_multi_options(p)
     ns, rest = p.parse_known_args(argv)
     return ns, rest

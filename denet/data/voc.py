@@ -59,6 +59,23 @@ def voc_palette(n: int = 256):
     return rgb.astype(np.uint8)
 
 
+def image_set_subsets(root, image_sets: str, per_class_lists: bool = False) -> list[str]:
+    """The ``<year>-<split>`` subsets that ``VOC<year>/ImageSets/<image_sets>/<split>.txt``
+    files under ``root`` offer; with ``per_class_lists``, names with ``_`` are not subsets."""
+    out: list[str] = []
+    if not os.path.isdir(root):
+        return out
+    for entry in sorted(os.listdir(root)):
+        sets = os.path.join(root, entry, "ImageSets", image_sets)
+        if entry.startswith("VOC") and os.path.isdir(sets):
+            out += [
+                f"{entry[3:]}-{n[:-4]}"
+                for n in sorted(os.listdir(sets))
+                if n.endswith(".txt") and not (per_class_lists and "_" in n)
+            ]
+    return out
+
+
 def listed_ids(root, subsets, image_sets: str, found: str):
     """``(year, VOC<year> folder, listing file, file id)`` of every image that the
     ``ImageSets/<image_sets>/<split>.txt`` of each ``<year>-<split>`` subset lists."""
@@ -121,14 +138,12 @@ class VocDataset(DetectionDataset):
         super().__init__(root, ext, train)
         check_dir(self.root, "VOCdevkit root")
         self.classes = list(CLASSES)
+        found = ", ".join(self.available_subsets(self.root)) or "none"
         if not ext.subsets:
             raise DataError(
-                f"--extension voc needs a subset such as 2007-test; found "
-                f"{', '.join(self.available_subsets(self.root)) or 'none'} in "
-                f"{self.root}"
+                f"--extension voc needs a subset such as 2007-test; found {found} in {self.root}"
             )
         self.names = []
-        found = ", ".join(self.available_subsets(self.root)) or "none"
         for year, base, listing, file_id in listed_ids(self.root, ext.subsets, "Main", found):
             image = os.path.join(base, "JPEGImages", f"{file_id}.jpg")
             xml = os.path.join(base, "Annotations", f"{file_id}.xml")
@@ -148,18 +163,8 @@ class VocDataset(DetectionDataset):
 
     @staticmethod
     def available_subsets(root):
-        out = []
-        if not os.path.isdir(root):
-            return out
-        for entry in sorted(os.listdir(root)):
-            main = os.path.join(root, entry, "ImageSets", "Main")
-            if entry.startswith("VOC") and os.path.isdir(main):
-                out += [
-                    f"{entry[3:]}-{n[:-4]}"
-                    for n in sorted(os.listdir(main))
-                    if n.endswith(".txt") and "_" not in n
-                ]
-        return out
+        # Main also holds per-class lists (aeroplane_train.txt): not subsets
+        return image_set_subsets(root, "Main", per_class_lists=True)
 
 
 class VocSegDataset(SegmentationDataset):
@@ -201,13 +206,4 @@ class VocSegDataset(SegmentationDataset):
 
     @staticmethod
     def available_subsets(root):
-        out = []
-        if not os.path.isdir(root):
-            return out
-        for entry in sorted(os.listdir(root)):
-            sets = os.path.join(root, entry, "ImageSets", "Segmentation")
-            if entry.startswith("VOC") and os.path.isdir(sets):
-                out += [
-                    f"{entry[3:]}-{n[:-4]}" for n in sorted(os.listdir(sets)) if n.endswith(".txt")
-                ]
-        return out
+        return image_set_subsets(root, "Segmentation")

@@ -217,15 +217,15 @@ class DetectionClassifier(nn.Module):
             if 0 < self.nms < 1 and len(bx):
                 # one class never suppresses another: move each class far from the others
                 shifted = bx + cls.to(bx.dtype)[:, None] * (bx.abs().max() * 2 + 1)
-                if self.soft:
-                    keep, sc = soft_nms(shifted, sc, self.nms, score_threshold=SOFT_NMS_FLOOR)
-                    bx, cls = bx[keep], cls[keep]
-                    keep = torch.arange(len(keep), device=bx.device)
+                if self.soft:  # soft NMS rescores: its scores replace the candidates'
+                    keep, kept = soft_nms(shifted, sc, self.nms, score_threshold=SOFT_NMS_FLOOR)
                 else:
                     keep = denet_nms(shifted, sc, self.nms)
+                    kept = sc[keep]
             else:
                 keep = sc.argsort(descending=True)
-            out.append({"boxes": bx[keep] * scale, "scores": sc[keep], "labels": cls[keep]})
+                kept = sc[keep]
+            out.append({"boxes": bx[keep] * scale, "scores": kept, "labels": cls[keep]})
         return out
 
     def extra_repr(self) -> str:
