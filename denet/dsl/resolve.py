@@ -291,14 +291,9 @@ class Context:
         finally:
             self._shared = saved
 
-    def add_layer(self, item, ltype, call: Call, current: str) -> str:
-        """The node of a layer token: checks its input kind, adds its extra inputs (skip
-        symbols, tap arguments), infers its shape and records its part in the task contract."""
-        inputs = [current]
-        for sym in ltype.uses(call):
-            if sym not in self.symbols:
-                self.fail_at(item, ltype.missing_message(call, sym))
-            inputs.append(self.symbols[sym])
+    def _keyword_inputs(self, item, ltype, call: Call) -> dict[str, str]:
+        """Keyword inputs of a layer: its tap arguments, the images when it reads them, and
+        the symbols of :meth:`LayerDef.optional_uses` that the string defines."""
         kwinputs = {}
         for spec in tuple(ltype.positional(item.tags)) + tuple(ltype.all_keywords(item.tags)):
             tap = call.args.get(spec.name)
@@ -314,6 +309,29 @@ class Context:
             call.taps[spec.name] = self.shape_of(kwinputs[spec.name])
         if ltype.reads_images(call):
             kwinputs["images"] = INPUT
+        for keyword, sym in ltype.optional_uses(call).items():
+            if sym in self.symbols:
+                kwinputs[keyword] = self.symbols[sym]
+                call.taps[keyword] = self.shape_of(self.symbols[sym])
+        return kwinputs
+
+    def _contract(self, ltype, call: Call) -> dict:
+        """A node's part in the task contract, as :meth:`add_node` records it."""
+        return {
+            "losses": tuple(ltype.losses(call)),
+            "reads_targets": ltype.reads_targets(call),
+            "output_name": ltype.output_name(call),
+        }
+
+    def add_layer(self, item, ltype, call: Call, current: str) -> str:
+        """The node of a layer token: checks its input kind, adds its extra inputs (skip
+        symbols, tap arguments), infers its shape and records its part in the task contract."""
+        inputs = [current]
+        for sym in ltype.uses(call):
+            if sym not in self.symbols:
+                self.fail_at(item, ltype.missing_message(call, sym))
+            inputs.append(self.symbols[sym])
+        kwinputs = self._keyword_inputs(item, ltype, call)
         call.inputs = [self.shape_of(i) for i in inputs]
         if call.input.kind not in ltype.accepts:
             self.fail_at(
@@ -343,9 +361,7 @@ class Context:
             call,
             split,
             kwinputs=kwinputs,
-            losses=tuple(ltype.losses(call)),
-            reads_targets=ltype.reads_targets(call),
-            output_name=ltype.output_name(call),
+            **self._contract(ltype, call),
         )
         call.name = name
         node = self.nodes[-1]
@@ -409,7 +425,9 @@ class Context:
             )
 
     def add_merge(self, item, ltype, call: Call, ends: list[str]) -> str:
-        """The node of a group token that merges the branch ends ``ends``."""
+        """The node of a group token that merges the branch ends ``ends``; it takes part in
+        the task contract as a layer does (an RPN or RoI pooling over feature levels)."""
+        kwinputs = self._keyword_inputs(item, ltype, call)
         call.inputs = [self.shape_of(e) for e in ends]
         for k, s in enumerate(call.inputs, start=1):
             if s.kind not in ltype.accepts:
@@ -419,7 +437,21 @@ class Context:
                     f"gives {s.describe()} ({s})",
                 )
         shape = self._checked_shape(item, ltype, call)
-        return self.add_node(item, item.type, item.tags, call.args, ends, shape, call)
+        name = self.add_node(
+            item,
+            item.type,
+            item.tags,
+            call.args,
+            ends,
+            shape,
+            call,
+            kwinputs=kwinputs,
+            **self._contract(ltype, call),
+        )
+        call.name = name
+        if self._shared is None:
+            self._check_params(item, ltype, call)
+        return name
 
     # -- internals ----------------------------------------------------------------------------
     def _checked_shape(self, item, ltype, call: Call) -> ShapeSpec:

@@ -1,18 +1,23 @@
-"""``DET``: a box head over RoIs (Fast R-CNN's predictor, class-agnostic box regression).
+"""``DET``: a box head over RoIs (Fast R-CNN's predictor).
 
-Input: one feature map or vector per RoI ([R, C, h, w] from ``RA``, or [R, C]), and the RoIs
-themselves by ``rois=`` (a tap after ``BOXES``). Two linear layers give ``classes + 1`` logits
-(0 is background) and 4 box deltas per RoI, encoded as torchvision's ``BoxCoder`` with weights
-(10, 10, 5, 5).
+Input: one feature map or vector per RoI ([R, C, h, w] from ``RA``/``MRA``, or [R, C]), and the
+RoIs themselves by ``rois=`` (a tap after ``BOXES``, ``RPN`` or ``SAMPLE``). Two linear layers give
+``classes + 1`` logits (0 is background) and box deltas per RoI: 4, class-agnostic, or with tag
+``S`` 4 per class (background included, torchvision's ``FastRCNNPredictor``), encoded as
+torchvision's ``BoxCoder`` with weights (10, 10, 5, 5). After an ``RT`` it works in the resized
+frame and returns boxes in the input's pixels.
 
 * Training (targets with ``boxes`` xyxy in input pixels and 0-based ``labels``): each RoI takes
   the label of the ground-truth box it overlaps most when that IoU is at least ``iou``, else
   background. ``loss_cls`` is the cross-entropy over every RoI; ``loss_box`` the smooth-L1
-  (beta 1/9) of the deltas of foreground RoIs, summed and divided by the number of RoIs
-  (torchvision's ``fastrcnn_loss``).
+  (beta 1/9) of the deltas of foreground RoIs (of their class with ``S``), summed and divided by
+  the number of RoIs (torchvision's ``fastrcnn_loss``). The head's output in training is one
+  dict per image of its foreground RoIs (``boxes`` in the frame, 0-based ``labels``, ``matched``
+  ground-truth index) for a mask or keypoint head after it.
 * Evaluation: per image, the decoded boxes clipped to the image, per-class scores above
-  ``score``, per-class NMS at ``nms`` (:func:`denet.kernels.batched_nms`), the best ``max``:
-  ``{"boxes" [N, 4] xyxy input pixels, "scores" [N], "labels" [N] 0-based}``.
+  ``score``, boxes smaller than ``min_size`` dropped, per-class NMS at ``nms``
+  (:func:`denet.kernels.batched_nms`), the best ``max``: ``{"boxes" [N, 4] xyxy input pixels,
+  "scores" [N], "labels" [N] 0-based}`` (torchvision's ``postprocess_detections``).
 """
 
 from __future__ import annotations
@@ -23,9 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import batched_nms, box_iou
+from ..kernels import batched_nms
 from .box_coding import decode, encode
+from .rcnn_transform import FRAME, boxes_from_frame, frame_sizes
 from .registry import Arg, Call, LayerDef
+from .roi_levels import roi_rows
+from .roi_sampling import roi_labels, target_boxes
+from .rpn import clip_boxes, remove_small
 from .shape import ShapeSpec
 
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -34,65 +43,97 @@ CLAMP = math.log(1000.0 / 16)  # largest exp() of a size delta, as torchvision
 
 class BoxHead(nn.Module):
     def __init__(
-        self, features: int, classes: int, iou: float, score: float, nms: float, max_detections: int
+        self,
+        features: int,
+        classes: int,
+        per_class: bool,
+        a: dict,
     ):
         super().__init__()
         self.cls_score = nn.Linear(features, classes + 1)
-        self.bbox_pred = nn.Linear(features, 4)
+        self.bbox_pred = nn.Linear(features, 4 * (classes + 1 if per_class else 1))
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
-        self.iou, self.score, self.nms, self.max_detections = iou, score, nms, max_detections
+        self.per_class = per_class
+        self.iou, self.score, self.nms, self.max_detections = (
+            a["iou"],
+            a["score"],
+            a["nms"],
+            a["max"],
+        )
+        self.min_size = a["min_size"]
 
-    def forward(self, x, rois, images, targets=None):
+    def forward(self, x, rois, images, frame=None, targets=None):
+        rois = roi_rows(rois)
         x = x.flatten(1)
         logits, deltas = self.cls_score(x), self.bbox_pred(x)
         if targets is None:
-            return self.detections(logits, deltas, rois, images)
-        labels, goals = self.match(rois, targets)
+            return self.detections(logits, deltas, rois, images, frame)
+        labels, goals, matched = self.match(rois, targets, frame_sizes(images, frame))
         loss_cls = F.cross_entropy(logits, labels)
-        fg = labels > 0
-        loss_box = F.smooth_l1_loss(deltas[fg], goals[fg], beta=1 / 9, reduction="sum")
-        return logits, {"loss_cls": loss_cls, "loss_box": loss_box / max(1, labels.numel())}
+        fg = torch.where(labels > 0)[0]
+        if self.per_class:
+            deltas = deltas.reshape(len(deltas), -1, 4)[fg, labels[fg]]
+        else:
+            deltas = deltas[fg]
+        loss_box = F.smooth_l1_loss(deltas, goals[fg], beta=1 / 9, reduction="sum")
+        positives = []
+        for b in range(images.shape[0]):
+            sel = fg[rois[fg, 0] == b]
+            positives.append(
+                {"boxes": rois[sel, 1:], "labels": labels[sel] - 1, "matched": matched[sel]}
+            )
+        return positives, {"loss_cls": loss_cls, "loss_box": loss_box / max(1, labels.numel())}
 
     @torch.no_grad()
-    def match(self, rois, targets):
-        """Per RoI: the label (0 background, k+1 class k) and the deltas to its matched box."""
+    def match(self, rois, targets, sizes):
+        """Per RoI: the label (0 background, k+1 class k), the deltas to its matched box and
+        that box's index."""
         labels = torch.zeros(len(rois), dtype=torch.int64, device=rois.device)
+        matched = torch.zeros(len(rois), dtype=torch.int64, device=rois.device)
         goals = torch.zeros(len(rois), 4, dtype=rois.dtype, device=rois.device)
         for b, t in enumerate(targets):
-            sel = (rois[:, 0] == b).nonzero().flatten()
-            gt = torch.as_tensor(t["boxes"], dtype=rois.dtype, device=rois.device).reshape(-1, 4)
+            sel = torch.where(rois[:, 0] == b)[0]
+            gt, gt_labels = target_boxes(t, sizes, rois)
             if len(sel) == 0 or len(gt) == 0:
                 continue
             boxes = rois[sel, 1:]
-            best, which = box_iou(boxes, gt).max(1)
-            gt_labels = torch.as_tensor(t["labels"], device=rois.device).long()
-            labels[sel] = torch.where(best >= self.iou, gt_labels[which] + 1, 0)
-            goals[sel] = encode(gt[which], boxes, WEIGHTS)
-        return labels, goals
+            labels[sel], matched[sel] = roi_labels(boxes, gt, gt_labels, self.iou, 0.0)
+            goals[sel] = encode(gt[matched[sel]], boxes, WEIGHTS)
+        return labels, goals, matched
 
     @torch.no_grad()
-    def detections(self, logits, deltas, rois, images):
-        height, width = images.shape[-2:]
-        probs = logits.softmax(1)[:, 1:]
-        boxes = decode(deltas, rois[:, 1:], WEIGHTS, CLAMP)
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    def detections(self, logits, deltas, rois, images, frame=None):
+        sizes = frame_sizes(images, frame)
+        height, width = sizes[0], sizes[1]
+        probs = F.softmax(logits, -1)
+        n, k = probs.shape
+        if self.per_class:
+            boxes = decode(deltas.reshape(n, k, 4), rois[:, None, 1:], WEIGHTS, CLAMP)
+        else:
+            boxes = decode(deltas, rois[:, 1:], WEIGHTS, CLAMP)[:, None].expand(n, k, 4)
+        boxes = clip_boxes(boxes, height, width)
+        classes = torch.arange(k - 1, device=probs.device).view(1, -1).expand(n, k - 1)
         out = []
         for b in range(images.shape[0]):
             sel = rois[:, 0] == b
-            p, bx = probs[sel], boxes[sel]
-            idx, cls = (p > self.score).nonzero(as_tuple=True)
-            cand, scores = bx[idx], p[idx, cls]
-            keep = batched_nms(cand, scores, cls, self.nms)[: self.max_detections]
-            out.append({"boxes": cand[keep], "scores": scores[keep], "labels": cls[keep]})
+            bx = boxes[sel][:, 1:].reshape(-1, 4)
+            sc, cls = probs[sel][:, 1:].reshape(-1), classes[sel].reshape(-1)
+            keep = torch.where(sc > self.score)[0]
+            bx, sc, cls = bx[keep], sc[keep], cls[keep]
+            keep = remove_small(bx, self.min_size)
+            bx, sc, cls = bx[keep], sc[keep], cls[keep]
+            keep = batched_nms(bx, sc, cls, self.nms)[: self.max_detections]
+            bx = boxes_from_frame(bx[keep], sizes)
+            out.append({"boxes": bx, "scores": sc[keep], "labels": cls[keep]})
         return out
 
     def extra_repr(self) -> str:
         return (
             f"iou={self.iou:g}, score={self.score:g}, nms={self.nms:g}, max={self.max_detections}"
+            + (", per_class=True" if self.per_class else "")
         )
 
 
@@ -100,9 +141,10 @@ class BoxHeadDef(LayerDef):
     type = "DET"
     doc = (
         "Box head over RoIs (`rois=` tap): class logits (+ background) and class-agnostic "
-        "box deltas; in training adds `loss_cls` and `loss_box`; in evaluation returns one "
-        "dict per image (boxes, scores, labels) after per-class NMS."
+        "box deltas (tag S: per class); in training adds `loss_cls` and `loss_box`; in "
+        "evaluation returns one dict per image (boxes, scores, labels) after per-class NMS."
     )
+    tags = {"S": "class-specific box deltas (torchvision's and Detectron's predictors)"}
     task = "detection"
     accepts = ("map", "vector")
     has_params = True
@@ -112,6 +154,7 @@ class BoxHeadDef(LayerDef):
         Arg("score", "float", 0.05, min=0.0, max=1.0, doc="lowest score kept at test"),
         Arg("nms", "float", 0.5, min=0.0, max=1.0, doc="IoU threshold of per-class NMS"),
         Arg("max", "int", 100, min=1, doc="detections kept per image"),
+        Arg("min_size", "float", 0.01, min=0.0, doc="smallest detection side in pixels"),
     )
 
     def losses(self, call: Call):
@@ -119,6 +162,9 @@ class BoxHeadDef(LayerDef):
 
     def reads_images(self, call: Call) -> bool:
         return True
+
+    def optional_uses(self, call: Call) -> dict[str, str]:
+        return {"frame": FRAME}
 
     def shape(self, call: Call):
         if call.classes is None:
@@ -130,6 +176,5 @@ class BoxHeadDef(LayerDef):
     def build(self, call: Call):
         i = call.input
         features = i.channels * (i.height or 1) * (i.width or 1)
-        a = call.args
         assert call.classes is not None  # shape() refused a missing class count
-        return BoxHead(features, call.classes, a["iou"], a["score"], a["nms"], a["max"])
+        return BoxHead(features, call.classes, call.has("S"), call.args)

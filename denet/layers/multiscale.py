@@ -114,6 +114,7 @@ class MultiScale(LayerDef):
 
         def resize_call(inputs, **args) -> Call:
             up = {"factor": None, "to": None, "align_corners": a["align_corners"], "rule": "floor"}
+            up["mode"] = "bilinear"
             up.update(args)
             return dataclasses.replace(
                 call, type="UP", tags="", args=up, inputs=inputs, taps={}, out=None, name=""

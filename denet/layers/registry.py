@@ -255,6 +255,12 @@ class LayerDef:
         size."""
         return False
 
+    def optional_uses(self, call: Call) -> dict[str, str]:
+        """Keyword inputs taken from symbols when the string defines them, else not passed:
+        ``{"frame": "RT.frame"}`` gives the detection heads the geometry of a resizing ``RT``
+        before them. Their shapes are in ``call.taps`` under the keyword."""
+        return {}
+
     def side_outputs(self, call: Call) -> dict[str, ShapeSpec]:
         """Values this layer makes besides its main output, by symbol name (``DNC.sample``),
         for later layers to read through :meth:`uses`. Its module then returns

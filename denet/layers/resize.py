@@ -1,5 +1,5 @@
-"""Resizing for segmentation heads: ``UP`` (bilinear resizing by a factor or to a tapped map's
-size), ``BDC`` (DRN's and Deformable DeepLab's fixed bilinear transposed convolution) and
+"""Resizing: ``UP`` (bilinear or nearest resizing by a factor or to a tapped map's size; an
+FPN's top-down path is ``UP[to=c4,mode=nearest]``), ``BDC`` (DRN's and Deformable DeepLab's fixed bilinear transposed convolution) and
 ``CROP`` (Caffe's crop to a tapped map's size).
 
 ``UP[8,align_corners=1]`` is DRN's ``use_torch_up`` (``nn.UpsamplingBilinear2d(scale_factor=8)``);
@@ -27,6 +27,7 @@ from .shape import ShapeSpec
 # import the compiler, a test checks the two agree).
 INPUT = "input"
 RULES = ("floor", "deeplab")
+MODES = ("bilinear", "nearest")
 
 
 def expand_with_input_tap(ltype: LayerDef, ctx, item, call: Call, current: str, arg: str) -> str:
@@ -61,18 +62,33 @@ def scaled_size(size: int, factor: float, rule: str) -> int:
     return math.floor(size * factor)
 
 
-def resize_by(x: torch.Tensor, factor: float, align_corners: bool = False, rule: str = "floor"):
-    """Bilinear resizing by ``factor``; the output size follows ``rule`` (see
-    :func:`scaled_size`). ``floor`` is exactly ``F.interpolate(x, scale_factor=factor)``."""
+def _corners(mode: str, align_corners: bool) -> bool | None:
+    return align_corners if mode == "bilinear" else None  # nearest takes no align_corners
+
+
+def resize_by(
+    x: torch.Tensor,
+    factor: float,
+    align_corners: bool = False,
+    rule: str = "floor",
+    mode: str = "bilinear",
+):
+    """Resizing by ``factor``; the output size follows ``rule`` (see :func:`scaled_size`).
+    ``floor`` is exactly ``F.interpolate(x, scale_factor=factor)``."""
+    corners = _corners(mode, align_corners)
     if rule == "deeplab":
         size = (scaled_size(x.shape[-2], factor, rule), scaled_size(x.shape[-1], factor, rule))
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
-    return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=align_corners)
+        return F.interpolate(x, size=size, mode=mode, align_corners=corners)
+    return F.interpolate(x, scale_factor=factor, mode=mode, align_corners=corners)
 
 
-def resize_to(x: torch.Tensor, to: torch.Tensor, align_corners: bool = False):
-    """Bilinear resizing of ``x`` to the height and width of ``to``."""
-    return F.interpolate(x, size=to.shape[-2:], mode="bilinear", align_corners=align_corners)
+def resize_to(
+    x: torch.Tensor, to: torch.Tensor, align_corners: bool = False, mode: str = "bilinear"
+):
+    """Resizing of ``x`` to the height and width of ``to``."""
+    return F.interpolate(
+        x, size=to.shape[-2:], mode=mode, align_corners=_corners(mode, align_corners)
+    )
 
 
 def exact_fraction(value: float) -> Fraction:
@@ -83,7 +99,8 @@ def exact_fraction(value: float) -> Fraction:
 class Resize(LayerDef):
     type = "UP"
     doc = (
-        "Bilinear resizing by `factor` (output floor(s*factor), as F.interpolate(scale_factor=); "
+        "Bilinear (or mode=nearest) resizing by `factor` (output floor(s*factor), as "
+        "F.interpolate(scale_factor=); "
         "rule=deeplab: int(s*factor)+1), or to the height and width of the map tapped by "
         "`to=` (`to=input`: the network's input). Stride divided by the factor."
     )
@@ -92,6 +109,7 @@ class Resize(LayerDef):
         Arg("to", "tap", None, doc="resize to this tapped map's size instead (input: the images)"),
         Arg("align_corners", "bool", False, doc="1: corner pixels aligned (DeepLab-v2, DRN)"),
         Arg("rule", "str", "floor", choices=RULES, doc="output size of a factor"),
+        Arg("mode", "str", "bilinear", choices=MODES, doc="nearest: an FPN's top-down resize"),
     )
 
     def expand(self, ctx, item, call: Call, current: str) -> str:
@@ -100,6 +118,8 @@ class Resize(LayerDef):
     def shape(self, call: Call) -> ShapeSpec:
         a = call.args
         i = call.input
+        if a["mode"] == "nearest" and a["align_corners"]:
+            call.fail("align_corners is for bilinear resizing, not nearest", "align_corners")
         if a["to"] is not None:
             if a["factor"] is not None:
                 call.fail("give a factor or to=, not both", "factor")
@@ -120,9 +140,13 @@ class Resize(LayerDef):
     def build(self, call: Call):
         a = call.args
         if a["to"] is not None:
-            return FunctionOp(resize_to, align_corners=a["align_corners"])
+            return FunctionOp(resize_to, align_corners=a["align_corners"], mode=a["mode"])
         return FunctionOp(
-            resize_by, factor=a["factor"], align_corners=a["align_corners"], rule=a["rule"]
+            resize_by,
+            factor=a["factor"],
+            align_corners=a["align_corners"],
+            rule=a["rule"],
+            mode=a["mode"],
         )
 
 
