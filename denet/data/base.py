@@ -237,15 +237,29 @@ def check_file(path, what="file"):
 
 class DetectionRecord:
     """One annotated image: boxes ``[N,4]`` xyxy in original pixels, ``labels [N]``, and
-    per-box boolean ``flags`` (``iscrowd`` for COCO, ``difficult`` for VOC)."""
+    per-box boolean ``flags`` (``iscrowd`` for COCO, ``difficult`` for VOC). COCO records also
+    carry each box's annotation id (``ann_ids``) and which annotation file it came from
+    (``source``), so masks and keypoints are read only when the item is loaded."""
 
-    __slots__ = ("path", "image_id", "width", "height", "boxes", "labels", "flags")
+    __slots__ = (
+        "path",
+        "image_id",
+        "width",
+        "height",
+        "boxes",
+        "labels",
+        "flags",
+        "ann_ids",
+        "source",
+    )
 
-    def __init__(self, path, image_id, width, height, boxes, labels, flags):
+    def __init__(self, path, image_id, width, height, boxes, labels, flags, ann_ids=None, source=0):
         self.path, self.image_id, self.width, self.height = path, image_id, width, height
         self.boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         self.flags = {k: np.asarray(v, dtype=bool).reshape(-1) for k, v in flags.items()}
+        self.ann_ids = None if ann_ids is None else np.asarray(ann_ids, np.int64).reshape(-1)
+        self.source = int(source)
 
     def select(self, keep):
         return DetectionRecord(
@@ -256,6 +270,8 @@ class DetectionRecord:
             self.boxes[keep],
             self.labels[keep],
             {k: v[keep] for k, v in self.flags.items()},
+            None if self.ann_ids is None else self.ann_ids[keep],
+            self.source,
         )
 
 
@@ -308,5 +324,11 @@ class DetectionDataset(ImageDataset):
         }
         for name, values in rec.flags.items():
             target[name] = torch.from_numpy(values[keep].copy())
+        target.update(self._instance_targets(s, rec, keep))
         target.update(self._geometry_target(rec.image_id, s, orig))
         return target
+
+    def _instance_targets(self, s, rec, keep) -> dict:
+        """Per-box targets beyond boxes and flags (COCO's ``masks``, ``keypoints``), in the
+        order of the kept boxes and the pixels of the returned image."""
+        return {}

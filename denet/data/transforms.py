@@ -96,12 +96,48 @@ def _warp_axis(img, box, size, resample, fill):
     return canvas
 
 
+def pack_masks(masks) -> list:
+    """Binary masks ``[G, H, W]`` as ``ceil(G / 8)`` PIL ``L`` planes, mask ``g`` in bit
+    ``g % 8`` of plane ``g // 8``: nearest sampling, flips and crops keep every bit, so the
+    planes go through the label map's warps."""
+    masks = np.asarray(masks, dtype=np.uint8)
+    planes = []
+    for start in range(0, len(masks), 8):
+        chunk = (masks[start : start + 8] > 0).astype(np.uint8)
+        bits = (chunk << np.arange(len(chunk), dtype=np.uint8)[:, None, None]).sum(0)
+        planes.append(Image.fromarray(bits.astype(np.uint8), "L"))
+    return planes
+
+
+def unpack_masks(planes, count: int, size) -> np.ndarray:
+    """uint8 ``[count, H, W]`` from :func:`pack_masks` planes of ``size`` = (W, H)."""
+    W, H = size
+    out = np.zeros((count, H, W), np.uint8)
+    for p, plane in enumerate(planes):
+        arr = np.asarray(plane, dtype=np.uint8)
+        for b in range(min(8, count - 8 * p)):
+            out[8 * p + b] = (arr >> b) & 1
+    return out
+
+
 class Sample:
-    """An image with its label map, boxes (as corners) and the original->current matrix."""
+    """An image with its label map, boxes (as corners) and the original->current matrix; for
+    instance tasks also binary masks (packed by :func:`pack_masks`, warped as the label map but
+    filled with 0) and points (keypoints, moved as box corners; ``points_inside`` turns False
+    for good once a point leaves the image at any step, as its pixels are then lost)."""
 
-    __slots__ = ("image", "mask", "corners", "matrix")
+    __slots__ = (
+        "image",
+        "mask",
+        "corners",
+        "matrix",
+        "instances",
+        "instance_count",
+        "points",
+        "points_inside",
+    )
 
-    def __init__(self, image, mask=None, boxes=None):
+    def __init__(self, image, mask=None, boxes=None, masks=None, points=None):
         self.image = image
         self.mask = mask
         boxes = np.zeros((0, 4)) if boxes is None else np.asarray(boxes, dtype=np.float64)
@@ -121,6 +157,19 @@ class Sample:
             raise DataError(
                 f"label map size {mask.size} differs from image size {image_size(image)}"
             )
+        self.instances, self.instance_count = None, 0
+        if masks is not None:
+            masks = np.asarray(masks, dtype=np.uint8)
+            W, H = image_size(image)
+            if masks.ndim != 3 or masks.shape[1:] != (H, W):
+                raise DataError(
+                    f"instance masks of shape {masks.shape} do not fit image size {(W, H)}"
+                )
+            self.instances, self.instance_count = pack_masks(masks), len(masks)
+        self.points = self.points_inside = None
+        if points is not None:
+            self.points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            self.points_inside = self._within(self.points)
 
     @property
     def size(self):
@@ -130,6 +179,10 @@ class Sample:
         out = Sample.__new__(Sample)
         out.image, out.mask = self.image, self.mask  # PIL operations below never mutate in place
         out.corners, out.matrix = self.corners.copy(), self.matrix.copy()
+        out.instances = None if self.instances is None else list(self.instances)
+        out.instance_count = self.instance_count
+        out.points = None if self.points is None else self.points.copy()
+        out.points_inside = None if self.points is None else self.points_inside.copy()
         return out
 
     @property
@@ -139,9 +192,28 @@ class Sample:
             return np.zeros((0, 4))
         return np.concatenate([self.corners.min(1), self.corners.max(1)], 1)
 
+    @property
+    def masks(self):
+        """The instance masks in current pixels, uint8 ``[G, H, W]`` (None without)."""
+        if self.instances is None:
+            return None
+        return unpack_masks(self.instances, self.instance_count, self.size)
+
+    def _within(self, pts):
+        W, H = self.size
+        return (pts[:, 0] >= 0) & (pts[:, 0] <= W) & (pts[:, 1] >= 0) & (pts[:, 1] <= H)
+
+    def _warp_instances(self, warp):
+        if self.instances is not None:
+            self.instances = [warp(p) for p in self.instances]
+
     def _apply_matrix(self, A):
+        """Called after the image has its new size."""
         if len(self.corners):
             self.corners = self.corners @ A[:2, :2].T + A[:2, 2]
+        if self.points is not None:
+            self.points = self.points @ A[:2, :2].T + A[:2, 2]
+            self.points_inside &= self._within(self.points)
         self.matrix = A @ self.matrix
 
 
@@ -149,7 +221,7 @@ def resize_region(s: Sample, box, size, resample=LANCZOS, pad_mode="constant") -
     """Map the region ``box`` (x0, y0, x1, y1 in current pixels) onto a ``size`` image.
 
     Parts of the region outside the image are black (``pad_mode=constant``) or mirrored
-    (``reflect``); the label map always gets 255 there."""
+    (``reflect``); the label map always gets 255 there, instance masks 0."""
     x0, y0, x1, y1 = (float(v) for v in box)
     ow, oh = (int(v) for v in size)
     if ow <= 0 or oh <= 0 or x1 <= x0 or y1 <= y0:
@@ -166,6 +238,7 @@ def resize_region(s: Sample, box, size, resample=LANCZOS, pad_mode="constant") -
     s.image = [warp(p) for p in img] if isinstance(img, list) else warp(img)
     if s.mask is not None:
         s.mask = _warp_axis(s.mask, (x0, y0, x1, y1), (ow, oh), NEAREST, IGNORE)
+    s._warp_instances(lambda p: _warp_axis(p, (x0, y0, x1, y1), (ow, oh), NEAREST, 0))
     sx, sy = ow / (x1 - x0), oh / (y1 - y0)
     s._apply_matrix(np.array([[sx, 0, -x0 * sx], [0, sy, -y0 * sy], [0, 0, 1.0]]))
     return s
@@ -175,7 +248,7 @@ def affine(s: Sample, A, size=None, resample=BILINEAR, pad_mode="constant") -> S
     """Apply the 3x3 matrix ``A`` (current pixels -> new pixels) onto an image of ``size``.
 
     ``reflect`` mirrors the image by its own size on each side first (DRN's RandomRotate); the
-    label map gets 255 outside."""
+    label map gets 255 outside (instance masks 0)."""
     A = np.asarray(A, dtype=np.float64)
     W, H = s.size
     size = (W, H) if size is None else tuple(int(v) for v in size)
@@ -198,6 +271,7 @@ def affine(s: Sample, A, size=None, resample=BILINEAR, pad_mode="constant") -> S
     )
     if s.mask is not None:
         s.mask = warp(s.mask, A, NEAREST, IGNORE)
+    s._warp_instances(lambda p: warp(p, A, NEAREST, 0))
     s._apply_matrix(A)
     return s
 
@@ -213,6 +287,7 @@ def mirror(s: Sample) -> Sample:
     )
     if s.mask is not None:
         s.mask = s.mask.transpose(flip)
+    s._warp_instances(lambda p: p.transpose(flip))
     s._apply_matrix(np.array([[-1.0, 0, W], [0, 1, 0], [0, 0, 1]]))
     return s
 
@@ -232,6 +307,13 @@ def rotation_about_center(size, degrees, scale=1.0, offset=(0.0, 0.0)):
             [0, 0, 1.0],
         ]
     )
+
+
+def is_mirrored(matrix) -> bool:
+    """Whether ``matrix`` flips the image (negative determinant: an odd number of mirrors), so
+    left and right keypoints trade places."""
+    A = np.asarray(matrix, dtype=np.float64)
+    return bool(A[0, 0] * A[1, 1] - A[0, 1] * A[1, 0] < 0)
 
 
 # --------------------------------------------------------------------------- --distort-mode

@@ -34,17 +34,104 @@ SCENES = [  # (width, height, [(x0, y0, x1, y1, category index, crowd/difficult)
 COLORS = [(230, 30, 30), (30, 200, 40), (40, 60, 230)]
 
 
-def draw_scene(width, height, objects):
+def object_mask(width, height, obj, ellipses=False):
+    """bool ``[height, width]``: the pixels an object paints, its rectangle or (``ellipses``)
+    the pixels whose centres lie in the ellipse inscribed in it."""
+    x0, y0, x1, y1 = obj[:4]
+    if not ellipses:
+        out = np.zeros((height, width), bool)
+        out[y0:y1, x0:x1] = True
+        return out
+    yy, xx = np.mgrid[:height, :width] + 0.5
+    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+    return ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
+
+
+def draw_scene(width, height, objects, ellipses=False):
     arr = np.full((height, width, 3), 128, np.uint8)
-    for x0, y0, x1, y1, cat, _ in objects:
-        arr[y0:y1, x0:x1] = COLORS[cat]
+    for obj in objects:
+        arr[object_mask(width, height, obj, ellipses)] = COLORS[obj[4]]
     return arr
 
 
-def make_coco(root, split="val", year=2017, scenes=SCENES, first_id=1, ext="jpg"):
-    """Official layout: ROOT/annotations/instances_<split><year>.json, ROOT/<split><year>/."""
+def object_polygon(obj, ellipses=False, vertices=24):
+    """COCO polygon ``[x, y, x, y, ...]`` of an object: its rectangle's corners (which
+    pycocotools rasterises to exactly the painted pixels) or ``vertices`` points on its ellipse."""
+    x0, y0, x1, y1 = (float(v) for v in obj[:4])
+    if not ellipses:
+        return [x0, y0, x1, y0, x1, y1, x0, y1]
+    t = np.arange(vertices) * (2 * np.pi / vertices)
+    cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
+    xy = np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1)
+    return [round(float(v), 3) for v in xy.reshape(-1)]
+
+
+def uncompressed_rle(mask):
+    """COCO's uncompressed RLE (as crowd regions are stored): run lengths of the column-major
+    pixels, starting with a run of zeros."""
+    flat = np.asarray(mask, np.uint8).reshape(-1, order="F")
+    change = np.flatnonzero(np.diff(flat)) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0] == 1:
+        counts = [0] + counts
+    return {"size": list(mask.shape), "counts": counts}
+
+
+def compressed_rle(mask):
+    """pycocotools' compressed RLE with ascii counts (as results files and LVIS store masks)."""
+    from pycocotools import mask as mask_util
+
+    rle = mask_util.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+# make_coco's person keypoints: names, (x, y) as fractions of the object's box, and skeleton
+KEYPOINT_NAMES = ["nose", "left_eye", "right_eye", "left_foot", "right_foot"]
+KEYPOINT_LAYOUT = [(0.5, 0.25), (0.75, 0.125), (0.25, 0.125), (0.75, 0.875), (0.25, 0.875)]
+KEYPOINT_SKELETON = [[1, 2], [1, 3], [1, 4], [1, 5]]  # COCO's 1-based pairs
+
+
+def object_keypoints(obj, ann_id):
+    """COCO keypoints ``[x, y, v] * K`` of one object: KEYPOINT_LAYOUT inside its box, v = 2
+    (visible) except a few v = 1 (labelled, not visible) and v = 0 (unlabelled, all zero), by
+    ``(ann_id + k)``; crowd regions have none (all zero), as in COCO."""
+    x0, y0, x1, y1, _, crowd = obj
+    out = []
+    for k, (fx, fy) in enumerate(KEYPOINT_LAYOUT):
+        v = 0 if crowd or (ann_id + k) % 7 == 6 else 1 if (ann_id + k) % 5 == 4 else 2
+        x, y = x0 + fx * (x1 - x0), y0 + fy * (y1 - y0)
+        out += [x, y, v] if v else [0, 0, 0]
+    return out
+
+
+def make_coco(
+    root,
+    split="val",
+    year=2017,
+    scenes=SCENES,
+    first_id=1,
+    ext="jpg",
+    segmentation=None,
+    keypoints=False,
+    ellipses=False,
+):
+    """Official layout: ROOT/annotations/instances_<split><year>.json, ROOT/<split><year>/.
+
+    ``segmentation`` adds COCO segmentations: ``"polygon"`` (each object's rectangle, or
+    ellipse, as a polygon), ``"rle"`` (compressed RLE with ascii counts) or ``"mixed"``
+    (polygons and compressed RLE taking turns by annotation id); crowd regions are uncompressed
+    RLE in every case, as in COCO, and ``area`` becomes the mask's. ``ellipses`` paints each
+    object as the ellipse inscribed in its box (the box stays the annotation's ``bbox``).
+    ``keypoints`` also writes ``person_keypoints_<split><year>.json``: the same images and
+    annotations, every object a ``person`` (category id 1, KEYPOINT_NAMES, KEYPOINT_SKELETON)
+    with :func:`object_keypoints`."""
     import json
 
+    from pycocotools import mask as mask_util
+
+    if segmentation not in (None, "polygon", "rle", "mixed"):
+        raise ValueError(f"segmentation={segmentation!r}: None, polygon, rle or mixed")
     image_dir = os.path.join(root, f"{split}{year}")
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
@@ -53,26 +140,64 @@ def make_coco(root, split="val", year=2017, scenes=SCENES, first_id=1, ext="jpg"
     for k, (w, h, objects) in enumerate(scenes):
         image_id = first_id + 10 * k
         name = f"{image_id:012d}.{ext}"
-        Image.fromarray(draw_scene(w, h, objects)).save(
+        Image.fromarray(draw_scene(w, h, objects, ellipses)).save(
             os.path.join(image_dir, name), quality=95, subsampling=0
         )
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})
-        for x0, y0, x1, y1, cat, crowd in objects:
-            anns.append(
-                {
-                    "id": len(anns) + 1,
-                    "image_id": image_id,
-                    "category_id": cats[cat]["id"],
-                    "iscrowd": int(crowd),
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                }
-            )
+        for obj in objects:
+            x0, y0, x1, y1, cat, crowd = obj
+            ann = {
+                "id": len(anns) + 1,
+                "image_id": image_id,
+                "category_id": cats[cat]["id"],
+                "iscrowd": int(crowd),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+                "area": (x1 - x0) * (y1 - y0),
+            }
+            if segmentation is not None:
+                mask = object_mask(w, h, obj, ellipses)
+                polygon = segmentation == "polygon" or (
+                    segmentation == "mixed" and ann["id"] % 2 == 1
+                )
+                if crowd:
+                    ann["segmentation"] = uncompressed_rle(mask)
+                elif polygon:
+                    ann["segmentation"] = [object_polygon(obj, ellipses)]
+                else:
+                    ann["segmentation"] = compressed_rle(mask)
+                segm = ann["segmentation"]
+                if isinstance(segm, list):
+                    rle = mask_util.merge(mask_util.frPyObjects(segm, h, w))
+                elif isinstance(segm["counts"], list):
+                    rle = mask_util.frPyObjects(segm, h, w)
+                else:
+                    rle = dict(segm, counts=segm["counts"].encode("ascii"))
+                ann["area"] = float(mask_util.area(rle))
+            anns.append(ann)
     # list images in reverse so the loader's ordering by id is not an accident of the file
     data = {"images": images[::-1], "annotations": anns, "categories": cats}
     path = os.path.join(root, "annotations", f"instances_{split}{year}.json")
     with open(path, "w") as fh:
         json.dump(data, fh)
+    if keypoints:
+        person = {
+            "id": 1,
+            "name": "person",
+            "supercategory": "person",
+            "keypoints": KEYPOINT_NAMES,
+            "skeleton": KEYPOINT_SKELETON,
+        }
+        objects = [obj for _, _, objs in scenes for obj in objs]
+        people = []
+        for ann, obj in zip(anns, objects):
+            kp = object_keypoints(obj, ann["id"])
+            people.append(
+                dict(ann, category_id=1, keypoints=kp, num_keypoints=sum(v > 0 for v in kp[2::3]))
+            )
+        data = {"images": images[::-1], "annotations": people, "categories": [person]}
+        kp_path = os.path.join(root, "annotations", f"person_keypoints_{split}{year}.json")
+        with open(kp_path, "w") as fh:
+            json.dump(data, fh)
     return path
 
 
