@@ -6,7 +6,9 @@
 torchvision: the ResNet state dict maps key for key onto the matching ``examples/<arch>.desc``
 string (compiled with border mode half): ``conv1`` -> the first ``C``, ``bn1`` -> the first
 ``BN``, ``layerN`` -> the N-th ``nRSN`` stage (block modules carry torchvision's names), ``fc`` ->
-``R`` (its weight reshaped to a 1x1 conv).
+``R`` (its weight reshaped to a 1x1 conv). The FPN detectors (``fasterrcnn_resnet50_fpn``,
+``maskrcnn_resnet50_fpn``, ``keypointrcnn_resnet50_fpn``) map likewise, module by module
+(:mod:`denet.cli.convert_rcnn`).
 
 denet: DeNet's own ``.mdl.gz`` files; the description string is rebuilt from the file's layer
 list and the weights ported (kernels flipped, BN inverse std to variance), see
@@ -27,6 +29,7 @@ import torch
 
 from ..errors import DenetError, ModelFileError
 from ._common import ArgumentParser, tool_main
+from .convert_rcnn import RCNN_ARCHS, torchvision_rcnn
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 FORMATS = ("torchvision", "denet", "drn", "drnseg", "deeplab-v2")
@@ -136,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         metavar="ARCH",
-        help="architecture, required by torchvision (resnet18 ... resnet152), drn and drnseg "
+        help="architecture, required by torchvision (resnet18 ... resnet152, "
+        "fasterrcnn_resnet50_fpn, maskrcnn_resnet50_fpn, keypointrcnn_resnet50_fpn), drn and "
+        "drnseg "
         "(drn_a_18 ... drn_d_107); the model is built from examples/<arch>.desc "
         "(drnseg: examples/drnseg_<arch>.desc) with border mode half",
     )
@@ -159,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         nargs=2,
         metavar=("H", "W"),
-        help="input image size of the model (torchvision: default 224 224; the "
-        "ResNet strings pool globally, so any size >= 32 works; drn: default 224 224, "
+        help="input image size of the model (torchvision: default 224 224, the "
+        "ResNet strings pool globally, so any size >= 32 works; the R-CNN detectors: default "
+        "800 800, their RT resizes any input as torchvision's transform; drn: default 224 224, "
         "DRN's AvgPool2d(28) fits 224 only; drnseg: default 512 512; deeplab-v2: default "
         "321 321; the segmenters run on any size). A DeNet file gives its own "
         "size; change it afterwards with model-modify --image-size",
@@ -214,7 +220,7 @@ def main(argv=None) -> int:
 
         if args.arch is None:
             raise DenetError(f"--format {args.format} needs --arch")
-        valid = ARCHS if args.format == "torchvision" else tuple(DRN_ARCHS)
+        valid = ARCHS + RCNN_ARCHS if args.format == "torchvision" else tuple(DRN_ARCHS)
         if args.arch not in valid:
             raise DenetError(
                 f"--arch {args.arch} is not a {args.format} architecture "
@@ -253,8 +259,10 @@ def main(argv=None) -> int:
     if args.format == "torchvision":
         assert args.arch is not None  # checked above
         state = read_state_dict(args.input)
-        image_size = tuple(args.image_size) if args.image_size else (224, 224)
-        model = torchvision_resnet(args.arch, state, image_size, names)
+        if args.arch in RCNN_ARCHS:
+            model = torchvision_rcnn(args.arch, state, _image_size(args, (800, 800)), names)
+        else:
+            model = torchvision_resnet(args.arch, state, _image_size(args, (224, 224)), names)
         what = args.arch
     elif args.format in ("drn", "drnseg", "deeplab-v2"):
         model, what = _convert_segment_formats(args, names)

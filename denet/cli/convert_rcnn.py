@@ -21,7 +21,7 @@ _FPN = [f"backbone.fpn.{kind}_blocks.{k}.0" for k in (3, 2, 1, 0) for kind in ("
 _BOX = ["rpn", "roi_heads.box_head.fc6", "roi_heads.box_head.fc7", "roi_heads.box_predictor"]
 _MASK = [f"roi_heads.mask_head.{k}.0" for k in range(4)] + [
     "roi_heads.mask_predictor.conv5_mask",
-    "roi_heads.mask_predictor.mask_fcn_logits",
+    "roi_heads.mask_predictor",  # MASK owns mask_fcn_logits
 ]
 _KEYPOINT = [f"roi_heads.keypoint_head.{2 * k}" for k in range(8)] + [
     "roi_heads.keypoint_predictor.kps_score_lowres"

@@ -153,19 +153,29 @@ class Deconv(LayerDef):
     denet_name = "deconv"
     doc = (
         "Transposed convolution (DeNet 'deconv'): H_out = H*s - 2*(k//2) + k - 1. "
-        "Border mode half only, as DeNet. Bias on unless tagged B."
+        "Border mode half only, as DeNet; or pad=p: torch's ConvTranspose2d padding, "
+        "H_out = (H-1)*s - 2p + k (Mask R-CNN's DC[256,2,2,pad=0]). Bias on unless tagged B."
     )
     tags = {
         "B": "no bias (README convention, as DeNet's DC code)",
         "X": "rectangular: [filters, kh, kw, sh, sw]",
     }
-    keywords = (Arg("border", "border", None, doc="must be half (default: global)"),)
+    keywords = (
+        Arg("border", "border", None, doc="must be half (default: global)"),
+        Arg("pad", "int", None, min=0, max=TORCH_INT_MAX, doc="explicit padding (torch's)"),
+    )
     has_params = True
 
     def positional(self, tags):
         return _RECT if "X" in tags else _SQUARE
 
     def shape(self, call: Call) -> ShapeSpec:
+        pad = call.args["pad"]
+        if pad is not None:
+            (kh, kw), (sh, sw) = kernel_stride(call)
+            i = call.input
+            h, w = (i.h - 1) * sh - 2 * pad + kh, (i.w - 1) * sw - 2 * pad + kw
+            return ShapeSpec(call.args["filters"], h, w, i.stride / sh)
         if call.border != "half":
             call.fail(
                 f"DC supports only border mode half (as DeNet), not {call.border!r}; "
@@ -184,13 +194,14 @@ class Deconv(LayerDef):
 
     def build(self, call: Call):
         k, s = kernel_stride(call)
+        pad = call.args["pad"]
         conv = nn.ConvTranspose2d(
             call.input.channels,
             call.args["filters"],
             k,
             s,
-            padding=(k[0] // 2, k[1] // 2),
-            output_padding=(s[0] - 1, s[1] - 1),
+            padding=(k[0] // 2, k[1] // 2) if pad is None else pad,
+            output_padding=(s[0] - 1, s[1] - 1) if pad is None else 0,
             bias=not call.has("B"),
         )
         init_conv(conv, call.init, transposed=True)

@@ -4,7 +4,9 @@
 std by default: the models take [0, 1] RGB), resizes them (bilinear, ``align_corners=False``)
 so that the short side is ``min_size`` unless the long side would pass ``max_size``, with
 torchvision's ``recompute_scale_factor=True`` sizes, and pads them with zeros on the bottom and
-right to a multiple of ``divisible``.
+right to a multiple of ``divisible``. In training mode the short side is drawn from
+``train_min, train_min + train_step, ..., min_size`` (Keypoint R-CNN's 640 ... 800), once per
+batch (torchvision draws per image; denet's batches share one size, the first image's draw).
 
 The heads after it (``RPN``, ``SAMPLE``, ``DET``, ``MASK``, ``KP``) work in the resized frame, as
 torchvision's do: its side output ``RT.frame`` (resized height and width, input height and width, padded height and
@@ -76,19 +78,22 @@ def boxes_from_frame(boxes: torch.Tensor, sizes) -> torch.Tensor:
 
 
 class RcnnTransform(nn.Module):
-    def __init__(self, min_size: int, max_size: int, divisible: int, mean, std):
+    def __init__(self, min_size: int, max_size: int, divisible: int, mean, std, train_sizes=()):
         super().__init__()
         self.min_size, self.max_size, self.divisible = min_size, max_size, divisible
+        self.train_sizes = tuple(train_sizes) or (min_size,)
         self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(-1, 1, 1), persistent=False)
 
     def forward(self, x):
-        if self.training:  # torchvision's torch_choice of a training size, once per image
-            for _ in range(x.shape[0]):
-                torch.empty(1).uniform_(0.0, 1.0)
+        size = self.min_size
+        if self.training:  # torchvision's torch_choice of a training size, drawn per image
+            n = len(self.train_sizes)
+            picks = [int(torch.empty(1).uniform_(0.0, float(n)).item()) for _ in range(len(x))]
+            size = self.train_sizes[picks[0]]  # one batch, one size: the first image's
         h, w = x.shape[-2:]
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        scale = min(self.min_size / min(h, w), self.max_size / max(h, w))
+        scale = min(size / min(h, w), self.max_size / max(h, w))
         if scale != 1.0:
             x = F.interpolate(x, scale_factor=scale, mode="bilinear", recompute_scale_factor=True)
         rh, rw = x.shape[-2:]
@@ -115,10 +120,14 @@ class RcnnTransformDef(LayerDef):
         Arg("max_size", "int", 1333, min=1, max=16384, doc="long side at most"),
         Arg("divisible", "int", 32, min=1, max=1024, doc="padded size is a multiple of this"),
         Arg("normalize", "bool", True, doc="0: no mean/std normalisation (inputs already are)"),
+        Arg("train_min", "int", None, min=1, max=16384, doc="smallest training min_size"),
+        Arg("train_step", "int", 32, min=1, max=16384, doc="step of the training sizes"),
     )
 
     def shape(self, call: Call) -> ShapeSpec:
         i, a = call.input, call.args
+        if a["train_min"] is not None and a["train_min"] > a["min_size"]:
+            call.fail("train_min must be at most min_size", "train_min")
         if i.channels != 3 and a["normalize"]:
             call.fail(f"RT normalises RGB images, not {i.channels} channels (normalize=0)")
         h, w = resized_size(i.h, i.w, a["min_size"], a["max_size"])
@@ -133,4 +142,6 @@ class RcnnTransformDef(LayerDef):
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if a["normalize"] else ((0.0,) * 3, (1.0,) * 3)
         if call.input.channels != 3:
             mean, std = (0.0,) * call.input.channels, (1.0,) * call.input.channels
-        return RcnnTransform(a["min_size"], a["max_size"], a["divisible"], mean, std)
+        low = a["train_min"] or a["min_size"]
+        sizes = range(low, a["min_size"] + 1, a["train_step"])
+        return RcnnTransform(a["min_size"], a["max_size"], a["divisible"], mean, std, sizes)

@@ -5,7 +5,8 @@ level assignment).
 (boxes, or detections) is pooled from one level, ``k = floor(level + log2(sqrt(area) / canonical)
 + 1e-6)`` clamped to the levels given (their strides 2^k: FPN's rule, canonical 224 at level 4),
 by :func:`denet.kernels.roi_align` with ``spatial_scale = 1 / stride`` of that level. Output
-``[R, C, size, size]`` in the RoIs' order. With one level it is ``RA``. ``aligned=1`` is
+``[R, C, size, size]`` in the RoIs' order. With one level it is ``RA``. Detections (a box head's
+output, input pixels) are mapped into the frame of an ``RT`` before pooling. ``aligned=1`` is
 torchvision's ``aligned=True`` (half-pixel offset); torchvision's and Detectron's FPN models use
 ``aligned=0``.
 """
@@ -19,18 +20,20 @@ import torch
 from torch import nn
 
 from ..kernels import roi_align
+from .rcnn_transform import FRAME, boxes_to_frame, frame_sizes
 from .registry import Arg, Call, LayerDef
 from .shape import ShapeSpec
 
 
-def roi_rows(rois) -> torch.Tensor:
-    """``[R, 5]`` rows (batch index, x1, y1, x2, y2) of a set of boxes or of detections (one
-    dict per image with ``boxes``)."""
+def roi_rows(rois, sizes=None) -> torch.Tensor:
+    """``[R, 5]`` rows (batch index, x1, y1, x2, y2) of a set of boxes (already in the heads'
+    frame) or of detections (one dict per image with ``boxes`` in input pixels, mapped into the
+    frame of ``sizes``, see :func:`frame_sizes`)."""
     if isinstance(rois, torch.Tensor):
         return rois
     rows = []
     for b, d in enumerate(rois):
-        boxes = d["boxes"]
+        boxes = d["boxes"] if sizes is None else boxes_to_frame(d["boxes"], sizes)
         rows.append(torch.cat([torch.full_like(boxes[:, :1], b), boxes], 1))
     return torch.cat(rows, 0)
 
@@ -49,8 +52,8 @@ class MultiLevelRoIAlign(nn.Module):
         self.sampling_ratio, self.aligned = sampling_ratio, aligned
         self.canonical, self.level = canonical, level
 
-    def forward(self, *levels, rois):
-        rois = roi_rows(rois)
+    def forward(self, *levels, rois, images, frame=None):
+        rois = roi_rows(rois, frame_sizes(images, frame))
         o, x0 = self.output_size, levels[0]
 
         def pool(x, r, stride):
@@ -90,6 +93,12 @@ class MultiLevelRoIAlignDef(LayerDef):
         Arg("canonical", "float", 224.0, min=1.0, doc="box side that maps to `level`"),
         Arg("level", "int", 4, min=0, max=16, doc="FPN level of a canonical box"),
     )
+
+    def reads_images(self, call: Call) -> bool:
+        return True
+
+    def optional_uses(self, call: Call) -> dict[str, str]:
+        return {"frame": FRAME}
 
     def shape(self, call: Call) -> ShapeSpec:
         rois = call.taps["rois"]

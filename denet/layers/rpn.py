@@ -4,8 +4,8 @@
 ``RPN[32,64,128,256,512]($p2 | $p3 | $p4 | $p5 | $p6)``: the branches are the feature levels
 (usually references to taps). One head, shared by every level (one set of weights): a 3x3 conv
 with ReLU, then 1x1 convs to ``A`` objectness logits and ``4A`` box deltas, ``A`` anchors per
-position. The sizes are anchor sides in pixels: one per level when there are as many sizes as
-levels, else all of them on every level; ``ratios=3`` gives the aspect ratios (0.5, 1, 2)
+position. The sizes are anchor sides in pixels: one per level (as many sizes as levels), or any
+number of them on a single level (R-FCN's 64, 128, 256, 512 on res4); ``ratios=3`` gives the aspect ratios (0.5, 1, 2)
 (``ratios=n``: 2^k for n values of k centred on 0; 1: square anchors only). Anchors are
 torchvision's: rounded base boxes, shifted to the map's positions at the level's stride, the
 padded image size // the map size (torchvision's quirk: 61 for P6 of an 800-pixel image).
@@ -20,6 +20,11 @@ In training (with targets) it adds ``loss_objectness`` (binary cross-entropy) an
 ``loss_rpn_box_reg`` (smooth L1, beta 1/9, summed over positive anchors, divided by the number
 sampled): anchors matched to ground truth at IoU >= ``fg_iou`` (and each ground-truth box's best
 anchors), background below ``bg_iou``, ``batch`` sampled per image, half positive.
+
+Tag ``S`` makes it Deformable ConvNets' softmax RPN: the objectness conv makes ``2A`` logits
+(the first ``A`` channels background, the next ``A`` foreground, MXNet's reshape ``(0, 2, -1, 0)``),
+an anchor's score is the softmax foreground probability and ``loss_objectness`` the 2-class
+cross-entropy over the sampled anchors (their mean, MXNet's ``normalization='valid'``).
 """
 
 from __future__ import annotations
@@ -84,10 +89,10 @@ def clip_boxes(boxes: torch.Tensor, height: float, width: float) -> torch.Tensor
 class RPNHead(nn.Module):
     """3x3 conv + ReLU, then objectness and box deltas, applied to every level."""
 
-    def __init__(self, channels: int, anchors: int):
+    def __init__(self, channels: int, anchors: int, softmax: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.cls_logits = nn.Conv2d(channels, anchors, 1)
+        self.cls_logits = nn.Conv2d(channels, 2 * anchors if softmax else anchors, 1)
         self.bbox_pred = nn.Conv2d(channels, 4 * anchors, 1)
         for layer in (self.conv, self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
@@ -99,9 +104,10 @@ class RPNHead(nn.Module):
 
 
 class RegionProposals(nn.Module):
-    def __init__(self, channels, sizes, ratios, a: dict):
+    def __init__(self, channels, sizes, ratios, a: dict, softmax: bool = False):
         super().__init__()
-        self.head = RPNHead(channels, len(sizes[0]) * len(ratios))
+        self.head = RPNHead(channels, len(sizes[0]) * len(ratios), softmax)
+        self.softmax = softmax
         for k, s in enumerate(sizes):
             self.register_buffer(f"base{k}", base_anchors(s, ratios), persistent=False)
         self.a = dict(a)
@@ -121,15 +127,21 @@ class RegionProposals(nn.Module):
         logits, deltas = [], []
         for x in levels:
             o, d = self.head(x)
-            n_anchors = o.shape[1]
-            logits.append(o.permute(0, 2, 3, 1).reshape(b, -1))
+            n_anchors = d.shape[1] // 4
+            if self.softmax:  # [b, 2A, h, w]: A background, then A foreground logits
+                o = o.view(b, 2, n_anchors, o.shape[-2], o.shape[-1]).permute(0, 3, 4, 2, 1)
+                logits.append(o.reshape(b, -1, 2))
+            else:
+                logits.append(o.permute(0, 2, 3, 1).reshape(b, -1))
             d = d.view(b, n_anchors, 4, d.shape[-2], d.shape[-1]).permute(0, 3, 4, 1, 2)
             deltas.append(d.reshape(b, -1, 4))
         per_level = [o.shape[1] for o in logits]
         objectness, box_deltas = torch.cat(logits, 1), torch.cat(deltas, 1)
         anchors = torch.cat(self.anchors(levels, padded_size(images, frame)), 0)
         sizes = frame_sizes(images, frame)
-        boxes = self.proposals(objectness.detach(), box_deltas.detach(), anchors, per_level, sizes)
+        # the softmax's foreground probability is the sigmoid of the logits' difference
+        scores = objectness[..., 1] - objectness[..., 0] if self.softmax else objectness
+        boxes = self.proposals(scores.detach(), box_deltas.detach(), anchors, per_level, sizes)
         if targets is None:
             return boxes
         return boxes, self.loss(objectness, box_deltas, anchors, targets, sizes)
@@ -193,9 +205,14 @@ class RegionProposals(nn.Module):
             beta=1 / 9,
             reduction="sum",
         ) / max(1, sampled.numel())
-        obj = F.binary_cross_entropy_with_logits(
-            objectness.flatten()[sampled], torch.cat(labels)[sampled]
-        )
+        if self.softmax:
+            obj = F.cross_entropy(
+                objectness.reshape(-1, 2)[sampled], torch.cat(labels)[sampled].long()
+            )
+        else:
+            obj = F.binary_cross_entropy_with_logits(
+                objectness.flatten()[sampled], torch.cat(labels)[sampled]
+            )
         return {"loss_objectness": obj, "loss_rpn_box_reg": box}
 
     def extra_repr(self) -> str:
@@ -206,10 +223,11 @@ class RegionProposalNetwork(LayerDef):
     type = "RPN"
     doc = (
         "Region proposals over the feature levels given as branches (one shared head): anchors "
-        "of the given sizes (one per level, or all on each) and ratios, decoded, clipped, "
+        "of the given sizes (one per level, or several on one level) and ratios, decoded, clipped, "
         "per-level top-k and NMS: boxes [R, 5]. Training adds loss_objectness, "
         "loss_rpn_box_reg. See R-CNN in docs/language.md."
     )
+    tags = {"S": "softmax objectness: 2A logits, background first (Deformable ConvNets)"}
     is_group = True
     min_branches = 1
     max_branches = MAX_SIZES
@@ -234,11 +252,17 @@ class RegionProposalNetwork(LayerDef):
     )
 
     def sizes(self, call: Call) -> list[tuple[float, ...]]:
+        """Anchor sizes per level: one per level, or all of them on a single level."""
         given = [call.args[f"size{k}"] for k in range(1, MAX_SIZES + 1)]
         given = [s for s in given if s is not None]
         if len(given) == len(call.inputs):
             return [(s,) for s in given]
-        return [tuple(given)] * len(call.inputs)
+        if len(call.inputs) == 1:
+            return [tuple(given)]
+        call.fail(
+            f"RPN has {len(call.inputs)} levels and {len(given)} anchor sizes: give one size "
+            f"per level, or several sizes for one level"
+        )
 
     def losses(self, call: Call):
         return ("loss_objectness", "loss_rpn_box_reg")
@@ -257,6 +281,7 @@ class RegionProposalNetwork(LayerDef):
                     f"RPN's levels must have the same channels: level 1 has {first.channels}, "
                     f"level {k} has {s.channels}"
                 )
+        self.sizes(call)  # refuses sizes that fit no level
         if call.args["bg_iou"] > call.args["fg_iou"]:
             call.fail("bg_iou must be at most fg_iou", "bg_iou")
         return ShapeSpec(call.args["post_nms"], stride=Fraction(1), form="boxes")
@@ -269,4 +294,4 @@ class RegionProposalNetwork(LayerDef):
             a.pop(f"size{k}")
         for k in ("lr", "frozen", "init"):
             a.pop(k, None)
-        return RegionProposals(call.inputs[0].channels, sizes, ratios, a)
+        return RegionProposals(call.inputs[0].channels, sizes, ratios, a, call.has("S"))
