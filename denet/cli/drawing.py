@@ -2,7 +2,9 @@
 
 Each box is drawn in its class colour (``PALETTE[label % 20]``) over a black rim, and each
 caption in the class colour with a black outline, so both stay readable on a dark, a bright or
-a same-coloured background.
+a same-coloured background. Instance masks are a semi-transparent fill in the class colour;
+keypoints are dots in the class colour with a black rim, joined by the skeleton's lines when
+there is one.
 """
 
 from __future__ import annotations
@@ -73,3 +75,67 @@ def draw_boxes(img: Image.Image, boxes, labels, captions, zoom: int = 1) -> None
         draw.rectangle(corners, outline=color, width=2)
         if caption:
             draw.text((x0 + 3, y0 + 2), caption, fill=color, stroke_width=1, stroke_fill=(0, 0, 0))
+
+
+# COCO person's skeleton (1-based keypoint pairs, as person_keypoints_*.json gives it), used for
+# a class named "person" with 17 keypoints when the data do not give a skeleton.
+COCO_PERSON_SKELETON = [
+    [16, 14],
+    [14, 12],
+    [17, 15],
+    [15, 13],
+    [12, 13],
+    [6, 12],
+    [7, 13],
+    [6, 7],
+    [6, 8],
+    [7, 9],
+    [8, 10],
+    [9, 11],
+    [2, 3],
+    [1, 2],
+    [1, 3],
+    [2, 4],
+    [3, 5],
+    [4, 6],
+    [5, 7],
+]
+
+
+def fill_masks(img: Image.Image, masks, labels, zoom: int = 1, alpha: float = 0.45) -> None:
+    """Blend each binary mask (``[H, W]``, pixels of the image before its ``zoom``-fold
+    enlargement) into ``img`` in place: ``(1 - alpha) * pixel + alpha * class colour``, later
+    masks over earlier ones."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32).copy()
+    for mask, label in zip(masks, labels):
+        m = np.asarray(mask, dtype=bool)
+        if zoom != 1:
+            m = m.repeat(zoom, 0).repeat(zoom, 1)
+        m = m[: arr.shape[0], : arr.shape[1]]
+        color = np.array(class_color(label), np.float32)
+        arr[m] = (1 - alpha) * arr[m] + alpha * color
+    img.paste(Image.fromarray(np.round(arr).clip(0, 255).astype(np.uint8)))
+
+
+def draw_keypoints(img: Image.Image, keypoints, labels, skeletons, zoom: int = 1) -> None:
+    """Draw each detection's keypoints (``[K, 2+]`` x, y in pixels before the ``zoom``) as dots
+    in its class colour over a black rim, after the lines of ``skeletons[label]`` (1-based
+    pairs, as COCO writes them) where there is one; points that are not finite are skipped."""
+    draw = ImageDraw.Draw(img)
+    radius = 3
+    for points, label in zip(keypoints, labels):
+        color = class_color(label)
+        xy = [(float(p[0]) * zoom, float(p[1]) * zoom) for p in points]
+        finite = [bool(np.isfinite(x) and np.isfinite(y)) for x, y in xy]
+        for a, b in skeletons.get(int(label), ()):
+            a, b = int(a) - 1, int(b) - 1
+            if 0 <= a < len(xy) and 0 <= b < len(xy) and finite[a] and finite[b]:
+                draw.line([xy[a], xy[b]], fill=(0, 0, 0), width=4)
+                draw.line([xy[a], xy[b]], fill=color, width=2)
+        for (x, y), ok in zip(xy, finite):
+            if ok:
+                draw.ellipse(
+                    [x - radius, y - radius, x + radius, y + radius],
+                    fill=color,
+                    outline=(0, 0, 0),
+                )

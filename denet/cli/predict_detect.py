@@ -11,8 +11,12 @@
   ``results``), 1-based pixel coordinates as VOC's devkit reads them, scored with the VOC07
   11-point AP of :class:`denet.eval.VocEvaluator`; the per-image list is
   ``<folder>/detections.json``;
-- ``,image``: every image with its boxes drawn, as PNG, under ``<stem>_images/`` (or
-  ``<folder>/images/`` for voc).
+- ``,image``: every image with its boxes (and the model's masks and keypoints) drawn, as PNG,
+  under ``<stem>_images/`` (or ``<folder>/images/`` for voc).
+
+A model whose outputs have ``masks`` and ``keypoints`` (Mask / Keypoint R-CNN) gets them in the
+per-image list and the COCO results (``segmentation`` RLEs, ``keypoints``), and COCOeval's
+``segm`` and ``keypoints`` tables where the annotations have those.
 
 ``--params k=v,...`` takes DeNet's keys; the thresholds reach the model through the
 ``set_test_params(score=, nms=, soft_nms=)`` method of its detection heads.
@@ -274,16 +278,21 @@ def image_targets(paths, root, folder) -> list[str]:
 
 @dataclass
 class ImageDetections:
-    """One image's detections in the original image's pixels (float64, not rounded)."""
+    """One image's detections in the original image's pixels (float64, not rounded), with the
+    masks (RLEs of ``mask > 0.5`` at the original size) and keypoints (``[N, K, 3]``: x, y and
+    the model's third value) of models that have those heads."""
 
     image_id: int
     boxes: np.ndarray  # [N, 4] xyxy, continuous 0-based pixels, not clipped
     scores: np.ndarray
     labels: np.ndarray
     size: tuple[int, int] | None  # (H, W) of the original image
+    masks: list | None = None  # N RLE dicts, counts as ascii
+    keypoints: np.ndarray | None = None  # [N, K, 3]
 
-    def clipped(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Boxes clipped to the image; boxes left without area (or not finite) dropped."""
+    def kept(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(boxes clipped to the image, keep)``: boxes left without area (or not finite) are
+        not kept."""
         boxes = self.boxes.copy()
         if self.size is not None:
             h, w = self.size
@@ -295,21 +304,60 @@ class ImageDetections:
             & (boxes[:, 2] > boxes[:, 0])
             & (boxes[:, 3] > boxes[:, 1])
         )
-        return boxes[keep], self.scores[keep], self.labels[keep]
+        return boxes[keep], keep
+
+    def clipped(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes clipped to the image; boxes left without area (or not finite) dropped."""
+        boxes, keep = self.kept()
+        return boxes, self.scores[keep], self.labels[keep]
 
 
 def image_detections(output: dict, target: dict) -> ImageDetections:
+    """The model's output for one image mapped to the original image: boxes and keypoints by
+    ``(v - offset) / scale``, masks by :func:`denet.eval.coco.masks_to_rles`."""
+    from ..eval.base import finite_geometry
+    from ..eval.coco import _unmap_xy, masks_to_rles
+
     size = None
     if "orig_size" in target:
         h, w = (int(v) for v in np.asarray(target["orig_size"]).reshape(-1)[:2])
         size = (h, w)
-    return ImageDetections(
+    item = ImageDetections(
         int(target["image_id"]),
         to_original(output["boxes"], target).numpy(),
         output["scores"].detach().double().cpu().reshape(-1).numpy(),
         output["labels"].detach().cpu().reshape(-1).numpy().astype(np.int64),
         size,
     )
+    n = len(item.labels)
+    geom = finite_geometry(target)
+    if output.get("masks") is not None:
+        if len(output["masks"]) != n:
+            raise DenetError(f"the model gave {len(output['masks'])} masks for {n} boxes")
+        item.masks = masks_to_rles(output["masks"], geom, size) if n else []
+    if output.get("keypoints") is not None:
+        kp = output["keypoints"].detach().double().cpu().numpy()
+        if kp.ndim != 3 or kp.shape[-1] != 3 or len(kp) != n:
+            raise DenetError(
+                f"the model gave keypoints of shape {list(kp.shape)}; [N, K, 3] with N = {n} "
+                "boxes is expected"
+            )
+        kp[..., :2] = _unmap_xy(kp[..., :2], geom)
+        item.keypoints = kp
+    return item
+
+
+def instance_fields(item: ImageDetections) -> dict:
+    """The per-image JSON's ``segmentation`` and ``keypoints`` lists, where the model has them."""
+    out = {}
+    if item.masks is not None:
+        out["segmentation"] = item.masks
+    if item.keypoints is not None:
+        out["keypoints"] = [
+            [[round(float(v), 3) for v in point] for point in points]
+            for points in item.keypoints.tolist()
+        ]
+    return out
 
 
 # ----------------------------------------------------------------------------- mscoco
@@ -332,31 +380,57 @@ def coco_subsets(ds) -> list[tuple[str, str, object, list[int]]]:
 
 
 def coco_results(ds, items: list[ImageDetections]) -> list[dict]:
-    """COCO's results format: ``[x, y, w, h]`` in 0-based original pixels, clipped."""
+    """COCO's results format: ``[x, y, w, h]`` in 0-based original pixels, clipped; with the
+    model's masks a ``segmentation`` RLE and with its keypoints ``keypoints`` (x, y, value per
+    keypoint, flattened) in the original image's pixels."""
     results = []
     for item in items:
-        boxes, scores, labels = item.clipped()
-        for (x0, y0, x1, y1), score, label in zip(boxes.tolist(), scores.tolist(), labels):
+        boxes, keep = item.kept()
+        index = np.flatnonzero(keep)
+        for (x0, y0, x1, y1), k in zip(boxes.tolist(), index.tolist()):
+            label = int(item.labels[k])
             if not 0 <= label < len(ds.cat_ids):
                 raise DenetError(f"the model gave label {label}; the set has {len(ds.cat_ids)}")
-            results.append(
-                {
-                    "image_id": item.image_id,
-                    "category_id": int(ds.cat_ids[label]),
-                    "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)],
-                    "score": round(score, 6),
-                }
-            )
+            result = {
+                "image_id": item.image_id,
+                "category_id": int(ds.cat_ids[label]),
+                "bbox": [round(x0, 3), round(y0, 3), round(x1 - x0, 3), round(y1 - y0, 3)],
+                "score": round(float(item.scores[k]), 6),
+            }
+            if item.masks is not None:
+                result["segmentation"] = item.masks[k]
+            if item.keypoints is not None:
+                result["keypoints"] = [round(float(v), 3) for v in item.keypoints[k].ravel()]
+            results.append(result)
     return results
 
 
+RESULT_FIELDS = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
+
+
+def _gt_lacks(kind: str, coco) -> bool:
+    """Whether the annotations cannot score ``kind``: segm needs a segmentation on every
+    annotation, keypoints keypoints on every one and some labelled."""
+    anns = coco.dataset.get("annotations", [])
+    if kind == "segm":
+        return not all("segmentation" in a for a in anns)
+    if kind == "keypoints":
+        return not all("keypoints" in a for a in anns) or not any(
+            a.get("num_keypoints", 0) > 0 for a in anns
+        )
+    return False
+
+
 def coco_evaluate(subsets, results_path: str) -> list[str]:
-    """pycocotools' COCOeval (bbox) of the results file against each annotated subset: a
-    header line and the 12 lines of ``summarize()`` per subset, or one line saying why not."""
+    """pycocotools' COCOeval of the results file against each annotated subset, for each
+    result type the file holds (``bbox``; ``segm`` with the model's masks, ``keypoints`` with
+    its keypoints): a header line and the lines of ``summarize()`` per subset and type, or one
+    line saying why not."""
     from pycocotools.cocoeval import COCOeval
 
     with open(results_path, encoding="utf-8") as fh:
         results = json.load(fh)
+    kinds = [k for k, f in RESULT_FIELDS.items() if k == "bbox" or any(f in r for r in results)]
     lines = []
     for subset, ann, coco, img_ids in subsets:
         if not img_ids:
@@ -365,26 +439,45 @@ def coco_evaluate(subsets, results_path: str) -> list[str]:
             lines.append(f"COCO {subset}: {ann} has no annotations, so nothing is evaluated")
             continue
         wanted = set(img_ids)
-        mine = [r for r in results if r["image_id"] in wanted]
-        if not mine:
+        for kind in kinds:
+            if _gt_lacks(kind, coco):
+                what = {"segm": "segmentations", "keypoints": "keypoints"}[kind]
+                hint = (
+                    " (--extension mscoco,SUBSET,keypoints reads person_keypoints_<split>"
+                    "<year>.json)"
+                    if kind == "keypoints"
+                    else ""
+                )
+                lines.append(
+                    f"COCO {kind}, {subset}: {ann} has no {what}, so the model's {what} are "
+                    f"not evaluated{hint}"
+                )
+                continue
+            field_name = RESULT_FIELDS[kind]
+            mine = [
+                {k: r[k] for k in ("image_id", "category_id", "score", field_name)}
+                for r in results
+                if r["image_id"] in wanted and field_name in r
+            ]
+            if not mine:
+                lines.append(
+                    f"COCO {kind}, {subset}: no detections in {len(img_ids)} image(s), so "
+                    "pycocotools has nothing to evaluate (AP 0)"
+                )
+                continue
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+                ev = COCOeval(coco, coco.loadRes(mine), kind)
+                ev.params.imgIds = sorted(img_ids)
+                ev.evaluate()
+                ev.accumulate()
+            table = io.StringIO()
+            with contextlib.redirect_stdout(table):
+                ev.summarize()
             lines.append(
-                f"COCO bbox, {subset}: no detections in {len(img_ids)} image(s), so "
-                "pycocotools has nothing to evaluate (AP 0)"
+                f"COCO {kind}, {subset} ({len(img_ids)} images, {len(mine)} detections, "
+                f"pycocotools COCOeval of {results_path} against {ann}):"
             )
-            continue
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            ev = COCOeval(coco, coco.loadRes(mine), "bbox")
-            ev.params.imgIds = sorted(img_ids)
-            ev.evaluate()
-            ev.accumulate()
-        table = io.StringIO()
-        with contextlib.redirect_stdout(table):
-            ev.summarize()
-        lines.append(
-            f"COCO bbox, {subset} ({len(img_ids)} images, {len(mine)} detections, "
-            f"pycocotools COCOeval of {results_path} against {ann}):"
-        )
-        lines.append(table.getvalue().rstrip("\n"))
+            lines.append(table.getvalue().rstrip("\n"))
     return lines
 
 
@@ -460,27 +553,57 @@ def voc_evaluate(ds, items: list[ImageDetections], match_iou: float) -> list[str
 
 
 # ----------------------------------------------------------------------------- images
-def draw_detections(entries, targets) -> None:
+def draw_detections(entries, targets, skeletons=None) -> None:
     """Each image of the per-image entries with its boxes (best drawn last, on top) and
-    ``<class> <score>`` captions, as PNG at ``targets``; small images are enlarged."""
+    ``<class> <score>`` captions, as PNG at ``targets``; small images are enlarged. Entries
+    with ``segmentation`` get their masks filled in first, entries with ``keypoints`` their
+    keypoints (and ``skeletons[label]``'s lines) drawn over the boxes."""
+    from pycocotools import mask as mask_util
+
     from ..data.image import load_image
-    from .drawing import default_zoom, draw_boxes, enlarge
+    from .drawing import default_zoom, draw_boxes, draw_keypoints, enlarge, fill_masks
 
     for entry, target in zip(entries, targets):
         rgb = np.asarray(load_image(entry["path"], 3))
         zoom = default_zoom(rgb.shape[0], rgb.shape[1])
         img = enlarge(rgb, zoom)
         order = sorted(range(len(entry["scores"])), key=lambda k: entry["scores"][k])
+        labels = [entry["labels"][k] for k in order]
+        if entry.get("segmentation") is not None:
+            masks = [mask_util.decode(dict(entry["segmentation"][k])) for k in order]
+            fill_masks(img, masks, labels, zoom)
         draw_boxes(
             img,
             [entry["boxes"][k] for k in order],
-            [entry["labels"][k] for k in order],
+            labels,
             [f"{entry['classes'][k]} {entry['scores'][k]:.2f}" for k in order],
             zoom,
         )
+        if entry.get("keypoints") is not None:
+            draw_keypoints(
+                img, [entry["keypoints"][k] for k in order], labels, skeletons or {}, zoom
+            )
         buffer = io.BytesIO()
         img.save(buffer, format="PNG")
         write_atomic(target, buffer.getvalue())
+
+
+def keypoint_skeletons(ds, names, entries) -> dict:
+    """label -> skeleton (1-based pairs): a COCO set's category ``skeleton``; else COCO
+    person's for a class named ``person`` whose detections have 17 keypoints."""
+    from .drawing import COCO_PERSON_SKELETON
+
+    out = {}
+    for coco in getattr(ds, "cocos", ()):
+        for label, cat_id in enumerate(ds.cat_ids):
+            skeleton = coco.cats.get(cat_id, {}).get("skeleton")
+            if skeleton and label not in out:
+                out[label] = [[int(a), int(b)] for a, b in skeleton]
+    counts = {len(p) for e in entries for p in e.get("keypoints") or ()}
+    for label, name in enumerate(names):
+        if label not in out and str(name) == "person" and counts == {17}:
+            out[label] = COCO_PERSON_SKELETON
+    return out
 
 
 # ----------------------------------------------------------------------------- run
@@ -525,8 +648,11 @@ def run_detect(ns, model, names, device) -> None:
     items: list[ImageDetections] = []
     for outputs, targets in predict_batches(model, ds, ns.batch_size, ns.thread_num, device):
         for output, target in zip(outputs, targets):
-            entries.append(detection_entry(paths[len(entries)], output, target, names))
-            items.append(image_detections(output, target))
+            item = image_detections(output, target)
+            entry = detection_entry(paths[len(entries)], output, target, names)
+            entry.update(instance_fields(item))
+            entries.append(entry)
+            items.append(item)
         if evaluator is not None:
             evaluator.update(outputs, targets)
 
@@ -540,9 +666,19 @@ def run_detect(ns, model, names, device) -> None:
     if out.results is not None:
         results = coco_results(ds, items)
         write_json(results, out.results)
+        extra = [
+            what
+            for what, present in (
+                ("segmentation RLEs", any(i.masks is not None for i in items)),
+                ("keypoints", any(i.keypoints is not None for i in items)),
+            )
+            if present
+        ]
         print(
             f"wrote {len(results)} COCO result(s) to {out.results} (boxes [x, y, w, h] in the "
-            "original images' 0-based pixels, clipped to the image)"
+            "original images' 0-based pixels, clipped to the image"
+            + "".join(f"; {what}" for what in extra)
+            + ")"
         )
         for line in coco_evaluate(subsets, out.results):
             print(line)
@@ -563,5 +699,5 @@ def run_detect(ns, model, names, device) -> None:
         else:
             print(f"VOC: {ds.root} annotates no objects in these images, so nothing is evaluated")
     if drawings is not None:
-        draw_detections(entries, drawings)
+        draw_detections(entries, drawings, keypoint_skeletons(ds, names, entries))
         print(f"drew {len(drawings)} image(s) with their boxes under {out.images}")

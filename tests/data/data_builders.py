@@ -86,10 +86,68 @@ def compressed_rle(mask):
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-# make_coco's person keypoints: names, (x, y) as fractions of the object's box, and skeleton
-KEYPOINT_NAMES = ["nose", "left_eye", "right_eye", "left_foot", "right_foot"]
-KEYPOINT_LAYOUT = [(0.5, 0.25), (0.75, 0.125), (0.25, 0.125), (0.75, 0.875), (0.25, 0.875)]
-KEYPOINT_SKELETON = [[1, 2], [1, 3], [1, 4], [1, 5]]  # COCO's 1-based pairs
+# make_coco's person keypoints: COCO's 17 names and skeleton (so pycocotools' COCOeval, whose
+# OKS sigmas are COCO person's, scores them), and a figure facing the camera (the person's left
+# on the image's right) as (x, y) fractions of the object's box, inside its inscribed ellipse.
+KEYPOINT_NAMES = [
+    "nose",
+    "left_eye",
+    "right_eye",
+    "left_ear",
+    "right_ear",
+    "left_shoulder",
+    "right_shoulder",
+    "left_elbow",
+    "right_elbow",
+    "left_wrist",
+    "right_wrist",
+    "left_hip",
+    "right_hip",
+    "left_knee",
+    "right_knee",
+    "left_ankle",
+    "right_ankle",
+]
+KEYPOINT_LAYOUT = [
+    (0.5, 0.1),
+    (0.56, 0.08),
+    (0.44, 0.08),
+    (0.6, 0.1),
+    (0.4, 0.1),
+    (0.72, 0.22),
+    (0.28, 0.22),
+    (0.8, 0.38),
+    (0.2, 0.38),
+    (0.85, 0.52),
+    (0.15, 0.52),
+    (0.62, 0.55),
+    (0.38, 0.55),
+    (0.64, 0.75),
+    (0.36, 0.75),
+    (0.65, 0.9),
+    (0.35, 0.9),
+]
+KEYPOINT_SKELETON = [  # COCO's 1-based pairs
+    [16, 14],
+    [14, 12],
+    [17, 15],
+    [15, 13],
+    [12, 13],
+    [6, 12],
+    [7, 13],
+    [6, 7],
+    [6, 8],
+    [7, 9],
+    [8, 10],
+    [9, 11],
+    [2, 3],
+    [1, 2],
+    [1, 3],
+    [2, 4],
+    [3, 5],
+    [4, 6],
+    [5, 7],
+]
 
 
 def object_keypoints(obj, ann_id):
