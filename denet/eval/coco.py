@@ -280,7 +280,8 @@ class CocoEvaluator(Evaluator):
             elif kind == "segm":
                 values = [dict(rle) for rle in r["masks"]]
             else:
-                values = r["keypoints"].reshape(len(r["keypoints"]), -1).tolist()
+                kp = r["keypoints"]
+                values = kp.reshape(len(kp), -1).tolist() if len(kp) else []
             field = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}[kind]
             res += [
                 {"image_id": r["image_id"], "category_id": c, "score": s, field: v}
