@@ -367,3 +367,52 @@ def test_small_rfcn_trains_to_ap50_through_model_train(tmp_path):
     assert {"train_loss_objectness", "train_loss_cls", "train_loss_box"} <= set(log[-1])
     assert log[-1]["train_loss_cls"] < log[0]["train_loss_cls"]
     assert log[-1]["test_AP50"] >= 0.5, log[-1]
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("rfcn_resnet101", 58_475_025),
+        ("rfcn_dcn_resnet101", 67_707_469),
+        ("faster_rcnn_dcn_resnet101", 68_967_127),
+    ],
+)
+def test_examples_compile_with_the_parameter_count_their_header_states(name, params):
+    with open(os.path.join(HERE, "..", "..", "examples", f"{name}.desc"), encoding="utf-8") as fh:
+        text = fh.read()
+    with torch.device("meta"):
+        model = denet.compile(text, (3, 600, 600), 80, border_mode="half")
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert f"{params:,} parameters" in text
+
+
+# Deformable R-FCN in small: DPSP for boxes (one offset set) and classes, OHEM, soft-NMS
+DRFCN_TOY = (
+    "C[16,3] BN A P[2] C[32,3] BN A P[2] C[64,3] BN A @f "
+    "RPN.S[16,32,pre_nms=300,post_nms=50,train_pre_nms=300,train_post_nms=100]($f) "
+    "SAMPLE[100,0.25] @rois $f C.B[64,1] A @h PSC[3,8] DPSP[3,rois=rois,offsets=h,sets=1] @box "
+    "$h PSC[3,classes,background=1] DPSP[3,rois=rois,offsets=h] "
+    "DET[rois=rois,deltas=box,ohem=32,soft_nms=0.6]"
+)
+
+
+@pytest.mark.slow
+def test_small_deformable_rfcn_with_ohem_trains_to_ap50(tmp_path):
+    sys.path.insert(0, os.path.join(HERE, "..", "cli"))
+    tasks = importlib.import_module("test_model_train_tasks")
+    cli = _load("cli_conftest_for_rfcn", os.path.join(HERE, "..", "cli", "conftest.py"))
+    root = tmp_path / "coco"
+    tasks.make_coco(str(root), "train", 2017, tasks.scenes(300, 0, 64, (14, 30)), ext="png")
+    tasks.make_coco(
+        str(root), "val", 2017, tasks.scenes(60, 1, 64, (14, 30)), first_id=5000, ext="png"
+    )
+    prefix = tmp_path / "out" / "drfcn"
+
+    def tool(*args):
+        return cli.run_tool(*args, timeout=600)
+
+    res = tasks.train(tool, DRFCN_TOY, root, tasks.COCO_TRAIN, prefix, "0.003", "4", tasks.COCO_VAL)
+    assert res.returncode == 0, res.stderr
+    log = tasks.read_log(f"{prefix}_log.jsonl")
+    assert log[-1]["train_loss_box"] < log[0]["train_loss_box"]
+    assert log[-1]["test_AP50"] >= 0.5, log[-1]
