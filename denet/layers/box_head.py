@@ -19,6 +19,10 @@ frame and returns boxes in the input's pixels.
   (:func:`denet.kernels.batched_nms`), the best ``max``: ``{"boxes" [N, 4] xyxy input pixels,
   "scores" [N], "labels" [N] 0-based}`` (torchvision's ``postprocess_detections``).
 
+Detectron's conventions: ``plus1=1`` (widths ``x2 - x1 + 1`` in the box coder and the IoU, a
+decoded box ends at ``centre + w/2 - 1``, boxes clipped to ``[0, W - 1]``) and ``beta=1`` (its
+box loss's smooth L1).
+
 Options for heads that make their own scores (R-FCN, Deformable ConvNets):
 
 * ``deltas=t``: the input is the class logits ``[R, classes + 1]`` and the tap ``t`` the box
@@ -82,6 +86,7 @@ class BoxHead(nn.Module):
             a["max"],
         )
         self.min_size = a["min_size"]
+        self.plus1, self.beta = a.get("plus1", False), a.get("beta", 1 / 9)
 
     def forward(self, x, rois, images, frame=None, targets=None, deltas=None):
         rois = roi_rows(rois)
@@ -100,7 +105,7 @@ class BoxHead(nn.Module):
         else:
             loss_cls = F.cross_entropy(logits, labels)
             deltas = self.class_deltas(deltas, labels)[fg]
-            loss_box = F.smooth_l1_loss(deltas, goals[fg], beta=1 / 9, reduction="sum")
+            loss_box = F.smooth_l1_loss(deltas, goals[fg], beta=self.beta, reduction="sum")
             loss_box = loss_box / max(1, labels.numel())
         positives = []
         for b in range(images.shape[0]):
@@ -138,8 +143,8 @@ class BoxHead(nn.Module):
             if len(sel) == 0 or len(gt) == 0:
                 continue
             boxes = rois[sel, 1:]
-            labels[sel], matched[sel] = roi_labels(boxes, gt, gt_labels, self.iou, 0.0)
-            goals[sel] = encode(gt[matched[sel]], boxes, WEIGHTS)
+            labels[sel], matched[sel] = roi_labels(boxes, gt, gt_labels, self.iou, 0.0, self.plus1)
+            goals[sel] = encode(gt[matched[sel]], boxes, WEIGHTS, self.plus1)
         return labels, goals, matched
 
     @torch.no_grad()
@@ -148,11 +153,12 @@ class BoxHead(nn.Module):
         height, width = sizes[0], sizes[1]
         probs = F.softmax(logits, -1)
         n, k = probs.shape
+        p1 = self.plus1
         if self.per_class:
-            boxes = decode(deltas.reshape(n, k, 4), rois[:, None, 1:], WEIGHTS, CLAMP)
+            boxes = decode(deltas.reshape(n, k, 4), rois[:, None, 1:], WEIGHTS, CLAMP, p1)
         else:
-            boxes = decode(deltas[:, -4:], rois[:, 1:], WEIGHTS, CLAMP)[:, None].expand(n, k, 4)
-        boxes = clip_boxes(boxes, height, width)
+            boxes = decode(deltas[:, -4:], rois[:, 1:], WEIGHTS, CLAMP, p1)[:, None].expand(n, k, 4)
+        boxes = clip_boxes(boxes, height, width, p1)
         classes = torch.arange(k - 1, device=probs.device).view(1, -1).expand(n, k - 1)
         out = []
         for b in range(images.shape[0]):
@@ -161,7 +167,7 @@ class BoxHead(nn.Module):
             sc, cls = probs[sel][:, 1:].reshape(-1), classes[sel].reshape(-1)
             keep = torch.where(sc > self.score)[0]
             bx, sc, cls = bx[keep], sc[keep], cls[keep]
-            keep = remove_small(bx, self.min_size)
+            keep = remove_small(bx, self.min_size, self.plus1)
             bx, sc, cls = bx[keep], sc[keep], cls[keep]
             if self.soft_nms and len(bx):
                 # one class never suppresses another: move each class far from the others
@@ -215,6 +221,8 @@ class BoxHeadDef(LayerDef):
         Arg("deltas", "tap", None, doc="box deltas made before: the input is then the logits"),
         Arg("ohem", "int", 0, min=0, max=1_000_000, doc="hardest RoIs kept per image (0: all)"),
         Arg("soft_nms", "float", 0.0, min=0.0, doc="Gaussian soft-NMS sigma at test (0: NMS)"),
+        Arg("beta", "float", 1 / 9, min=0.0, doc="smooth-L1 beta of loss_box (Detectron: 1)"),
+        Arg("plus1", "bool", False, doc="1: Detectron's boxes (+1 widths, clip W-1)"),
     )
 
     def losses(self, call: Call):

@@ -1,7 +1,8 @@
 """``RT``: the input transform of R-CNN models (torchvision's ``GeneralizedRCNNTransform``).
 
 ``RT[min_size=800, max_size=1333, divisible=32]`` normalises the images (ImageNet's mean and
-std by default: the models take [0, 1] RGB), resizes them (bilinear, ``align_corners=False``)
+std by default: the models take [0, 1] RGB; ``norm=caffe``: Detectron's 0..255 minus its pixel
+means; ``norm=none``), resizes them (bilinear, ``align_corners=False``)
 so that the short side is ``min_size`` unless the long side would pass ``max_size``, with
 torchvision's ``recompute_scale_factor=True`` sizes, and pads them with zeros on the bottom and
 right to a multiple of ``divisible``. In training mode the short side is drawn from
@@ -30,8 +31,14 @@ from .registry import Arg, Call, LayerDef
 from .shape import ShapeSpec
 
 FRAME = "RT.frame"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# (mean, std) of each normalisation, for [0, 1] RGB inputs
+NORMS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision
+    # Detectron / MSRA Caffe: pixel values 0..255 minus the BGR means 102.98, 115.95, 122.77
+    # (here in RGB order; a converted checkpoint's first conv takes RGB), no std
+    "caffe": ((122.77 / 255, 115.95 / 255, 102.98 / 255), (1 / 255,) * 3),
+    "none": ((0.0,) * 3, (1.0,) * 3),
+}
 
 
 def resized_size(height: int, width: int, min_size: float, max_size: float) -> tuple[int, int]:
@@ -119,7 +126,7 @@ class RcnnTransformDef(LayerDef):
         Arg("min_size", "int", 800, min=1, max=16384, doc="short side after resizing"),
         Arg("max_size", "int", 1333, min=1, max=16384, doc="long side at most"),
         Arg("divisible", "int", 32, min=1, max=1024, doc="padded size is a multiple of this"),
-        Arg("normalize", "bool", True, doc="0: no mean/std normalisation (inputs already are)"),
+        Arg("norm", "str", "imagenet", choices=tuple(NORMS), doc="normalisation of [0,1] RGB"),
         Arg("train_min", "int", None, min=1, max=16384, doc="smallest training min_size"),
         Arg("train_step", "int", 32, min=1, max=16384, doc="step of the training sizes"),
     )
@@ -128,8 +135,8 @@ class RcnnTransformDef(LayerDef):
         i, a = call.input, call.args
         if a["train_min"] is not None and a["train_min"] > a["min_size"]:
             call.fail("train_min must be at most min_size", "train_min")
-        if i.channels != 3 and a["normalize"]:
-            call.fail(f"RT normalises RGB images, not {i.channels} channels (normalize=0)")
+        if i.channels != 3 and a["norm"] != "none":
+            call.fail(f"RT normalises RGB images, not {i.channels} channels (norm=none)", "norm")
         h, w = resized_size(i.h, i.w, a["min_size"], a["max_size"])
         d = a["divisible"]
         return ShapeSpec(i.channels, -(-h // d) * d, -(-w // d) * d, Fraction(1))
@@ -139,7 +146,7 @@ class RcnnTransformDef(LayerDef):
 
     def build(self, call: Call):
         a = call.args
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if a["normalize"] else ((0.0,) * 3, (1.0,) * 3)
+        mean, std = NORMS[a["norm"]]
         if call.input.channels != 3:
             mean, std = (0.0,) * call.input.channels, (1.0,) * call.input.channels
         low = a["train_min"] or a["min_size"]

@@ -132,6 +132,8 @@ class Resize(LayerDef):
             call.fail("UP needs a factor (UP[2]) or a map to resize to (UP[to=tap])")
         if f <= 0:
             call.fail(f"the factor must be > 0, not {f:g}", "factor")
+        if max(i.h, i.w) * f > 2**31 - 1:  # no tensor side is this long; floor(inf) would raise
+            call.fail(f"the factor {f:g} makes the {i.h}x{i.w} map too large", "factor")
         h, w = scaled_size(i.h, f, a["rule"]), scaled_size(i.w, f, a["rule"])
         if h < 1 or w < 1:
             call.fail(f"output would be empty: {i.h}x{i.w} times {f:g} is {h}x{w}", "factor")

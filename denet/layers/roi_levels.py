@@ -38,16 +38,26 @@ def roi_rows(rois, sizes=None) -> torch.Tensor:
     return torch.cat(rows, 0)
 
 
-def roi_levels(boxes: torch.Tensor, k_min: int, k_max: int, canonical: float, level: float):
-    """FPN's level of each box ([R, 4]), minus ``k_min`` (torchvision's ``LevelMapper``)."""
-    s = torch.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    k = torch.floor(level + torch.log2(s / canonical) + torch.tensor(1e-6, dtype=s.dtype))
+def roi_levels(
+    boxes: torch.Tensor, k_min: int, k_max: int, canonical: float, level: float, plus1=False
+):
+    """FPN's level of each box ([R, 4]), minus ``k_min``: torchvision's ``LevelMapper``
+    (``floor(level + log2(s / canonical) + 1e-6)``), or with ``plus1`` Detectron's
+    ``map_rois_to_fpn_levels`` (+1 widths, ``floor(level + log2(s / canonical + 1e-6))``)."""
+    one = 1.0 if plus1 else 0.0
+    s = torch.sqrt((boxes[:, 2] - boxes[:, 0] + one) * (boxes[:, 3] - boxes[:, 1] + one))
+    eps = torch.tensor(1e-6, dtype=s.dtype)
+    if plus1:
+        k = torch.floor(level + torch.log2(s / canonical + eps))
+    else:
+        k = torch.floor(level + torch.log2(s / canonical) + eps)
     return (k.clamp(min=k_min, max=k_max).to(torch.int64) - k_min).to(torch.int64)
 
 
 class MultiLevelRoIAlign(nn.Module):
-    def __init__(self, output_size, strides, sampling_ratio, aligned, canonical, level):
+    def __init__(self, output_size, strides, sampling_ratio, aligned, canonical, level, plus1):
         super().__init__()
+        self.plus1 = plus1
         self.output_size, self.strides = output_size, strides
         self.sampling_ratio, self.aligned = sampling_ratio, aligned
         self.canonical, self.level = canonical, level
@@ -62,7 +72,7 @@ class MultiLevelRoIAlign(nn.Module):
         if len(levels) == 1:
             return pool(x0, rois, self.strides[0])
         k_min, k_max = (int(math.log2(s)) for s in (self.strides[0], self.strides[-1]))
-        which = roi_levels(rois[:, 1:], k_min, k_max, self.canonical, self.level)
+        which = roi_levels(rois[:, 1:], k_min, k_max, self.canonical, self.level, self.plus1)
         out = x0.new_zeros((len(rois), x0.shape[1], o, o))
         for k, (x, stride) in enumerate(zip(levels, self.strides)):
             idx = torch.where(which == k)[0]
@@ -92,6 +102,7 @@ class MultiLevelRoIAlignDef(LayerDef):
         Arg("aligned", "bool", False, doc="1: pixel-centre alignment (torchvision aligned=True)"),
         Arg("canonical", "float", 224.0, min=1.0, doc="box side that maps to `level`"),
         Arg("level", "int", 4, min=0, max=16, doc="FPN level of a canonical box"),
+        Arg("plus1", "bool", False, doc="1: Detectron's level rule (+1 widths)"),
     )
 
     def reads_images(self, call: Call) -> bool:
@@ -135,4 +146,5 @@ class MultiLevelRoIAlignDef(LayerDef):
             a["aligned"],
             a["canonical"],
             a["level"],
+            a["plus1"],
         )

@@ -13,19 +13,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..kernels import box_iou
+from .box_coding import box_iou
 from .matching import BACKGROUND, balanced_sample, match
 from .rcnn_transform import FRAME, boxes_to_frame, frame_sizes
 from .registry import Arg, Call, LayerDef
 
 
-def roi_labels(rois: torch.Tensor, gt: torch.Tensor, gt_labels: torch.Tensor, iou, bg_iou):
+def roi_labels(
+    rois: torch.Tensor, gt: torch.Tensor, gt_labels: torch.Tensor, iou, bg_iou, plus1=False
+):
     """Per RoI ([N, 4]): 0-based class + 1 (0 background, -1 ignored) and the index of its
     matched ground-truth box (0 where there is none)."""
     if len(gt) == 0:
         zeros = torch.zeros(len(rois), dtype=torch.int64, device=rois.device)
         return zeros, zeros
-    overlaps = box_iou(gt, rois)
+    overlaps = box_iou(gt, rois, plus1)
     matches = match(overlaps, iou, iou)
     which = matches.clamp(min=0)
     labels = gt_labels[which] + 1
@@ -43,9 +45,10 @@ def target_boxes(t: dict, sizes, like: torch.Tensor):
 
 
 class RoISampler(nn.Module):
-    def __init__(self, batch: int, positive: float, iou: float, bg_iou: float):
+    def __init__(self, batch: int, positive: float, iou: float, bg_iou: float, plus1: bool):
         super().__init__()
         self.batch, self.positive, self.iou, self.bg_iou = batch, positive, iou, bg_iou
+        self.plus1 = plus1
 
     def forward(self, rois, images, frame=None, targets=None):
         if targets is None:
@@ -55,7 +58,7 @@ class RoISampler(nn.Module):
         for b, t in enumerate(targets):
             gt, gt_labels = target_boxes(t, sizes, rois)
             boxes = torch.cat([rois[rois[:, 0] == b, 1:], gt])
-            labels, _ = roi_labels(boxes, gt, gt_labels, self.iou, self.bg_iou)
+            labels, _ = roi_labels(boxes, gt, gt_labels, self.iou, self.bg_iou, self.plus1)
             pos, neg = balanced_sample(labels, self.batch, self.positive)
             keep = torch.where(pos | neg)[0]
             index = torch.full((len(keep), 1), b, dtype=rois.dtype, device=rois.device)
@@ -80,6 +83,7 @@ class RoISampling(LayerDef):
     keywords = (
         Arg("iou", "float", 0.5, min=0.0, max=1.0, doc="IoU that makes a RoI foreground"),
         Arg("bg_iou", "float", 0.0, min=0.0, max=1.0, doc="lowest IoU of a background RoI"),
+        Arg("plus1", "bool", False, doc="1: Detectron's IoU (+1 widths)"),
     )
 
     def reads_targets(self, call: Call) -> bool:
@@ -96,4 +100,4 @@ class RoISampling(LayerDef):
 
     def build(self, call: Call):
         a = call.args
-        return RoISampler(a["batch"], a["positive"], a["iou"], a["bg_iou"])
+        return RoISampler(a["batch"], a["positive"], a["iou"], a["bg_iou"], a["plus1"])

@@ -16,6 +16,10 @@ objectness probability below ``score`` dropped, NMS per level at ``nms``
 (:func:`denet.kernels.batched_nms`), the ``post_nms`` best kept (``train_post_nms``). The output
 is a set of boxes ``[R, 5]`` (batch index, x1, y1, x2, y2) in the frame of an ``RT`` before it.
 
+``plus1=1`` is Detectron's pixel convention: widths ``x2 - x1 + 1`` in the box coder and the IoU,
+boxes clipped to ``[0, W - 1]``, its ``generate_anchors`` at each level's nominal stride, and
+proposals whose centre leaves the image dropped.
+
 In training (with targets) it adds ``loss_objectness`` (binary cross-entropy) and
 ``loss_rpn_box_reg`` (smooth L1, beta 1/9, summed over positive anchors, divided by the number
 sampled): anchors matched to ground truth at IoU >= ``fg_iou`` (and each ground-truth box's best
@@ -36,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels import batched_nms, box_iou
-from .box_coding import decode, encode
+from ..kernels import batched_nms
+from .box_coding import box_iou, decode, encode
 from .matching import BACKGROUND, IGNORED, balanced_sample, match
 from .rcnn_transform import FRAME, boxes_to_frame, frame_sizes, padded_size
 from .registry import Arg, Call, LayerDef
@@ -74,15 +78,41 @@ def grid_anchors(base: torch.Tensor, height: int, width: int, stride: tuple[int,
     return (shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)
 
 
-def remove_small(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
-    """Indices of the boxes at least ``min_size`` wide and high."""
-    ws, hs = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    return torch.where((ws >= min_size) & (hs >= min_size))[0]
+def detectron_anchors(stride: int, sizes, ratios) -> torch.Tensor:
+    """Detectron's ``generate_anchors``: the cell (0, 0, stride - 1, stride - 1) reshaped to each
+    ratio (rounded sides, +1 widths), then scaled to each size; ratio-major."""
+    s = float(stride)
+    cx = cy = 0.5 * (s - 1)
+    out = []
+    for r in ratios:
+        w = round(math.sqrt(s * s / r))
+        h = round(w * r)
+        for size in sizes:
+            ws, hs = w * size / s, h * size / s
+            out.append(
+                [cx - 0.5 * (ws - 1), cy - 0.5 * (hs - 1), cx + 0.5 * (ws - 1), cy + 0.5 * (hs - 1)]
+            )
+    return torch.tensor(out, dtype=torch.float64).float()
 
 
-def clip_boxes(boxes: torch.Tensor, height: float, width: float) -> torch.Tensor:
-    x = boxes[..., 0::2].clamp(min=0, max=width)
-    y = boxes[..., 1::2].clamp(min=0, max=height)
+def remove_small(
+    boxes: torch.Tensor, min_size: float, plus1: bool = False, height=None, width=None
+) -> torch.Tensor:
+    """Indices of the boxes at least ``min_size`` wide and high; ``plus1``: Detectron's rule
+    (+1 widths, and the box's centre inside the ``height`` x ``width`` image)."""
+    one = 1.0 if plus1 else 0.0
+    ws, hs = boxes[:, 2] - boxes[:, 0] + one, boxes[:, 3] - boxes[:, 1] + one
+    keep = (ws >= min_size) & (hs >= min_size)
+    if plus1 and height is not None:
+        keep &= (boxes[:, 0] + ws / 2 < width) & (boxes[:, 1] + hs / 2 < height)
+    return torch.where(keep)[0]
+
+
+def clip_boxes(boxes: torch.Tensor, height: float, width: float, plus1: bool = False):
+    """Boxes clipped to the image: [0, width] (``plus1``: Detectron's [0, width - 1])."""
+    one = 1.0 if plus1 else 0.0
+    x = boxes[..., 0::2].clamp(min=0, max=width - one)
+    y = boxes[..., 1::2].clamp(min=0, max=height - one)
     return torch.stack((x, y), dim=-1).reshape(boxes.shape)
 
 
@@ -104,22 +134,33 @@ class RPNHead(nn.Module):
 
 
 class RegionProposals(nn.Module):
-    def __init__(self, channels, sizes, ratios, a: dict, softmax: bool = False):
+    def __init__(self, channels, sizes, ratios, a: dict, softmax: bool = False, strides=()):
         super().__init__()
         self.head = RPNHead(channels, len(sizes[0]) * len(ratios), softmax)
         self.softmax = softmax
-        for k, s in enumerate(sizes):
-            self.register_buffer(f"base{k}", base_anchors(s, ratios), persistent=False)
         self.a = dict(a)
+        self.plus1 = bool(self.a.pop("plus1", False))
+        self.strides = tuple(strides)
+        for k, s in enumerate(sizes):
+            if self.plus1:  # Detectron's anchors of the level's nominal stride
+                base = detectron_anchors(self.strides[k], s, ratios)
+            else:
+                base = base_anchors(s, ratios)
+            self.register_buffer(f"base{k}", base, persistent=False)
 
     def anchors(self, levels, padded: tuple[int, int]) -> list[torch.Tensor]:
         """Each level's anchors; its stride is the padded image size // the map size in each
-        direction, as torchvision's (61, not 64, for P6 of an 800-pixel image)."""
+        direction, as torchvision's (61, not 64, for P6 of an 800-pixel image), or with
+        ``plus1`` the level's nominal stride, as Detectron's."""
         out = []
         for k, x in enumerate(levels):
             h, w = x.shape[-2:]
             base = getattr(self, f"base{k}").to(x.dtype)
-            out.append(grid_anchors(base, h, w, (padded[0] // h, padded[1] // w)))
+            if self.plus1:
+                stride = (self.strides[k], self.strides[k])
+            else:
+                stride = (padded[0] // h, padded[1] // w)
+            out.append(grid_anchors(base, h, w, stride))
         return out
 
     def forward(self, *levels, images, frame=None, targets=None):
@@ -150,7 +191,9 @@ class RegionProposals(nn.Module):
     def proposals(self, objectness, deltas, anchors, per_level, sizes):
         a = self.a
         b = objectness.shape[0]
-        decoded = decode(deltas.reshape(-1, 4), anchors.repeat(b, 1), clamp=CLAMP).view(b, -1, 4)
+        decoded = decode(
+            deltas.reshape(-1, 4), anchors.repeat(b, 1), clamp=CLAMP, plus1=self.plus1
+        ).view(b, -1, 4)
         pre = a["train_pre_nms"] if self.training else a["pre_nms"]
         post = a["train_post_nms"] if self.training else a["post_nms"]
         picks, level_ids, offset = [], [], 0
@@ -166,8 +209,8 @@ class RegionProposals(nn.Module):
         height, width = sizes[0], sizes[1]
         out = []
         for i in range(b):
-            bx, sc, lv = clip_boxes(decoded[i], height, width), scores[i], levels
-            keep = remove_small(bx, a["min_size"])
+            bx, sc, lv = clip_boxes(decoded[i], height, width, self.plus1), scores[i], levels
+            keep = remove_small(bx, a["min_size"], self.plus1, height, width)
             bx, sc, lv = bx[keep], sc[keep], lv[keep]
             keep = torch.where(sc >= a["score"])[0]
             bx, sc, lv = bx[keep], sc[keep], lv[keep]
@@ -186,12 +229,13 @@ class RegionProposals(nn.Module):
                 labels.append(torch.zeros(len(anchors), device=anchors.device))
                 goals.append(torch.zeros_like(anchors))
                 continue
-            matches = match(box_iou(gt, anchors), a["fg_iou"], a["bg_iou"], low_quality=True)
+            iou = box_iou(gt, anchors, self.plus1)
+            matches = match(iou, a["fg_iou"], a["bg_iou"], low_quality=True)
             label = (matches >= 0).to(anchors.dtype)
             label[matches == BACKGROUND] = 0.0
             label[matches == IGNORED] = -1.0
             labels.append(label)
-            goals.append(encode(gt[matches.clamp(min=0)], anchors))
+            goals.append(encode(gt[matches.clamp(min=0)], anchors, plus1=self.plus1))
         pos, neg = [], []
         for label in labels:
             p, n = balanced_sample(label, a["batch"], a["positive"])
@@ -249,6 +293,7 @@ class RegionProposalNetwork(LayerDef):
         Arg("bg_iou", "float", 0.3, min=0.0, max=1.0, doc="IoU below which it is negative"),
         Arg("batch", "int", 256, min=1, max=1_000_000, doc="anchors sampled per image"),
         Arg("positive", "float", 0.5, min=0.0, max=1.0, doc="positive fraction of the batch"),
+        Arg("plus1", "bool", False, doc="1: Detectron's boxes (+1 widths, its anchors, clip W-1)"),
     )
 
     def sizes(self, call: Call) -> list[tuple[float, ...]]:
@@ -294,4 +339,5 @@ class RegionProposalNetwork(LayerDef):
             a.pop(f"size{k}")
         for k in ("lr", "frozen", "init"):
             a.pop(k, None)
-        return RegionProposals(call.inputs[0].channels, sizes, ratios, a, call.has("S"))
+        strides = [max(1, round(float(s.stride))) for s in call.inputs]
+        return RegionProposals(call.inputs[0].channels, sizes, ratios, a, call.has("S"), strides)
