@@ -3,7 +3,7 @@
 
 ``RPN[32,64,128,256,512]($p2 | $p3 | $p4 | $p5 | $p6)``: the branches are the feature levels
 (usually references to taps). One head, shared by every level (one set of weights): a 3x3 conv
-with ReLU, then 1x1 convs to ``A`` objectness logits and ``4A`` box deltas, ``A`` anchors per
+with ReLU (``conv=`` channels, default the input's; Deformable ConvNets' is 512), then 1x1 convs to ``A`` objectness logits and ``4A`` box deltas, ``A`` anchors per
 position. The sizes are anchor sides in pixels: one per level (as many sizes as levels), or any
 number of them on a single level (R-FCN's 64, 128, 256, 512 on res4); ``ratios=3`` gives the aspect ratios (0.5, 1, 2)
 (``ratios=n``: 2^k for n values of k centred on 0; 1: square anchors only). Anchors are
@@ -119,11 +119,12 @@ def clip_boxes(boxes: torch.Tensor, height: float, width: float, plus1: bool = F
 class RPNHead(nn.Module):
     """3x3 conv + ReLU, then objectness and box deltas, applied to every level."""
 
-    def __init__(self, channels: int, anchors: int, softmax: bool = False):
+    def __init__(self, channels: int, anchors: int, softmax: bool = False, width: int = 0):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-        self.cls_logits = nn.Conv2d(channels, 2 * anchors if softmax else anchors, 1)
-        self.bbox_pred = nn.Conv2d(channels, 4 * anchors, 1)
+        width = width or channels
+        self.conv = nn.Conv2d(channels, width, 3, padding=1)
+        self.cls_logits = nn.Conv2d(width, 2 * anchors if softmax else anchors, 1)
+        self.bbox_pred = nn.Conv2d(width, 4 * anchors, 1)
         for layer in (self.conv, self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
@@ -136,9 +137,10 @@ class RPNHead(nn.Module):
 class RegionProposals(nn.Module):
     def __init__(self, channels, sizes, ratios, a: dict, softmax: bool = False, strides=()):
         super().__init__()
-        self.head = RPNHead(channels, len(sizes[0]) * len(ratios), softmax)
-        self.softmax = softmax
         self.a = dict(a)
+        width = self.a.pop("conv", 0)
+        self.head = RPNHead(channels, len(sizes[0]) * len(ratios), softmax, width)
+        self.softmax = softmax
         self.plus1 = bool(self.a.pop("plus1", False))
         self.strides = tuple(strides)
         for k, s in enumerate(sizes):
@@ -282,6 +284,7 @@ class RegionProposalNetwork(LayerDef):
     )
     keywords = (
         Arg("ratios", "int", 3, min=1, max=9, doc="aspect ratios: 3 = (0.5, 1, 2)"),
+        Arg("conv", "int", 0, min=0, max=65536, doc="channels of the 3x3 conv (0: the input's)"),
         Arg("pre_nms", "int", 1000, min=1, max=1_000_000, doc="best anchors per level (test)"),
         Arg("post_nms", "int", 1000, min=1, max=1_000_000, doc="proposals per image (test)"),
         Arg("train_pre_nms", "int", 2000, min=1, max=1_000_000, doc="pre_nms in training"),

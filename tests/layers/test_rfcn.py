@@ -372,9 +372,9 @@ def test_small_rfcn_trains_to_ap50_through_model_train(tmp_path):
 @pytest.mark.parametrize(
     "name, params",
     [
-        ("rfcn_resnet101", 58_475_025),
-        ("rfcn_dcn_resnet101", 67_707_469),
-        ("faster_rcnn_dcn_resnet101", 68_967_127),
+        ("rfcn_resnet101", 53_719_057),
+        ("rfcn_dcn_resnet101", 62_951_501),
+        ("faster_rcnn_dcn_resnet101", 64_211_159),
     ],
 )
 def test_examples_compile_with_the_parameter_count_their_header_states(name, params):
