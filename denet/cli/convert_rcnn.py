@@ -44,6 +44,15 @@ def _rest(key: str) -> str:
     return key
 
 
+def _torchvision_name(key: str, nodes: list[str], prefixes: list[str]) -> str:
+    """The torchvision key a denet key would come from (for the missing-key message)."""
+    node, _, rest = key.partition(".")
+    for old, new in RENAMES.items():
+        if rest.startswith(new):
+            rest = old + rest[len(new) :]
+    return f"{prefixes[nodes.index(node)]}.{rest}" if node in nodes else key
+
+
 def torchvision_rcnn(arch: str, state: dict, image_size=(800, 800), class_names=None):
     """Build the denet model of torchvision's detector ``arch`` from its state dict."""
     import denet
@@ -79,7 +88,7 @@ def torchvision_rcnn(arch: str, state: dict, image_size=(800, 800), class_names=
                 f"({tuple(target[new].shape)}); is --arch right?"
             )
         converted[new] = value.reshape(target[new].shape).to(target[new].dtype)
-    missing = sorted(set(target) - set(converted))
+    missing = sorted(_torchvision_name(k, nodes, prefixes) for k in set(target) - set(converted))
     if unknown or missing:
         what = unknown[:3] if unknown else missing[:3]
         raise ModelFileError(
