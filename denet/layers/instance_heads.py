@@ -50,7 +50,7 @@ class MaskHead(nn.Module):
         super().__init__()
         self.mask_fcn_logits = nn.Conv2d(channels, classes + 1, 1)
         nn.init.kaiming_normal_(self.mask_fcn_logits.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.mask_fcn_logits.bias)
+        nn.init.zeros_(self.mask_fcn_logits.bias)  # type: ignore[arg-type]
 
     def forward(self, x, dets, images, frame=None, targets=None):
         logits = self.mask_fcn_logits(x)

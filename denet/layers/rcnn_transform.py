@@ -146,6 +146,8 @@ class RcnnTransformDef(LayerDef):
 
     def build(self, call: Call):
         a = call.args
+        mean: tuple[float, ...]
+        std: tuple[float, ...]
         mean, std = NORMS[a["norm"]]
         if call.input.channels != 3:
             mean, std = (0.0,) * call.input.channels, (1.0,) * call.input.channels

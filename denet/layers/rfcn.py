@@ -66,6 +66,7 @@ def vote_shape(call: Call, d: int, k: int) -> ShapeSpec:
 
 def rois_elements(call: Call) -> int:
     out = call.out
+    assert out is not None  # called after shape()
     n = out.channels * ((out.height or 1) * (out.width or 1))
     return max(1, call.taps["rois"].channels) * n
 

@@ -127,7 +127,7 @@ class RPNHead(nn.Module):
         self.bbox_pred = nn.Conv2d(width, 4 * anchors, 1)
         for layer in (self.conv, self.cls_logits, self.bbox_pred):
             nn.init.normal_(layer.weight, std=0.01)
-            nn.init.zeros_(layer.bias)
+            nn.init.zeros_(layer.bias)  # type: ignore[arg-type]
 
     def forward(self, x):
         t = F.relu(self.conv(x))
@@ -335,12 +335,10 @@ class RegionProposalNetwork(LayerDef):
         return ShapeSpec(call.args["post_nms"], stride=Fraction(1), form="boxes")
 
     def build(self, call: Call):
-        a = dict(call.args)
+        a: dict = dict(call.args)
         sizes = self.sizes(call)
         ratios = aspect_ratios(a.pop("ratios"))
-        for k in range(1, MAX_SIZES + 1):
-            a.pop(f"size{k}")
-        for k in ("lr", "frozen", "init"):
-            a.pop(k, None)
+        for name in [f"size{k}" for k in range(1, MAX_SIZES + 1)] + ["lr", "frozen", "init"]:
+            a.pop(name, None)
         strides = [max(1, round(float(s.stride))) for s in call.inputs]
         return RegionProposals(call.inputs[0].channels, sizes, ratios, a, call.has("S"), strides)
