@@ -107,7 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
         default="anneal",
         choices=SCHEDULES,
         help="anneal: DeNet's, --learn-anneal after epochs; poly: DeepLab's "
-        "lr*(1-step/steps)^0.9, set before every optimizer step",
+        "lr*(1-step/steps)^0.9, set before every optimizer step; steps: Detectron's, "
+        "--learn-anneal at each of --learn-steps",
+    )
+    a(
+        "--learn-steps",
+        nargs="+",
+        default=[],
+        metavar="S",
+        help="steps schedule: multiply the rate by --learn-anneal from these optimizer steps "
+        "on (iterations counted from 0 over the run, e.g. 60000 80000), or after these many "
+        "epochs when written with an e (8e 11e); increasing",
+    )
+    a(
+        "--learn-warmup",
+        nargs="+",
+        default=[],
+        metavar=("ITERS", "FACTOR"),
+        help="Detectron's linear warm-up, with any schedule: for the first ITERS optimizer "
+        "steps (or epochs, as 1e) the rate is multiplied by FACTOR*(1-a)+a, a=step/ITERS; "
+        "FACTOR in [0, 1], default 1/3",
     )
     a(
         "--learn-momentum",
@@ -121,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--learn-anneal",
         type=float,
         default=1.0,
-        help="anneal schedule: factor the learning rate is multiplied by after an annealing epoch",
+        help="anneal schedule: factor the learning rate is multiplied by after an annealing "
+        "epoch; steps schedule: at each step (Detectron's gamma, e.g. 0.1)",
     )
     a(
         "--learn-anneal-epochs",
@@ -244,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels-last",
         action="store_true",
         help="keep the model and the images in channels-last (NHWC) memory layout",
+    )
+    a(
+        "--aspect-grouping",
+        action="store_true",
+        help="Detectron's aspect-ratio grouping: each training batch holds images of similar "
+        "width/height (of the original images)",
     )
     a("--log-level", default="verbose", choices=list(LOG_LEVELS), help="how much to print")
     return p

@@ -9,7 +9,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import DenetError
-from .schedule import SCHEDULES, AnnealSchedule
+from .schedule import SCHEDULES, AnnealSchedule, parse_iterations, parse_steps, parse_warmup
 from .solvers import check_solver_args
 
 DEFAULT_MODEL_DESC = "C[100,7] P[2] C[150,4] P[2] C[250,4] P[2] C[300,1] R"
@@ -42,6 +42,8 @@ class TrainOptions:
     learn_momentum: list = field(default_factory=lambda: [0.0, 0.0])
     learn_anneal: float = 1.0
     learn_anneal_epochs: list = field(default_factory=list)
+    learn_steps: list = field(default_factory=list)  # "steps": iterations, or epochs as "8e"
+    learn_warmup: list = field(default_factory=list)  # [] or [ITERS] or [ITERS, FACTOR]
     learn_decay: float = 0.0
     solver: str = "nesterov"
     border_mode: str = "valid"
@@ -63,6 +65,7 @@ class TrainOptions:
     amp: str | None = None  # mixed precision: None (float32), "bf16" or "fp16"
     sync_bn: bool = False  # batch-norm statistics over every worker (DDP)
     channels_last: bool = False  # NHWC memory layout of the model and the images
+    aspect_grouping: bool = False  # Detectron's batches of images of one aspect class
 
     def as_dict(self) -> dict:
         return {
@@ -101,6 +104,19 @@ class TrainOptions:
                 "--learn-anneal and --learn-anneal-epochs set the anneal schedule; "
                 "--learn-schedule poly takes neither"
             )
+        if self.learn_schedule == "steps":
+            if self.learn_anneal_epochs:
+                raise DenetError(
+                    "--learn-anneal-epochs belongs to --learn-schedule anneal; steps drops the "
+                    "rate at --learn-steps"
+                )
+            parse_steps(self.learn_steps)
+        elif self.learn_steps:
+            raise DenetError(
+                f"--learn-steps needs --learn-schedule steps (the schedule is "
+                f"{self.learn_schedule})"
+            )
+        parse_warmup(self.learn_warmup)
         from ..data.transforms import Distort
 
         Distort(list(self.distort_mode))
@@ -151,6 +167,10 @@ def _normal(name: str, value):
         return positional, sorted(named.items())
     if name in ("train", "test", "model"):
         return os.path.normpath(str(value))
+    if name == "learn_steps":
+        return [parse_iterations(v, "--learn-steps") for v in value]
+    if name == "learn_warmup":
+        return parse_warmup(value)
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, (list, tuple)):

@@ -27,7 +27,10 @@ Gradient accumulation (``--batch-size-factor N``): an optimizer step takes N con
 batches, each loss weighted by its share of the step's images, so the step is that of one batch
 N times larger (for losses that are means over images); ``iteration`` counts optimizer steps,
 ``on_step`` runs after each. Schedules: :mod:`denet.train.schedule` (``anneal`` per epoch,
-``poly`` per optimizer step).
+``poly`` and Detectron's ``steps`` per optimizer step, ``--learn-warmup`` around any of them).
+``--aspect-grouping`` batches the training set with ``AspectRatioBatchSampler``. A COCO test set
+of one subset is evaluated against its annotation file (box, and segm / keypoints AP where the
+model outputs masks / keypoints).
 
 Files, for ``--output-prefix P``: ``P_epochNNN.pt`` after epoch NNN (0-based, DeNet's
 numbering), ``P_final.pt`` at the end (both carry the training state), and ``P_log.jsonl``:
@@ -66,7 +69,15 @@ from .distributed import (
     shutdown,
 )
 from .options import LOG_LEVELS, TrainOptions, loss_factors, resume_options, total_loss
-from .schedule import AnnealSchedule, PolySchedule
+from .schedule import (
+    AnnealSchedule,
+    LinearWarmup,
+    PolySchedule,
+    StepSchedule,
+    parse_warmup,
+    set_rate,
+    to_iterations,
+)
 from .solvers import make_optimizer
 
 
@@ -245,6 +256,28 @@ def freeze_layers(model, indices) -> None:
         )
 
 
+def aspect_ratios(dataset, path) -> list[float]:
+    """Width / height of every training item's original image, for ``--aspect-grouping`` (a
+    ``--max-samples`` subset: those of its items); a DataError for a set that has none."""
+    from ..data import SubsetDataset
+
+    indices = None
+    if isinstance(dataset, SubsetDataset):
+        dataset, indices = dataset.dataset, dataset.indices
+    if not hasattr(dataset, "aspect_ratios"):
+        raise DataError(
+            f"{path}: --aspect-grouping needs the images' sizes, and this data set gives none"
+        )
+    try:
+        ratios = list(dataset.aspect_ratios())
+    except (NotImplementedError, ZeroDivisionError, TypeError) as err:
+        raise DataError(
+            f"{path}: --aspect-grouping needs the images' sizes, and this data set gives none "
+            f"({err or type(err).__name__})"
+        ) from None
+    return ratios if indices is None else [ratios[i] for i in indices]
+
+
 # ----------------------------------------------------------------------------- evaluation
 def detection_metric(dataset) -> str:
     """VOC's mAP for a VOC set (the 11-point form for VOC2007 alone), COCO's AP otherwise."""
@@ -268,7 +301,13 @@ def task_evaluator(task, dataset, label_map=None):
         if task == "classification":
             return make_evaluator(task, label_map=label_map)
         if task == "detection":
-            return make_evaluator(task, metric=detection_metric(dataset), classes=classes)
+            metric = detection_metric(dataset)
+            kwargs = {}
+            if metric == "coco" and len(getattr(dataset, "cocos", ())) == 1:
+                # COCO's own annotations: the official box AP, and segm / keypoints AP where
+                # the model outputs masks / keypoints and the file has them
+                kwargs = {"coco_gt": dataset.cocos[0], "category_ids": list(dataset.cat_ids)}
+            return make_evaluator(task, metric=metric, classes=classes, **kwargs)
         return make_evaluator(task, classes=classes)
     except (ValueError, TypeError) as err:
         raise DenetError(f"cannot evaluate a {task} model: {err}") from None
@@ -387,17 +426,28 @@ class Trainer:
         return -(-len(self.train_loader) // self.opts.batch_size_factor)
 
     def _make_schedule(self):
+        """``--learn-schedule`` (``steps`` written in epochs become iterations here), wrapped in
+        ``--learn-warmup``'s linear warm-up when given."""
         opts = self.opts
+        spe = self.steps_per_epoch()
         if opts.learn_schedule == "poly":
-            return PolySchedule(opts.learn_rate, opts.epochs * self.steps_per_epoch())
-        return AnnealSchedule(opts.learn_rate, opts.learn_anneal, opts.learn_anneal_epochs)
+            schedule = PolySchedule(opts.learn_rate, opts.epochs * spe)
+        elif opts.learn_schedule == "steps":
+            steps = [to_iterations(t, spe, "--learn-steps") for t in opts.learn_steps]
+            schedule = StepSchedule(opts.learn_rate, steps, opts.learn_anneal)
+        else:
+            schedule = AnnealSchedule(opts.learn_rate, opts.learn_anneal, opts.learn_anneal_epochs)
+        warmup = parse_warmup(opts.learn_warmup)
+        if warmup is not None:
+            amount, unit, factor = warmup
+            schedule = LinearWarmup(schedule, amount * spe if unit == "epochs" else amount, factor)
+        return schedule
 
     def set_lr(self, epoch: int) -> float:
-        """The schedule's rate for the next optimizer step, set in every parameter group (times
-        the group's ``lr_mult``); returns it."""
-        if self.schedule.per_step:
-            return self.schedule.apply(self.optimizer, self.iteration)
-        return self.schedule.apply(self.optimizer, epoch)
+        """The schedule's rate for the next optimizer step (a function of the epoch and the
+        optimizer steps taken), set in every parameter group (times the group's ``lr_mult``);
+        returns it."""
+        return set_rate(self.optimizer, self.schedule.rate(epoch, self.iteration))
 
     def _restore(self, resume, state) -> None:
         self.start_epoch = int(state["epoch"]) + 1
@@ -460,6 +510,18 @@ class Trainer:
         else:
             sampler = None
             self.net = self.model
+        if opts.aspect_grouping:
+            from ..data import AspectRatioBatchSampler
+
+            # Detectron's grouping; its batches replace the shuffle (and the sharded order)
+            sampler = AspectRatioBatchSampler(
+                aspect_ratios(self.train_set, opts.train),
+                opts.batch_size,
+                shuffle=True,
+                seed=opts.seed,
+                num_replicas=info.world_size,
+                rank=info.rank,
+            )
         self.train_loader = make_loader(
             self.train_set,
             opts.batch_size,
@@ -506,11 +568,7 @@ class Trainer:
             if factor > 1
             else ""
         )
-        schedule = (
-            f", poly schedule over {self.schedule.max_iterations} steps"
-            if opts.learn_schedule == "poly"
-            else ""
-        )
+        schedule = self._schedule_text()
         console.verbose(
             f"solver {opts.solver}, learning rate {opts.learn_rate}{schedule}, momentum "
             f"{list(opts.learn_momentum)}, decay {opts.learn_decay}, batch "
@@ -529,6 +587,19 @@ class Trainer:
             )
         if self.resume:
             console.info(f"resuming {self.resume} at epoch {self.start_epoch} of {opts.epochs}")
+
+    def _schedule_text(self) -> str:
+        """The start-up line's words on a poly or steps schedule and a warm-up."""
+        s, text = self.schedule, ""
+        if isinstance(s, LinearWarmup):
+            text = f", linear warm-up over {s.iterations} steps from x {s.factor:.4g}"
+            s = s.schedule
+        if isinstance(s, PolySchedule):
+            text = f", poly schedule over {s.max_iterations} steps" + text
+        elif isinstance(s, StepSchedule):
+            at = ", ".join(map(str, s.steps))
+            text = f", x {s.gamma:g} after optimizer steps {at}" + text
+        return text
 
     # ------------------------------------------------------------------ one epoch
     def _groups(self):
@@ -669,18 +740,27 @@ class Trainer:
         return metrics_record(self.evaluator.compute(), "test_")
 
     def untested(self) -> dict:
-        """The ``test_*`` entries of an epoch without a test (null, 0 samples)."""
+        """The ``test_*`` entries of an epoch without a test (null, 0 samples), with every key
+        an earlier test logged (COCO's ``segm_``/``kp_`` columns exist only after outputs with
+        masks / keypoints were seen)."""
         if self.evaluator is None:
             return {}
         self.evaluator.reset()
-        return metrics_record(self.evaluator.compute(), "test_")
+        record = metrics_record(self.evaluator.compute(), "test_")
+        for r in self.records:
+            for key in r:
+                if key.startswith("test_"):
+                    record.setdefault(key, None)
+        return record
 
     def test_summary(self) -> str:
         """One line for the epoch message (the evaluator's, or its headline metric)."""
         text = self.evaluator.summary()
         if "\n" in text:
-            primary = self.evaluator.primary
-            text = f"{primary} {self.evaluator.compute()[primary]:.4f}"
+            metrics = self.evaluator.compute()
+            # COCO: box AP, and the mask / keypoint AP where they were evaluated
+            keys = [self.evaluator.primary] + [k for k in ("segm_AP", "kp_AP") if k in metrics]
+            text = ", ".join(f"{k} {metrics[k]:.4f}" for k in keys)
         return text
 
     # ------------------------------------------------------------------ checkpoints
