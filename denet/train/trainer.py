@@ -575,6 +575,11 @@ class Trainer:
             f"{opts.batch_size}{procs}{accumulate}, device {self.device}, {opts.thread_num} "
             "loader worker(s)"
         )
+        if opts.learn_schedule == "steps" and opts.learn_anneal == 1.0:
+            console.warning(
+                "--learn-schedule steps with --learn-anneal 1 keeps the rate at every step "
+                "(Detectron's gamma is 0.1)"
+            )
         mults = sorted({g.get("lr_mult", 1.0) for g in self.optimizer.param_groups} - {1.0})
         if mults:
             console.verbose(

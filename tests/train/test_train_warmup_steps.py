@@ -163,6 +163,14 @@ def test_warmup_with_denet_anneal_and_iteration_steps(digits_npy, tmp_path):
     assert seen == pytest.approx([0.1] * 3 + [0.05] + [0.025] * 6, rel=1e-12)
 
 
+def test_steps_without_a_gamma_warn(digits_npy, tmp_path, capsys):
+    train, _, _, _ = digits_npy
+    _trainer(_opts(train, tmp_path, learn_schedule="steps", learn_steps=["1e"]))
+    assert "--learn-anneal 1 keeps the rate" in capsys.readouterr().err
+    _trainer(_opts(train, tmp_path, learn_schedule="steps", learn_steps=["1e"], learn_anneal=0.1))
+    assert "keeps the rate" not in capsys.readouterr().err
+
+
 class Stop(KeyboardInterrupt):
     pass
 
