@@ -35,8 +35,8 @@ from torch import Tensor
 from ..roi_align.reference import acc_dtype, check_batch_index
 
 FLT_MAX = 3.4028234663852886e38
-# Keys one gather of level corners may hold (a few MB, to stay in cache).
-GATHER_ELEMENTS = 1 << 19
+# Keys one gather of level corners may hold (8 MB: large enough for two threads to pay off).
+GATHER_ELEMENTS = 1 << 20
 # Keys of one block of channels of the map: the sparse table takes three times as many.
 WORK_ELEMENTS = 1 << 22
 
@@ -211,8 +211,8 @@ def _pool(input, batch, hs, he, ws, we, min_h, min_w, live, acc, value, arg) -> 
             at_h, at_w = li[on].clamp(max=top_level), lj[on].clamp(max=top_level)
             per_h = -torch.div(-span_h[on], 1 << at_h, rounding_mode="floor")
             per_w = -torch.div(-span_w[on], 1 << at_w, rounding_mode="floor")
-            # per channel: the levels' keys built, and the keys gathered
-            cost = area * (top_level + 1) ** 2 + bins * int((per_h * per_w).sum())
+            # per channel: the levels' keys built, and the keys gathered (dearer: gather, reduce)
+            cost = area * (top_level + 1) ** 2 + 3 * bins * int((per_h * per_w).sum())
             if best is None or cost < best[0]:
                 best = (cost, torch.stack([at_h, at_w, per_h, per_w], 1))
         assert best is not None
