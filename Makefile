@@ -18,9 +18,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
-# The whole check CI runs: lint, format, types, then every test (`-m 'not slow'` for a quick loop).
+# The whole check CI runs: lint, format, types, then every test (`-m 'not slow'` for a quick loop):
+# one pytest-xdist worker per core (one torch thread each), then the tests that start
+# torch.distributed process groups, on their own so that their rendezvous never share the machine.
+TEST_WORKERS ?= 2
 test: lint typecheck
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m 'not multiprocess' tests
+	$(PY) -m pytest -q -m multiprocess tests
 
 lint: venv
 	$(VENV)/bin/ruff check .

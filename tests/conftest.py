@@ -7,3 +7,8 @@ import shutil
 # kernel is decorated, so it must be set before denet.kernels (and triton) is first imported.
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Under pytest-xdist (`make test` runs one worker per core) each worker computes on one thread:
+# two workers with two OpenMP threads each on two cores stall each other's parallel regions.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -143,6 +143,7 @@ def worker(rank, path):
         dist.destroy_process_group()
 
 
+@pytest.mark.multiprocess
 @pytest.mark.timeout(120)
 def test_merge_across_two_gloo_ranks(tmp_path):
     path = str(tmp_path / "rank")

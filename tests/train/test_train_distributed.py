@@ -9,6 +9,8 @@ import pytest
 
 import denet
 
+pytestmark = pytest.mark.multiprocess
+
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 

@@ -16,6 +16,9 @@ import torch
 import denet
 from denet.cli import train_multi
 
+# The whole module: its in-process tests are quick, and one mark keeps the file together.
+pytestmark = pytest.mark.multiprocess
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MULTI = [os.path.join(ROOT, "bin", "model-train-multi")]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

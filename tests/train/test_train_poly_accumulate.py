@@ -229,6 +229,7 @@ def test_layer_lr_multiplier_reaches_the_step(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_accumulation_under_torchrun_equals_the_larger_batch(train_tool, digits_npy, tmp_path):
     """Two processes (Gloo): batch 8 with factor 2 (the first backward of a step under DDP's
     no_sync, the second all-reducing the sum) ends with the weights of batch 16 per process."""
