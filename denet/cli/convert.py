@@ -89,15 +89,25 @@ def torchvision_resnet(arch: str, state: dict, image_size=(224, 224), class_name
         "fc": first["R"],
         **{f"layer{i + 1}": s for i, s in enumerate(stages)},
     }
+
+    def rename(key: str) -> str | None:
+        head, _, rest = key.partition(".")
+        return f"{prefix[head]}.{rest}" if head in prefix else None
+
+    load_renamed(model, state, rename, arch)
+    model.class_names = class_names
+    return model
+
+
+def load_renamed(model, state: dict, rename, arch: str, source_key=lambda key: key) -> None:
+    """Loads the checkpoint ``state`` of torchvision's ``arch`` into ``model``: ``rename(key)``
+    is each key's name in the model (None: not one of ``arch``'s), ``source_key`` a model key's
+    name in the checkpoint, for the message that names the first unexpected or missing keys."""
     target = model.state_dict()
     converted, unknown = {}, []
     for key, value in state.items():
-        head, _, rest = key.partition(".")
-        if head not in prefix:
-            unknown.append(key)
-            continue
-        new = f"{prefix[head]}.{rest}"
-        if new not in target:
+        new = rename(key)
+        if new is None or new not in target:
             unknown.append(key)
             continue
         if value.numel() != target[new].numel():
@@ -106,7 +116,7 @@ def torchvision_resnet(arch: str, state: dict, image_size=(224, 224), class_name
                 f"({tuple(target[new].shape)}); is --arch right?"
             )
         converted[new] = value.reshape(target[new].shape).to(target[new].dtype)
-    missing = sorted(set(target) - set(converted))
+    missing = sorted(source_key(k) for k in set(target) - set(converted))
     if unknown or missing:
         what = unknown[:3] if unknown else missing[:3]
         raise ModelFileError(
@@ -115,8 +125,6 @@ def torchvision_resnet(arch: str, state: dict, image_size=(224, 224), class_name
             f"{', '.join(what)}{' ...' if len(unknown or missing) > 3 else ''}"
         )
     model.load_state_dict(converted, strict=True)
-    model.class_names = class_names
-    return model
 
 
 def build_parser() -> argparse.ArgumentParser:

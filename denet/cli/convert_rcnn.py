@@ -57,7 +57,7 @@ def torchvision_rcnn(arch: str, state: dict, image_size=(800, 800), class_names=
     """Build the denet model of torchvision's detector ``arch`` from its state dict."""
     import denet
 
-    from .convert import example_desc
+    from .convert import example_desc, load_renamed
 
     if CLASSIFIER not in state:
         raise ModelFileError(f"the checkpoint has no {CLASSIFIER}: not a torchvision R-CNN")
@@ -72,31 +72,14 @@ def torchvision_rcnn(arch: str, state: dict, image_size=(800, 800), class_names=
     prefixes = PREFIXES[arch]
     if len(nodes) != len(prefixes):  # pragma: no cover - the example strings are fixed
         raise AssertionError(f"{arch}: {len(nodes)} weighted layers, {len(prefixes)} expected")
-    converted, unknown = {}, []
-    for key, value in state.items():
+
+    def rename(key: str) -> str | None:
         owner = next((p for p in prefixes if key.startswith(p + ".")), None)
         if owner is None:
-            unknown.append(key)
-            continue
-        new = f"{nodes[prefixes.index(owner)]}.{_rest(key[len(owner) + 1 :])}"
-        if new not in target:
-            unknown.append(key)
-            continue
-        if value.numel() != target[new].numel():
-            raise ModelFileError(
-                f"{key}: shape {tuple(value.shape)} does not fit {arch} "
-                f"({tuple(target[new].shape)}); is --arch right?"
-            )
-        converted[new] = value.reshape(target[new].shape).to(target[new].dtype)
-    missing = sorted(_torchvision_name(k, nodes, prefixes) for k in set(target) - set(converted))
-    if unknown or missing:
-        what = unknown[:3] if unknown else missing[:3]
-        raise ModelFileError(
-            f"the checkpoint does not match torchvision's {arch}: "
-            f"{'unexpected' if unknown else 'missing'} keys "
-            f"{', '.join(what)}{' ...' if len(unknown or missing) > 3 else ''}"
-        )
-    model.load_state_dict(converted, strict=True)
+            return None
+        return f"{nodes[prefixes.index(owner)]}.{_rest(key[len(owner) + 1 :])}"
+
+    load_renamed(model, state, rename, arch, lambda key: _torchvision_name(key, nodes, prefixes))
     model.class_names = class_names
     return model
 
