@@ -346,8 +346,9 @@ def _load(name, path):
     return module
 
 
-@pytest.mark.slow
-def test_small_rfcn_trains_to_ap50_through_model_train(tmp_path):
+def _train_on_shapes(tmp_path, desc, name, epochs):
+    """Trains ``desc`` through bin/model-train on the generated COCO shapes set of
+    tests/cli/test_model_train_tasks.py (300 train, 60 val images, 64x64) and returns its log."""
     sys.path.insert(0, os.path.join(HERE, "..", "cli"))
     tasks = importlib.import_module("test_model_train_tasks")
     cli = _load("cli_conftest_for_rfcn", os.path.join(HERE, "..", "cli", "conftest.py"))
@@ -356,14 +357,19 @@ def test_small_rfcn_trains_to_ap50_through_model_train(tmp_path):
     tasks.make_coco(
         str(root), "val", 2017, tasks.scenes(60, 1, 64, (14, 30)), first_id=5000, ext="png"
     )
-    prefix = tmp_path / "out" / "rfcn"
+    prefix = tmp_path / "out" / name
 
     def tool(*args):
         return cli.run_tool(*args, timeout=600)
 
-    res = tasks.train(tool, RFCN_TOY, root, tasks.COCO_TRAIN, prefix, "0.003", "8", tasks.COCO_VAL)
+    res = tasks.train(tool, desc, root, tasks.COCO_TRAIN, prefix, "0.003", epochs, tasks.COCO_VAL)
     assert res.returncode == 0, res.stderr
-    log = tasks.read_log(f"{prefix}_log.jsonl")
+    return tasks.read_log(f"{prefix}_log.jsonl")
+
+
+@pytest.mark.slow
+def test_small_rfcn_trains_to_ap50_through_model_train(tmp_path):
+    log = _train_on_shapes(tmp_path, RFCN_TOY, "rfcn", "8")
     assert {"train_loss_objectness", "train_loss_cls", "train_loss_box"} <= set(log[-1])
     assert log[-1]["train_loss_cls"] < log[0]["train_loss_cls"]
     assert log[-1]["test_AP50"] >= 0.5, log[-1]
@@ -398,21 +404,6 @@ DRFCN_TOY = (
 
 @pytest.mark.slow
 def test_small_deformable_rfcn_with_ohem_trains_to_ap50(tmp_path):
-    sys.path.insert(0, os.path.join(HERE, "..", "cli"))
-    tasks = importlib.import_module("test_model_train_tasks")
-    cli = _load("cli_conftest_for_rfcn", os.path.join(HERE, "..", "cli", "conftest.py"))
-    root = tmp_path / "coco"
-    tasks.make_coco(str(root), "train", 2017, tasks.scenes(300, 0, 64, (14, 30)), ext="png")
-    tasks.make_coco(
-        str(root), "val", 2017, tasks.scenes(60, 1, 64, (14, 30)), first_id=5000, ext="png"
-    )
-    prefix = tmp_path / "out" / "drfcn"
-
-    def tool(*args):
-        return cli.run_tool(*args, timeout=600)
-
-    res = tasks.train(tool, DRFCN_TOY, root, tasks.COCO_TRAIN, prefix, "0.003", "4", tasks.COCO_VAL)
-    assert res.returncode == 0, res.stderr
-    log = tasks.read_log(f"{prefix}_log.jsonl")
+    log = _train_on_shapes(tmp_path, DRFCN_TOY, "drfcn", "4")
     assert log[-1]["train_loss_box"] < log[0]["train_loss_box"]
     assert log[-1]["test_AP50"] >= 0.5, log[-1]
