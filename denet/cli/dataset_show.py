@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from ..data import open_dataset
 from ..errors import DenetError
 from ._common import ArgumentParser, bounded_int, tool_main
-from .drawing import PALETTE, default_zoom, draw_boxes, enlarge
+from .drawing import PALETTE, default_zoom, draw_boxes, draw_keypoints, enlarge, fill_masks
 
 MAX_PIXELS = 1 << 26  # one written image: 64 Mpixel, 192 MB in RGB
 
@@ -95,7 +95,8 @@ def _overlay_mask(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def render(image: torch.Tensor, target: dict, ds, zoom: int = 0) -> Image.Image:
-    """One item as a PIL image: label map blended in, boxes and class names drawn."""
+    """One item as a PIL image: label map blended in, boxes and class names drawn, instance
+    masks blended in and keypoints (with their category's skeleton) drawn where the set has them."""
     if image.dim() == 4:  # multicrop: tile the crops in two rows
         tiles = [_to_uint8(c, ds) for c in image]
         half = (len(tiles) + 1) // 2
@@ -118,7 +119,13 @@ def render(image: torch.Tensor, target: dict, ds, zoom: int = 0) -> Image.Image:
             if flags is not None and bool(flags[k]):
                 name += " (crowd)" if "iscrowd" in target else " (difficult)"
             captions.append(name)
+        if "masks" in target:
+            fill_masks(img, target["masks"].numpy(), labels, zoom)
         draw_boxes(img, boxes.tolist(), labels, captions, zoom)
+        if "keypoints" in target:
+            points = target["keypoints"].numpy().copy()
+            points[points[..., 2] <= 0, :2] = np.nan  # v = 0: not labelled, not drawn
+            draw_keypoints(img, points, labels, getattr(ds, "skeletons", {}), zoom)
     if "label" in target:
         label = int(target["label"])
         name = ds.classes[label] if label < len(ds.classes) else str(label)

@@ -95,3 +95,31 @@ def test_bad_extension_is_one_line_and_status_2(tmp_path):
     )
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "did you mean 'crop'" in res.stderr
+
+
+def test_instance_masks_and_keypoints_are_drawn(tmp_path):
+    """With the masks and keypoints flags, each mask is blended in its class colour (0.55 of the
+    pixel, 0.45 of the colour) and each labelled keypoint is a dot of that colour."""
+    from denet.cli.drawing import class_color
+
+    make_coco(str(tmp_path / "coco"), segmentation="polygon", keypoints=True, ext="png")
+    base, z = "mscoco,2017-val,crop=0", 3
+    for name, ext in (("plain", base), ("instances", base + ",masks,keypoints")):
+        argv = ["--input", str(tmp_path / "coco"), "--extension", ext, "--output"]
+        assert main(argv + [str(tmp_path / name), "-n", "1", "--zoom", str(z)]) == 0
+    plain = np.asarray(Image.open(tmp_path / "plain" / "000000.png")).astype(np.float64)
+    drawn = np.asarray(Image.open(tmp_path / "instances" / "000000.png")).astype(np.float64)
+    _, t = open_dataset(str(tmp_path / "coco"), base + ",masks,keypoints")[0]
+    label = int(t["labels"][0])
+    mask = t["masks"][0].numpy().astype(bool).repeat(z, 0).repeat(z, 1)
+    # inside the mask, away from the box outline, its caption and the keypoint dots
+    inner = mask.copy()
+    x0, y0, x1, y1 = (int(v * z) for v in t["boxes"][0])
+    inner[: y0 + 16], inner[y1 - 3 :], inner[:, : x0 + 4], inner[:, x1 - 3 :] = (False,) * 4
+    for x, y, _ in t["keypoints"].reshape(-1, 3).tolist():
+        inner[max(0, int(y * z) - 6) : int(y * z) + 7, max(0, int(x * z) - 6) : int(x * z) + 7] = 0
+    assert inner.sum() > 50
+    blended = np.round(0.55 * plain[inner] + 0.45 * np.array(class_color(label)))
+    assert np.abs(drawn[inner] - blended).max() <= 1
+    x, y, v = t["keypoints"][0, 0].tolist()
+    assert v > 0 and tuple(drawn[int(y * z), int(x * z)]) == class_color(label)
