@@ -125,15 +125,36 @@ def _assign_paths(obj, path: str, arrays: list) -> None:
             _assign_paths(v, f"{path}[{i}]", arrays)
 
 
+# A DeNet file's JSON is mostly base64 of trained float arrays, which gzip shrinks by less than
+# 2x: data that expands far more (a gzip bomb) is refused before it fills the memory.
+MAX_EXPANSION = 100
+MIN_EXPANDED_LIMIT = 256 << 20
+
+
+def _read_gzip(path: str) -> bytes:
+    limit = max(MIN_EXPANDED_LIMIT, MAX_EXPANSION * os.path.getsize(path))
+    chunks, total = [], 0
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            total += len(chunk)
+            if total > limit:
+                raise ModelFileError(
+                    f"{path}: refused: its gzip data expands beyond {limit} bytes, more than "
+                    f"{MAX_EXPANSION}x the file (a DeNet model file does not compress so well)"
+                )
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def read_mdl(path: str) -> tuple[dict, list]:
     """The JSON object of a DeNet model file and the list of its arrays. Raises
-    :class:`ModelFileError` for a missing, non-gzip, truncated or non-JSON file, or an array
-    that is not plain numeric ``.npy`` data."""
+    :class:`ModelFileError` for a missing, non-gzip, truncated or non-JSON file, one that
+    expands beyond :data:`MAX_EXPANSION` times its size, or an array that is not plain numeric
+    ``.npy`` data."""
     if not os.path.isfile(path):
         raise ModelFileError(f"{path}: no such file")
     try:
-        with gzip.open(path, "rb") as f:
-            data = f.read()
+        data = _read_gzip(path)
     except gzip.BadGzipFile:
         raise ModelFileError(f"{path}: not a DeNet model file (not gzip data)") from None
     except (EOFError, zlib.error) as err:

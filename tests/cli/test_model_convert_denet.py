@@ -694,6 +694,22 @@ def test_damaged_file_is_one_line_and_status_2(tmp_path, capsys, case):
     assert not (tmp_path / "UNPICKLED").exists()
 
 
+def test_a_gzip_bomb_is_refused_before_it_is_read_whole(tmp_path, capsys, monkeypatch):
+    """JSON padded with 3 MB of spaces expands 1000x; with the floor of the limit lowered to 1 MB
+    (256 MB by default) the reader stops at the limit instead of filling the memory."""
+    from denet.cli import convert_denet
+
+    monkeypatch.setattr(convert_denet, "MIN_EXPANDED_LIMIT", 1 << 20)
+    src, out = tmp_path / "bomb.mdl.gz", tmp_path / "bomb.pt"
+    with gzip.open(src, "wt") as f:
+        f.write('{"version": 3' + " " * (3 << 20) + "}")
+    assert src.stat().st_size * 100 < 3 << 20
+    assert run_convert("--input", src, "--output", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(src) in err and "expands beyond 1048576 bytes" in err, err
+    assert not out.exists()
+
+
 def test_inexpressible_block_is_refused(tmp_path, capsys):
     """A pre-activation block with a projection after --convert-bn-relu: DeNet's projection
     reads relu(BN(x)), which RSN cannot express, so the converter says so."""
